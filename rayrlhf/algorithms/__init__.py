@@ -1,0 +1,58 @@
+"""Pure algorithm math of Safe RLHF / PPO-Lagrangian: tensors and numbers in and out."""
+
+from rayrlhf.algorithms.gae import gae_advantages
+from rayrlhf.algorithms.kl import KL_ESTIMATORS, kl_estimate
+from rayrlhf.algorithms.lagrange import (
+    LAGRANGE_CONTROLLERS,
+    ConstantLagrange,
+    LagrangeController,
+    LogLambdaController,
+    PIDLagrangeController,
+    make_lagrange_controller,
+)
+from rayrlhf.algorithms.losses import (
+    clipped_value_loss,
+    combined_advantage,
+    cost_pairwise_loss,
+    entropy_from_logits,
+    lm_loss,
+    moderation_loss,
+    pairwise_accuracy,
+    ppo_actor_loss,
+    reward_pairwise_loss,
+)
+from rayrlhf.algorithms.masked import (
+    masked_count,
+    masked_mean,
+    masked_sum,
+    masked_var,
+    masked_whiten,
+)
+from rayrlhf.algorithms.rewards import shape_rewards_and_costs
+
+__all__ = [
+    "KL_ESTIMATORS",
+    "LAGRANGE_CONTROLLERS",
+    "ConstantLagrange",
+    "LagrangeController",
+    "LogLambdaController",
+    "PIDLagrangeController",
+    "clipped_value_loss",
+    "combined_advantage",
+    "cost_pairwise_loss",
+    "entropy_from_logits",
+    "gae_advantages",
+    "kl_estimate",
+    "lm_loss",
+    "make_lagrange_controller",
+    "masked_count",
+    "masked_mean",
+    "masked_sum",
+    "masked_var",
+    "masked_whiten",
+    "moderation_loss",
+    "pairwise_accuracy",
+    "ppo_actor_loss",
+    "reward_pairwise_loss",
+    "shape_rewards_and_costs",
+]

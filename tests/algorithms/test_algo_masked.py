@@ -1,0 +1,65 @@
+"""Masked reductions against numpy on the valid entries only."""
+
+import numpy as np
+import pytest
+import torch
+
+from rayrlhf.algorithms import masked_mean, masked_sum, masked_var, masked_whiten
+
+# Right-padded rows of lengths 5, 3 and 1; padding holds large garbage that must not leak in.
+LENGTHS = [5, 3, 1]
+
+
+def _example() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, generator=generator, dtype=torch.float64)
+    mask = torch.zeros(3, 5, dtype=torch.bool)
+    for row, length in enumerate(LENGTHS):
+        mask[row, :length] = True
+    x = torch.where(mask, x, torch.full_like(x, 1e6))
+    return x, mask
+
+
+def test_sum_and_mean_over_all_valid_entries():
+    x, mask = _example()
+    valid = x.numpy()[mask.numpy()]
+    assert masked_sum(x, mask).item() == pytest.approx(valid.sum())
+    assert masked_mean(x, mask).item() == pytest.approx(valid.mean())
+
+
+def test_mean_along_a_dimension_is_per_row():
+    x, mask = _example()
+    expected = [x[row, :length].mean().item() for row, length in enumerate(LENGTHS)]
+    assert masked_mean(x, mask, dim=-1).tolist() == pytest.approx(expected)
+
+
+def test_mean_of_an_all_padding_slice_is_zero_not_nan():
+    x = torch.tensor([[1.0, 2.0]])
+    assert masked_mean(x, torch.zeros_like(x)).item() == 0.0
+
+
+def test_var_uses_bessel_correction_and_is_zero_for_one_entry():
+    x, mask = _example()
+    valid = x.numpy()[mask.numpy()]
+    assert masked_var(x, mask).item() == pytest.approx(np.var(valid, ddof=1))
+    assert masked_var(x, mask, unbiased=False).item() == pytest.approx(np.var(valid))
+    single = torch.tensor([[4.0, 9.0]], dtype=torch.float64)
+    assert masked_var(single, torch.tensor([[1, 0]])).item() == 0.0
+
+
+@pytest.mark.parametrize("shift_mean", [True, False])
+def test_whiten_matches_numpy_on_valid_entries_and_zeroes_padding(shift_mean):
+    x, mask = _example()
+    eps = 1e-8
+    valid = x.numpy()[mask.numpy()]
+    expected = (valid - valid.mean()) / np.sqrt(valid.var(ddof=1) + eps)
+    if not shift_mean:
+        expected = expected + valid.mean()
+    whitened = masked_whiten(x, mask, shift_mean=shift_mean, eps=eps)
+    np.testing.assert_allclose(whitened.numpy()[mask.numpy()], expected, rtol=1e-12)
+    assert torch.all(whitened[~mask] == 0)
+
+
+def test_numeric_mask_behaves_like_bool_mask():
+    x, mask = _example()
+    assert masked_mean(x, mask.float()).item() == pytest.approx(masked_mean(x, mask).item())

@@ -1,0 +1,88 @@
+"""Every shipped config composes into its typed schema; bad keys and types are rejected."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import MissingMandatoryValue
+
+from rayrlhf import paths
+from rayrlhf.cli import STAGES
+from rayrlhf.config import SCHEMAS, compose_config, config_error_message, to_object
+
+CONF = paths.conf_dir()
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_every_stage_config_composes_into_its_schema(stage):
+    config_name = STAGES[stage].config_name
+    cfg = compose_config(config_name, output_dir="/tmp/out")
+    obj = to_object(cfg)
+    assert type(obj) is SCHEMAS[f"{config_name}_schema"]
+    assert obj.run.output_dir == "/tmp/out"
+
+
+@pytest.mark.parametrize("option", options("model"))
+def test_every_model_option_composes(option):
+    cfg = compose_config("sample", [f"model={option}"], output_dir="/tmp/out")
+    if option == "hub":  # the hub option asks the user for an id on purpose
+        with pytest.raises(MissingMandatoryValue):
+            to_object(cfg)
+        cfg = compose_config("sample", ["model=hub", "model.name_or_path=org/model"], output_dir="/tmp/o")
+    assert to_object(cfg).model.name_or_path
+
+
+@pytest.mark.parametrize("option", options("dataset"))
+def test_every_dataset_option_composes(option, monkeypatch):
+    monkeypatch.setenv("RAYRLHF_SHARED_DATA", "/data/shared")
+    ds = to_object(compose_config("data_check", [f"dataset={option}"], output_dir="/tmp/o")).dataset
+    assert ds.schema in ("preference", "prompt", "qa_classification", "sft")
+    if option.startswith("shared_"):
+        assert ds.source.startswith("/data/shared/") and ds.source.endswith(".json")
+
+
+@pytest.mark.parametrize("option", options("cluster"))
+def test_every_cluster_option_composes(option):
+    cluster = to_object(compose_config("pipeline", [f"cluster={option}"], output_dir="/tmp/o")).cluster
+    assert cluster.address in (None, "auto") or cluster.address.startswith("ray://")
+
+
+def test_misspelled_override_key_is_rejected():
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_config("sample", ["generation.max_new_tokns=3"])
+    assert "max_new_tokns" in config_error_message(info.value)
+
+
+def test_wrong_type_is_rejected_with_the_key_named():
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_config("sample", ["generation.max_new_tokens=many"])
+    message = config_error_message(info.value)
+    assert "max_new_tokens" in message and "many" in message
+
+
+def test_misspelled_key_inside_a_yaml_file_is_rejected(tmp_path, monkeypatch):
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf)
+    bad = conf / "model" / "tiny-llama.yaml"
+    bad.write_text(bad.read_text() + "dtpye: float16\n")
+    monkeypatch.setenv("RAYRLHF_CONF_DIR", str(conf))
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_config("sample", ["model=tiny-llama"])
+    assert "dtpye" in config_error_message(info.value)
+
+
+def test_overrides_reach_the_typed_config():
+    obj = to_object(compose_config(
+        "pipeline", ["model=tiny-llama", "template.name=safe_rlhf", "generation.max_new_tokens=5",
+                     "prompts.limit=3", "dataset@sft=shared_alpaca_sample"], output_dir="/tmp/o"))
+    assert obj.model.name_or_path == "tiny-llama" and obj.model.dtype == "float32"
+    assert obj.template.name == "safe_rlhf"
+    assert obj.generation.max_new_tokens == 5 and obj.prompts.limit == 3
+    assert obj.sft.source.endswith("alpaca_sample.json")
