@@ -28,6 +28,12 @@ STAGES: dict[str, Stage] = {
                         "load a dataset through its typed schema and report counts"),
     "sample": Stage("sample", "rayrlhf.stages.sample:run",
                     "answer a few prompts with a policy model"),
+    "train-reward": Stage("train_reward", "rayrlhf.trainers.score_trainer:run",
+                          "train the reward model (helpfulness) on preference pairs"),
+    "train-cost": Stage("train_cost", "rayrlhf.trainers.score_trainer:run",
+                        "train the cost model (harmfulness, cost > 0 = unsafe) on preference pairs"),
+    "train-moderation": Stage("train_moderation", "rayrlhf.trainers.score_trainer:run",
+                              "train the QA-moderation classifier (14 harm categories)"),
     "pipeline": Stage("pipeline", "rayrlhf.stages.pipeline:run",
                       "the whole Safe-RLHF pipeline on the embedded defaults"),
 }

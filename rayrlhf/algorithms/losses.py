@@ -64,7 +64,8 @@ def clipped_value_loss(
     The pessimistic max keeps the critic from moving far from the values the advantages were
     computed with (the PPO value clipping used by Safe RLHF and OpenAI baselines).
     """
-    clipped_values = old_values + torch.clamp(values - old_values, -clip_range_value, clip_range_value)
+    value_change = torch.clamp(values - old_values, -clip_range_value, clip_range_value)
+    clipped_values = old_values + value_change
     squared_error = torch.maximum((values - returns) ** 2, (clipped_values - returns) ** 2)
     return 0.5 * masked_mean(squared_error, mask)
 

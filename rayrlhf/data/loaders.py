@@ -112,28 +112,33 @@ def load_rows(
     skipped = 0
     kept_errors: list[DataValidationError] = []
     seen = 0
-    for record in records:
-        seen += 1
-        try:
-            if record.error is not None:
-                raise record.error
-            data = _renamed(record.data, rename)
-            rows.append(
-                row_type.from_dict(
-                    data, source=label, row=record.row, max_chars=max_chars, from_csv=from_csv
+    try:
+        for record in records:
+            seen += 1
+            try:
+                if record.error is not None:
+                    raise record.error
+                data = _renamed(record.data, rename)
+                rows.append(
+                    row_type.from_dict(
+                        data, source=label, row=record.row, max_chars=max_chars, from_csv=from_csv
+                    )
                 )
-            )
-        except DataValidationError as exc:
-            if record.line is not None and exc.line is None:
-                exc = _with_line(exc, record.line)
-            if not skip_bad_rows:
-                raise exc from None
-            skipped += 1
-            if len(kept_errors) < MAX_KEPT_ERRORS:
-                kept_errors.append(exc)
-            continue
-        if limit is not None and len(rows) >= limit:
-            break
+            except DataValidationError as exc:
+                if record.line is not None and exc.line is None:
+                    exc = _with_line(exc, record.line)
+                if not skip_bad_rows:
+                    raise exc from None
+                skipped += 1
+                if len(kept_errors) < MAX_KEPT_ERRORS:
+                    kept_errors.append(exc)
+                continue
+            if limit is not None and len(rows) >= limit:
+                break
+    finally:
+        close = getattr(records, "close", None)
+        if close is not None:  # a generator stopped early by ``limit`` releases its file now
+            close()
 
     if skipped:
         log.warning(
@@ -306,6 +311,8 @@ def _jsonl_records(path: Path, label: str) -> Iterator[_RawRecord]:
                 yield _RawRecord(row=row, line=number, error=error)
             row += 1
     except DataValidationError as exc:  # bad UTF-8: the row it sits in is the next one
+        if exc.byte_offset is None:
+            raise
         raise DataValidationError(
             exc.message, source=label, row=row, line=exc.line, byte_offset=exc.byte_offset
         ) from None
@@ -373,9 +380,10 @@ def _csv_records(path: Path, label: str) -> Iterator[_RawRecord]:
                 yield _RawRecord(row=row, data=dict(zip(header, cells)), line=start_line)
             row += 1
     except DataValidationError as exc:  # bad UTF-8 met while reading the next record
+        if exc.byte_offset is None:
+            raise
         raise DataValidationError(
-            exc.message, source=label, row=exc.row if exc.row is not None else row,
-            line=exc.line, byte_offset=exc.byte_offset,
+            exc.message, source=label, row=row, line=exc.line, byte_offset=exc.byte_offset
         ) from None
 
 

@@ -56,7 +56,7 @@ def format_conversation(prompt: str, response: str, template: str, tokenizer: An
     _check_text("prompt", prompt)
     _check_text("response", response)
     if template == "safe_rlhf":
-        return SAFE_RLHF_TEMPLATE.format(prompt=prompt) + " " + response
+        return SAFE_RLHF_TEMPLATE.format(prompt=prompt) + " " + response.lstrip()
     messages = [
         {"role": "user", "content": prompt},
         {"role": "assistant", "content": response},

@@ -38,8 +38,10 @@ def test_hand_computed_three_step_example():
     values = torch.tensor([[0.5, 1.0, 1.5], [2.0, 1.0, 7.0]], dtype=torch.float64)
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
     advantages, returns = gae_advantages(rewards, values, mask, gamma=0.9, lam=0.8)
-    assert advantages.tolist() == pytest.approx([[1.9112, 0.71, 0.5], [1.34, 2.0, 0.0]])
-    assert returns.tolist() == pytest.approx([[2.4112, 1.71, 2.0], [3.34, 3.0, 0.0]])
+    expected_advantages = torch.tensor([[1.9112, 0.71, 0.5], [1.34, 2.0, 0.0]], dtype=torch.float64)
+    expected_returns = torch.tensor([[2.4112, 1.71, 2.0], [3.34, 3.0, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(advantages, expected_advantages)
+    torch.testing.assert_close(returns, expected_returns)
 
 
 def test_matches_plain_python_reference_on_ragged_batch():
@@ -65,7 +67,7 @@ def test_gamma_lam_one_gives_monte_carlo_returns():
     values = torch.tensor([[3.0, -2.0, 0.25, 8.0]], dtype=torch.float64)
     mask = torch.tensor([[1, 1, 1, 0]])
     _, returns = gae_advantages(rewards, values, mask, gamma=1.0, lam=1.0)
-    assert returns.tolist() == pytest.approx([[1.5, 1.0, 2.0, 0.0]])
+    torch.testing.assert_close(returns, torch.tensor([[1.5, 1.0, 2.0, 0.0]], dtype=torch.float64))
 
 
 def test_lambda_zero_gives_one_step_td_error():
@@ -73,7 +75,7 @@ def test_lambda_zero_gives_one_step_td_error():
     values = torch.tensor([[0.5, 3.0]], dtype=torch.float64)
     advantages, _ = gae_advantages(rewards, values, torch.ones(1, 2), gamma=0.5, lam=0.0)
     # δ0 = 1 + 0.5·3 − 0.5 = 2.0, δ1 = 2 − 3 = −1.0
-    assert advantages.tolist() == pytest.approx([[2.0, -1.0]])
+    torch.testing.assert_close(advantages, torch.tensor([[2.0, -1.0]], dtype=torch.float64))
 
 
 def test_shape_mismatch_raises():

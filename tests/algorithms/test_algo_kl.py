@@ -20,7 +20,9 @@ REF_LOGP = [-1.5, -1.0, -0.5]
     ],
 )
 def test_estimator_matches_formula(kind, formula):
-    got = kl_estimate(torch.tensor(LOGP, dtype=torch.float64), torch.tensor(REF_LOGP, dtype=torch.float64), kind)
+    logp = torch.tensor(LOGP, dtype=torch.float64)
+    ref_logp = torch.tensor(REF_LOGP, dtype=torch.float64)
+    got = kl_estimate(logp, ref_logp, kind)
     assert got.tolist() == pytest.approx([formula(lp, rp) for lp, rp in zip(LOGP, REF_LOGP)])
 
 

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import MissingMandatoryValue
 
@@ -25,7 +26,9 @@ def test_every_stage_config_composes_into_its_schema(stage):
     config_name = STAGES[stage].config_name
     cfg = compose_config(config_name, output_dir="/tmp/out")
     obj = to_object(cfg)
-    assert type(obj) is SCHEMAS[f"{config_name}_schema"]
+    # The stage YAML names its schema first in its defaults list.
+    first_default = yaml.safe_load((CONF / f"{config_name}.yaml").read_text())["defaults"][0]
+    assert type(obj) is SCHEMAS[first_default]
     assert obj.run.output_dir == "/tmp/out"
 
 

@@ -1,0 +1,28 @@
+"""Reach Ray as the ``cluster`` config says: a private local cluster, the cluster this
+process runs in (ray job submit, KubeRay), or a remote one through Ray Client."""
+
+from __future__ import annotations
+
+import os
+
+
+def init_ray(cluster_cfg) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    runtime_env = dict(cluster_cfg.runtime_env or {})
+    # Workers must import rayrlhf and find its configs like the driver does.
+    env_vars = dict(runtime_env.get("env_vars", {}))
+    for name in ("RAYRLHF_CACHE_DIR", "RAYRLHF_SHARED_DATA", "RAYRLHF_CONF_DIR"):
+        if name in os.environ:
+            env_vars.setdefault(name, os.environ[name])
+    if env_vars:
+        runtime_env["env_vars"] = env_vars
+    kwargs = {"runtime_env": runtime_env or None, "log_to_driver": True}
+    if cluster_cfg.address is None:
+        ray.init(num_cpus=cluster_cfg.num_cpus, num_gpus=cluster_cfg.num_gpus,
+                 include_dashboard=cluster_cfg.include_dashboard,
+                 dashboard_host=cluster_cfg.dashboard_host, **kwargs)
+    else:
+        ray.init(address=cluster_cfg.address, **kwargs)

@@ -1,0 +1,1 @@
+"""Training loops: score models (reward, cost, moderation) and, next, PPO-Lag."""

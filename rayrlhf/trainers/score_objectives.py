@@ -1,0 +1,73 @@
+"""What each judge learns: texts to score, the loss, and the evaluation metrics.
+
+One table keyed by kind keeps the reward, cost and moderation models in one trainer:
+- reward: ``-log σ(R_better - R_worse)`` on ``better_response_id``;
+- cost: ``-log σ(C_unsafer - C_safer)`` on ``safer_response_id`` plus the sign terms
+  ``-log σ(s·C)`` with s = +1 for an unsafe response, so **cost > 0 means unsafe**;
+- moderation: multi-label BCE over the 14 BeaverTails harm categories of a QA pair.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rayrlhf.algorithms import cost_pairwise_loss, moderation_loss, reward_pairwise_loss
+from rayrlhf.data import HARM_CATEGORIES, PreferenceRow, QAClassificationRow
+from rayrlhf.eval.metrics import auroc, moderation_report, pairwise_accuracy, sign_accuracy
+
+ROW_TYPE = {"reward": PreferenceRow, "cost": PreferenceRow, "moderation": QAClassificationRow}
+SCHEMA = {"reward": "preference", "cost": "preference", "moderation": "qa_classification"}
+
+
+def labels_for(kind: str) -> list[str]:
+    return list(HARM_CATEGORIES) if kind == "moderation" else [kind]
+
+
+def pairs_to_score(kind: str, rows: list) -> tuple[list[str], list[str]]:
+    """(prompts, responses) in the order the model scores them.
+
+    Pairwise kinds score the first response of every row, then the second: reward puts
+    better before worse, cost puts safer before unsafer.
+    """
+    if kind == "moderation":
+        return [r.prompt for r in rows], [r.response for r in rows]
+    first = [r.better_response if kind == "reward" else r.safer_response for r in rows]
+    second = [r.worse_response if kind == "reward" else r.unsafer_response for r in rows]
+    prompts = [r.prompt for r in rows]
+    return prompts + prompts, first + second
+
+
+def loss_from_scores(kind: str, scores: torch.Tensor, rows: list, l2_coef: float = 0.0) -> torch.Tensor:
+    """The training loss from ``scores`` [N, K] laid out as ``pairs_to_score`` says."""
+    n = len(rows)
+    if kind == "moderation":
+        targets = torch.tensor([r.harm_vector for r in rows], dtype=scores.dtype)
+        return moderation_loss(scores, targets)
+    first, second = scores[:n, 0], scores[n:, 0]
+    if kind == "reward":
+        return reward_pairwise_loss(first, second, l2_coef=l2_coef)
+    safer_is_safe = torch.tensor([r.is_safe(r.safer_response_id) for r in rows])
+    unsafer_is_safe = torch.tensor([r.is_safe(1 - r.safer_response_id) for r in rows])
+    return cost_pairwise_loss(first, second, safer_is_safe, unsafer_is_safe, l2_coef=l2_coef)
+
+
+def metrics_from_scores(kind: str, scores: torch.Tensor, rows: list, threshold: float = 0.5) -> dict:
+    """Held-out metrics: reward accuracy; cost accuracy, sign accuracy, AUROC; moderation
+    flagged precision/recall/F1 and per-category F1."""
+    n = len(rows)
+    scores = scores.float()
+    if kind == "moderation":
+        targets = torch.tensor([r.harm_vector for r in rows], dtype=torch.bool)
+        return moderation_report(torch.sigmoid(scores).numpy(), targets.numpy(), threshold=threshold)
+    first, second = scores[:n, 0].numpy(), scores[n:, 0].numpy()
+    if kind == "reward":
+        return {"accuracy": pairwise_accuracy(first, second),
+                "mean_better": float(first.mean()), "mean_worse": float(second.mean())}
+    costs = torch.cat([scores[:n, 0], scores[n:, 0]]).numpy()
+    safe = [r.is_safe(r.safer_response_id) for r in rows] + [r.is_safe(1 - r.safer_response_id) for r in rows]
+    metrics = {"accuracy": pairwise_accuracy(second, first),
+               "sign_accuracy": sign_accuracy(costs, safe)}
+    unsafe = [not s for s in safe]
+    if any(unsafe) and not all(unsafe):
+        metrics["auroc"] = auroc(costs, unsafe)
+    return metrics

@@ -1,0 +1,317 @@
+"""Train a reward, cost or QA-moderation model: DeepSpeed ZeRO on N Ray Train workers.
+
+The driver (``run``) validates the data, splits off a held-out set, and starts a Ray Train
+``TorchTrainer``; every worker runs ``train_loop`` (one data-parallel rank). Workers save
+DeepSpeed checkpoints through ``ray.train.report`` every ``save_every`` steps; a run started
+with ``resume_from=<earlier output_dir>`` continues from the last one at the same step and
+data position. Rank 0 writes the final model as a transformers directory (safetensors
+backbone + head, tokenizer) with the config and metrics beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rayrlhf.trainers.score_objectives import (
+    ROW_TYPE, SCHEMA, labels_for, loss_from_scores, metrics_from_scores, pairs_to_score,
+)
+
+log = logging.getLogger(__name__)
+STATE_FILE = "trainer_state.json"
+DS_TAG = "latest"
+
+
+# ---------------------------------------------------------------- pure helpers
+def split_train_eval(rows: list, fraction: float, seed: int) -> tuple[list, list]:
+    """A seeded shuffle, then the last ``fraction`` of rows (at least one) held out."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"eval_fraction must be in (0, 1), got {fraction}")
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, round(len(rows) * fraction))
+    if n_eval >= len(rows):
+        raise ValueError(f"{len(rows)} rows are too few to hold out {fraction:.0%} for evaluation")
+    return [rows[i] for i in order[:-n_eval]], [rows[i] for i in order[-n_eval:]]
+
+
+def lr_multiplier(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
+    """Linear warm-up to 1, then cosine / linear decay to 0 (or constant)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    progress = min(1.0, progress)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "linear":
+        return 1.0 - progress
+    raise ValueError(f"unknown lr_scheduler {schedule!r}; choose cosine, linear or constant")
+
+
+def deepspeed_config(training: dict[str, Any]) -> dict[str, Any]:
+    """The DeepSpeed config for one data-parallel rank (the optimiser is passed in code)."""
+    if training["zero_stage"] not in (0, 1, 2, 3):
+        raise ValueError(f"zero_stage must be 0-3, got {training['zero_stage']}")
+    return {
+        "train_micro_batch_size_per_gpu": training["per_device_batch_size"],
+        "gradient_accumulation_steps": training["gradient_accumulation_steps"],
+        "gradient_clipping": training["max_grad_norm"],
+        "zero_optimization": {"stage": training["zero_stage"]},
+        "bf16": {"enabled": bool(training["bf16"])},
+        "steps_per_print": 10**9,  # we log ourselves
+        "wall_clock_breakdown": False,
+    }
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How many optimiser steps a run takes and which rows each rank reads at each step."""
+
+    num_rows: int
+    world_size: int
+    micro_batch: int
+    accumulation: int
+    epochs: int
+    max_steps: int | None
+    seed: int
+
+    @property
+    def rows_per_step(self) -> int:
+        return self.micro_batch * self.accumulation * self.world_size
+
+    @property
+    def steps_per_epoch(self) -> int:
+        steps = self.num_rows // self.rows_per_step
+        if steps == 0:
+            raise ValueError(f"{self.num_rows} training rows are fewer than one step's "
+                             f"{self.rows_per_step} (batch x accumulation x workers)")
+        return steps
+
+    @property
+    def total_steps(self) -> int:
+        total = self.steps_per_epoch * self.epochs
+        return min(total, self.max_steps) if self.max_steps else total
+
+    def micro_batches(self, step: int, rank: int) -> list[list[int]]:
+        """Row indices of ``rank``'s micro-batches for optimiser step ``step``.
+
+        Every epoch is a seeded permutation, so the data position of any step is known from
+        the step number alone: resuming needs no saved iterator.
+        """
+        epoch, in_epoch = divmod(step, self.steps_per_epoch)
+        order = list(range(self.num_rows))
+        random.Random(self.seed * 100_003 + epoch).shuffle(order)
+        chunk = order[in_epoch * self.rows_per_step:(in_epoch + 1) * self.rows_per_step]
+        mine = chunk[rank::self.world_size]
+        return [mine[i:i + self.micro_batch] for i in range(0, len(mine), self.micro_batch)]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint with the highest step below ``run_dir`` (a previous output_dir)."""
+    best, best_step = None, -1
+    for state in Path(run_dir).glob(f"**/{STATE_FILE}"):
+        step = json.loads(state.read_text())["global_step"]
+        if step > best_step:
+            best, best_step = state.parent, step
+    return best
+
+
+# ---------------------------------------------------------------- one worker
+def _forward_scores(model, tokenizer, kind: str, rows: list, template: str, max_length: int) -> torch.Tensor:
+    from rayrlhf.models.scoring import conversation_texts, encode_texts
+
+    prompts, responses = pairs_to_score(kind, rows)
+    batch = encode_texts(tokenizer, conversation_texts(tokenizer, prompts, responses, template), max_length)
+    return model(batch.input_ids, batch.attention_mask).end_scores
+
+
+@torch.no_grad()
+def _evaluate(engine, tokenizer, kind, rows, template, max_length, batch_size, threshold, rank, world):
+    """Every rank scores a shard; all gather; every rank gets the same metrics."""
+    import torch.distributed as dist
+
+    engine.eval()
+    mine = list(range(rank, len(rows), world))
+    out: list[tuple[int, list[float]]] = []
+    for start in range(0, len(mine), batch_size):
+        idx = mine[start:start + batch_size]
+        scores = _forward_scores(engine, tokenizer, kind, [rows[i] for i in idx], template, max_length).float()
+        n = len(idx)
+        for j, i in enumerate(idx):
+            out.append((i, scores[j].tolist() + (scores[n + j].tolist() if kind != "moderation" else [])))
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, out)
+    engine.train()
+    by_row = dict(item for part in gathered for item in part)
+    k = len(labels_for(kind))
+    flat = torch.tensor([by_row[i] for i in range(len(rows))])
+    scores = flat if kind == "moderation" else torch.cat([flat[:, :k], flat[:, k:]])
+    return metrics_from_scores(kind, scores, rows, threshold)
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """One data-parallel rank (runs inside a Ray Train worker)."""
+    import deepspeed
+    import ray
+    import ray.train as rt
+    from tqdm.auto import tqdm
+
+    from rayrlhf.models.score_model import ScoreModel
+    from rayrlhf.models.zoo import load_tokenizer
+
+    ctx = rt.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    training, kind = config["training"], config["kind"]
+    torch.set_num_threads(training["cpus_per_worker"])
+    torch.manual_seed(config["seed"])
+    row_type = ROW_TYPE[kind]
+    train_rows = [row_type.from_dict(d) for d in ray.get(config["train_rows"])]
+    eval_rows = [row_type.from_dict(d) for d in ray.get(config["eval_rows"])]
+
+    tokenizer = load_tokenizer(config["model"], padding_side="right")
+    model = ScoreModel.from_pretrained(config["model"], kind=kind, labels=labels_for(kind), dtype="float32")
+    plan = StepPlan(len(train_rows), world, training["per_device_batch_size"],
+                    training["gradient_accumulation_steps"], training["epochs"], training["max_steps"],
+                    config["seed"])
+    warmup = int(training["warmup_ratio"] * plan.total_steps)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=training["lr"], weight_decay=training["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_multiplier(s, plan.total_steps, warmup, training["lr_scheduler"]))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=deepspeed_config(training), dist_init_required=False)
+
+    step = 0
+    if config.get("resume_checkpoint"):
+        engine.load_checkpoint(config["resume_checkpoint"], tag=DS_TAG)
+        step = json.loads((Path(config["resume_checkpoint"]) / STATE_FILE).read_text())["global_step"]
+        log.info("rank %d resumed at step %d", rank, step)
+
+    def save(metrics: dict) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            engine.save_checkpoint(tmp, tag=DS_TAG)
+            if rank == 0:
+                Path(tmp, STATE_FILE).write_text(json.dumps({"global_step": step, **metrics}))
+            rt.report(metrics, checkpoint=rt.Checkpoint.from_directory(tmp))
+
+    template, max_length = config["template"], training["max_length"]
+    bar = tqdm(total=plan.total_steps, initial=step, desc=f"train {kind}", disable=rank != 0)
+    metrics: dict[str, Any] = {}
+    start_time = time.perf_counter()
+    while step < plan.total_steps:
+        losses = []
+        for micro in plan.micro_batches(step, rank):
+            scores = _forward_scores(engine, tokenizer, kind, [train_rows[i] for i in micro], template, max_length)
+            loss = loss_from_scores(kind, scores.float(), [train_rows[i] for i in micro], config["score_l2_coef"])
+            engine.backward(loss)
+            engine.step()
+            losses.append(loss.item())
+        step += 1
+        bar.update(1)
+        metrics = {"step": step, "train/loss": sum(losses) / len(losses),
+                   "train/lr": scheduler.get_last_lr()[0]}
+        if step % training["eval_every"] == 0 or step == plan.total_steps:
+            evaluated = _evaluate(engine, tokenizer, kind, eval_rows, template, max_length,
+                                  training["per_device_batch_size"], config["threshold"], rank, world)
+            metrics.update({f"eval/{k}": v for k, v in _flatten(evaluated).items()})
+        if step % training["log_every"] == 0 and rank == 0:
+            bar.set_postfix(loss=f"{metrics['train/loss']:.4f}")
+        if step % training["save_every"] == 0 or step == plan.total_steps:
+            save(metrics)
+        else:
+            rt.report(metrics)
+    bar.close()
+
+    # Final transformers directory (ZeRO-3 gathers the shards on rank 0 first).
+    state_dict = engine._zero3_consolidated_16bit_state_dict() if training["zero_stage"] == 3 else None
+    if rank == 0:
+        out = Path(config["output_dir"]) / "model"
+        module = engine.module
+        if state_dict is not None:
+            state_dict = {k.removeprefix("inner."): v for k, v in state_dict.items()}
+        module.save_pretrained(out, tokenizer=tokenizer, state_dict=state_dict, extra={
+            "template": template, "max_length": max_length, "threshold": config["threshold"],
+            "trained_steps": step, "train_seconds": round(time.perf_counter() - start_time, 1),
+        })
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, float]:
+    flat = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + "/"))
+        elif isinstance(value, (int, float)):
+            flat[name] = float(value)
+    return flat
+
+
+# ---------------------------------------------------------------- the driver
+def run(cfg) -> dict:
+    """Entry of ``rayrlhf train-reward | train-cost | train-moderation``."""
+    import ray
+    from omegaconf import OmegaConf
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from rayrlhf.cluster import init_ray
+    from rayrlhf.eval.metrics import format_table
+    from rayrlhf.models import resolve_model_path
+    from rayrlhf.stages.common import load_dataset_from_config, output_dir, write_json
+
+    kind = cfg.kind
+    if kind not in ROW_TYPE:
+        raise ValueError(f"unknown score model kind {kind!r}; choose reward, cost or moderation")
+    if cfg.dataset.schema != SCHEMA[kind]:
+        raise ValueError(f"a {kind} model trains on {SCHEMA[kind]!r} rows, but dataset.schema "
+                         f"is {cfg.dataset.schema!r}")
+    out = output_dir(cfg)
+    rows = load_dataset_from_config(cfg.dataset).rows
+    if cfg.eval_dataset is not None:
+        train_rows, eval_rows = rows, load_dataset_from_config(cfg.eval_dataset).rows
+    else:
+        train_rows, eval_rows = split_train_eval(rows, cfg.eval_fraction, cfg.run.seed)
+    log.info("%s model: %d training rows, %d held out", kind, len(train_rows), len(eval_rows))
+
+    resume = None
+    if cfg.resume_from:
+        resume = latest_checkpoint(cfg.resume_from)
+        if resume is None:
+            raise FileNotFoundError(f"resume_from={cfg.resume_from}: no checkpoint found below it")
+        log.info("resuming from %s", resume)
+
+    training = OmegaConf.to_container(cfg.training, resolve=True)
+    init_ray(cfg.cluster)
+    loop_config = {
+        "kind": kind, "training": training, "template": cfg.template.name, "seed": cfg.run.seed,
+        "model": resolve_model_path(cfg.model.name_or_path), "output_dir": str(out.resolve()),
+        "threshold": cfg.moderation_threshold, "score_l2_coef": cfg.score_l2_coef,
+        "train_rows": ray.put([r.to_dict() for r in train_rows]),
+        "eval_rows": ray.put([r.to_dict() for r in eval_rows]),
+        "resume_checkpoint": str(resume) if resume else None,
+    }
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if training["use_gpu"] else "gloo"),
+        scaling_config=ScalingConfig(num_workers=training["num_workers"], use_gpu=training["use_gpu"],
+                                     resources_per_worker={"CPU": training["cpus_per_worker"]}),
+        run_config=RunConfig(storage_path=str((out / "ray_train").resolve()), name=f"train-{kind}"),
+    )
+    result = trainer.fit()
+    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    write_json(out / "metrics.json", metrics)
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    print(format_table(metrics))
+    return metrics
