@@ -36,6 +36,8 @@ STAGES: dict[str, Stage] = {
                               "train the QA-moderation classifier (14 harm categories)"),
     "pipeline": Stage("pipeline", "rayrlhf.stages.pipeline:run",
                       "the whole Safe-RLHF pipeline on the embedded defaults"),
+    "serve": Stage("serve", "rayrlhf.serve.app:run",
+                   "HTTP scoring endpoints (reward, cost, moderation) on Ray Serve"),
 }
 
 

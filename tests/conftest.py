@@ -27,3 +27,22 @@ def tiny_model_dir() -> str:
     from rayrlhf.models import resolve_model_path
 
     return resolve_model_path("tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One real local Ray cluster for every test that needs one (started once: ~10 s).
+
+    Token auth is what a local ``ray.init()`` turns on in Ray 2.60; tests talk only to their
+    own local cluster, so they run it without auth, explicitly.
+    """
+    import os
+
+    import ray
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    # Logical CPUs above the 2 physical ones let a 2-worker trainer, its controller and a Serve
+    # replica be scheduled side by side; they share the cores.
+    ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

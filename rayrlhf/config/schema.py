@@ -148,6 +148,9 @@ class TrainingConfig:
     epochs: int = 2
     # None: as many steps as `epochs` gives; set it to cut a run short (smoke tests).
     max_steps: Optional[int] = None
+    # Stop after this step as if interrupted (the LR schedule still spans the whole run):
+    # time-boxed jobs, and the resume tests.
+    stop_at_step: Optional[int] = None
     per_device_batch_size: int = 8
     gradient_accumulation_steps: int = 1
     lr: float = 2.0e-5
@@ -191,12 +194,48 @@ class ScoreTrainConfig:
     resume_from: Optional[str] = None
 
 
+@dataclass
+class ServeConfig:
+    """`rayrlhf serve`: HTTP scoring endpoints for the trained judges (rayrlhf.serve.app)."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    # Folders written by ScoreModel.save_pretrained; a judge left out answers 404 on its route.
+    reward_model: Optional[str] = None
+    cost_model: Optional[str] = None
+    moderation_model: Optional[str] = None
+    # Must be the template the judges were trained with, or the scores mean nothing.
+    template: TemplateConfig = field(default_factory=TemplateConfig)
+    # Tokens per conversation; longer ones keep their end, where the score is read.
+    max_length: int = 1024
+    # Per-request limits (413 beyond them): bound one request's memory and latency.
+    max_items: int = 64
+    max_chars: int = 8000
+    # Concurrent requests merged into one scoring call, and how long the first one waits
+    # for company: 50 ms adds little latency and fills batches under load.
+    max_batch_size: int = 16
+    batch_wait_timeout_s: float = 0.05
+    # An answer is flagged when its likeliest harm category's probability exceeds this.
+    moderation_threshold: float = 0.5
+    # float32 gives the same scores as evaluation; bfloat16 is faster on CPUs with AMX.
+    dtype: str = "float32"
+    # CPUs reserved by the replica (also its torch threads).
+    num_cpus: float = 1.0
+    # Loopback by default: exposing the service is a deliberate choice (host=0.0.0.0).
+    host: str = "127.0.0.1"
+    port: int = 8000
+    route_prefix: str = "/"
+    # False returns after the service is up (tests, notebooks); True serves until Ctrl-C.
+    block: bool = True
+
+
 SCHEMAS: dict[str, type] = {
     "prepare_schema": PrepareConfig,
     "data_check_schema": DataCheckConfig,
     "sample_schema": SampleConfig,
     "pipeline_schema": PipelineConfig,
     "train_score_schema": ScoreTrainConfig,
+    "serve_schema": ServeConfig,
 }
 
 

@@ -29,7 +29,7 @@ from rayrlhf.trainers.score_objectives import (
 
 log = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.json"
-DS_TAG = "latest"
+DS_TAG = "deepspeed"
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -209,7 +209,8 @@ def train_loop(config: dict[str, Any]) -> None:
     bar = tqdm(total=plan.total_steps, initial=step, desc=f"train {kind}", disable=rank != 0)
     metrics: dict[str, Any] = {}
     start_time = time.perf_counter()
-    while step < plan.total_steps:
+    last_step = min(plan.total_steps, training["stop_at_step"] or plan.total_steps)
+    while step < last_step:
         losses = []
         for micro in plan.micro_batches(step, rank):
             scores = _forward_scores(engine, tokenizer, kind, [train_rows[i] for i in micro], template, max_length)
@@ -221,13 +222,13 @@ def train_loop(config: dict[str, Any]) -> None:
         bar.update(1)
         metrics = {"step": step, "train/loss": sum(losses) / len(losses),
                    "train/lr": scheduler.get_last_lr()[0]}
-        if step % training["eval_every"] == 0 or step == plan.total_steps:
+        if step % training["eval_every"] == 0 or step == last_step:
             evaluated = _evaluate(engine, tokenizer, kind, eval_rows, template, max_length,
                                   training["per_device_batch_size"], config["threshold"], rank, world)
             metrics.update({f"eval/{k}": v for k, v in _flatten(evaluated).items()})
         if step % training["log_every"] == 0 and rank == 0:
             bar.set_postfix(loss=f"{metrics['train/loss']:.4f}")
-        if step % training["save_every"] == 0 or step == plan.total_steps:
+        if step % training["save_every"] == 0 or step == last_step:
             save(metrics)
         else:
             rt.report(metrics)

@@ -1,0 +1,177 @@
+"""The scoring endpoints on a real local Ray Serve instance, spoken to over real HTTP.
+
+The service is started the way ``rayrlhf serve`` starts it (composed config -> ``run``), with
+a cost and a moderation judge and no reward judge. Every score must equal the one computed
+directly in this process with ``score_conversations`` on the same saved model.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+import requests
+import torch
+
+from rayrlhf.config import compose_config
+from rayrlhf.data.schemas import HARM_CATEGORIES
+from rayrlhf.models.score_model import ScoreModel
+from rayrlhf.models.scoring import score_conversations
+from rayrlhf.models.zoo import load_tokenizer
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+MAX_ITEMS, MAX_CHARS, MAX_LENGTH = 4, 200, 256
+PAIRS = [
+    ("How do I bake bread?", "Mix flour, water, yeast and salt, let it rise, then bake."),
+    ("How can I hurt someone?", "I can't help with that."),
+    ("What is 2 + 2?", "4"),
+    ("Tell me a secret about my neighbour.", "Their front door code is 1234."),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def judges(tmp_path_factory) -> dict[str, tuple[str, ScoreModel, object]]:
+    """Tiny cost and moderation judges saved to folders, with the models kept for reference."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer("tiny-llama")
+    saved = {}
+    for kind, labels in (("cost", None), ("moderation", list(HARM_CATEGORIES))):
+        folder = tmp_path_factory.mktemp(kind)
+        model = ScoreModel.from_pretrained("tiny-llama", kind=kind, labels=labels, dtype="float32")
+        model.save_pretrained(folder, tokenizer)
+        reloaded = ScoreModel.from_pretrained(folder, dtype="float32").eval()
+        saved[kind] = (str(folder), reloaded, load_tokenizer(folder))
+    return saved
+
+
+@pytest.fixture(scope="module")
+def base_url(judges, tmp_path_factory):
+    import ray
+    from ray import serve
+
+    from rayrlhf.serve.app import run
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_AUTH_MODE", "disabled")  # Ray 2.60 turns token auth on for local clusters
+        cfg = compose_config("serve", [
+            f"cost_model={judges['cost'][0]}", f"moderation_model={judges['moderation'][0]}",
+            "cluster.num_cpus=2", f"port={free_port()}", "route_prefix=/v1", "block=false",
+            f"max_items={MAX_ITEMS}", f"max_chars={MAX_CHARS}", f"max_length={MAX_LENGTH}",
+            "batch_wait_timeout_s=0.25", "max_batch_size=8",
+        ], output_dir=str(tmp_path_factory.mktemp("run")))
+        try:
+            yield run(cfg)
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+
+
+def direct_scores(judge, pairs) -> torch.Tensor:
+    _, model, tokenizer = judge
+    return score_conversations(model, tokenizer, [p for p, _ in pairs], [r for _, r in pairs],
+                               template="chat", max_length=MAX_LENGTH)
+
+
+def items(pairs) -> dict:
+    return {"items": [{"prompt": p, "response": r} for p, r in pairs]}
+
+
+def post(base_url: str, route: str, **kwargs) -> requests.Response:
+    return requests.post(f"{base_url}/{route}", timeout=60, **kwargs)
+
+
+def test_healthz_lists_the_loaded_judges(base_url, judges):
+    body = requests.get(f"{base_url}/healthz", timeout=30).json()
+    assert body["status"] == "ok" and body["absent"] == ["reward"]
+    assert body["models"]["cost"]["path"] == judges["cost"][0]
+    assert body["models"]["moderation"]["labels"] == list(HARM_CATEGORIES)
+
+
+def test_single_cost_item_matches_direct_scoring(base_url, judges):
+    prompt, response = PAIRS[0]
+    reply = post(base_url, "cost", json={"prompt": prompt, "response": response})
+    assert reply.status_code == 200, reply.text
+    expected = direct_scores(judges["cost"], PAIRS[:1])[0, 0].item()
+    assert reply.json()["scores"] == pytest.approx([expected], abs=1e-4)
+    assert reply.json()["unsafe"] == [expected > 0]
+
+
+def test_cost_batch_matches_direct_scoring(base_url, judges):
+    reply = post(base_url, "cost", json=items(PAIRS))
+    assert reply.status_code == 200, reply.text
+    expected = direct_scores(judges["cost"], PAIRS)[:, 0]
+    assert reply.json()["scores"] == pytest.approx(expected.tolist(), abs=1e-4)
+    assert reply.json()["unsafe"] == [bool(c > 0) for c in expected]
+
+
+def test_moderation_batch_gives_sigmoid_probabilities_per_category(base_url, judges):
+    reply = post(base_url, "moderation", json=items(PAIRS[:3]))
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    probs = torch.sigmoid(direct_scores(judges["moderation"], PAIRS[:3]))
+    assert body["threshold"] == 0.5
+    for row, expected in zip(body["probabilities"], probs):
+        assert list(row) == list(HARM_CATEGORIES)
+        assert list(row.values()) == pytest.approx(expected.tolist(), abs=1e-4)
+    assert body["flagged"] == [bool(p.max() > 0.5) for p in probs]
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_scores(base_url, judges):
+    # Distinct requests of 1-3 items; a barrier releases them together so @serve.batch merges them.
+    requests_pairs = [[(f"Question {i}: {p}", f"{r} (variant {i})") for p, r in PAIRS[: 1 + i % 3]]
+                      for i in range(10)]
+    barrier = threading.Barrier(len(requests_pairs))
+    replies: dict[int, requests.Response] = {}
+
+    def send(index: int) -> None:
+        barrier.wait()
+        replies[index] = post(base_url, "cost", json=items(requests_pairs[index]))
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(requests_pairs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for index, pairs in enumerate(requests_pairs):
+        assert replies[index].status_code == 200, replies[index].text
+        expected = direct_scores(judges["cost"], pairs)[:, 0].tolist()
+        assert replies[index].json()["scores"] == pytest.approx(expected, abs=1e-4)
+    stats = requests.get(f"{base_url}/healthz", timeout=30).json()["models"]["cost"]
+    assert stats["largest_batch"] > 1  # some requests really were scored together
+
+
+@pytest.mark.parametrize(("route", "kwargs", "status", "says"), [
+    ("cost", {"data": b'{"items": [{"prompt": "p", "response": "r"}'}, 400, "malformed JSON"),
+    ("cost", {"json": ["not", "an", "object"]}, 400, "JSON object"),
+    ("cost", {"json": {"items": [{"prompt": "p", "response": "r"}, {"prompt": "p"}]}}, 422,
+     "items[1].response is missing"),
+    ("moderation", {"json": items(PAIRS + PAIRS[:1])}, 413, "at most 4"),
+    ("cost", {"json": {"items": [{"prompt": "p", "response": "x" * (MAX_CHARS + 1)}]}}, 413,
+     "items[0].response has 201 characters"),
+    ("reward", {"json": {"prompt": "p", "response": "r"}}, 404, "no reward model is loaded"),
+    ("nowhere", {"json": {"prompt": "p", "response": "r"}}, 404, "no route '/nowhere'"),
+])
+def test_bad_requests_get_their_4xx_json_error(base_url, route, kwargs, status, says):
+    reply = post(base_url, route, **kwargs)
+    assert reply.status_code == status, reply.text
+    assert says in reply.json()["error"]
+
+
+def test_wrong_method_is_405(base_url):
+    assert requests.get(f"{base_url}/cost", timeout=30).status_code == 405
+
+
+def test_replica_still_scores_after_the_bad_requests(base_url, judges):
+    reply = post(base_url, "cost", json=items(PAIRS[1:3]))
+    assert reply.status_code == 200, reply.text
+    expected = direct_scores(judges["cost"], PAIRS[1:3])[:, 0].tolist()
+    assert reply.json()["scores"] == pytest.approx(expected, abs=1e-4)
