@@ -72,8 +72,8 @@ def run_stage(name: str, argv: list[str]) -> None:
     def app(cfg) -> None:
         run(cfg)
 
-    # Hydra reads sys.argv; the job name decides the run folder (runs/<stage>/<time>).
-    sys.argv = [f"rayrlhf {name}", f"hydra.job.name={name}", *argv]
+    # Hydra reads sys.argv. Each stage's YAML sets hydra.job.name, which names its run folder.
+    sys.argv = [f"rayrlhf {name}", *argv]
     app()
 
 

@@ -21,8 +21,9 @@ class ModelConfig:
 
     # Embedded alias (smollm2-135m-instruct, tiny-llama), a local directory or a hub id.
     name_or_path: str = MISSING
-    # bf16 is ~8x faster than fp32 on CPUs with AMX and what SmolLM2 was trained in.
-    dtype: str = "bfloat16"
+    # auto: bf16 where the hardware runs it fast (GPUs, CPUs with AMX/AVX512-BF16: ~8x fp32),
+    # fp32 elsewhere (CPUs that emulate bf16 run it ~5x slower than fp32).
+    dtype: str = "auto"
     # Off by default: remote code runs arbitrary Python from the model repository.
     trust_remote_code: bool = False
 
@@ -121,23 +122,6 @@ class SampleConfig:
 
 
 @dataclass
-class PipelineConfig:
-    """`rayrlhf pipeline`: the whole Safe-RLHF pipeline on one config."""
-
-    run: RunConfig = field(default_factory=RunConfig)
-    cluster: ClusterConfig = field(default_factory=ClusterConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    template: TemplateConfig = field(default_factory=TemplateConfig)
-    preferences: DatasetConfig = field(default_factory=DatasetConfig)
-    prompts: DatasetConfig = field(default_factory=DatasetConfig)
-    qa_classification: DatasetConfig = field(default_factory=DatasetConfig)
-    sft: DatasetConfig = field(default_factory=DatasetConfig)
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
-    # Prompts answered by the policy in the sampling stage.
-    num_sample_prompts: int = 8
-
-
-@dataclass
 class TrainingConfig:
     """Optimisation shared by the score-model trainers (DeepSpeed on N Ray Train workers)."""
 
@@ -161,8 +145,9 @@ class TrainingConfig:
     max_grad_norm: float = 1.0
     # ZeRO stage 0-3; 2 shards optimiser states and gradients, what fits 2 CPU workers best.
     zero_stage: int = 2
-    # bf16 autocast and weights: ~8x faster matmuls on CPUs with AMX; off on CPUs without it.
-    bf16: bool = True
+    # bf16 weights and activations with fp32 master weights. None (auto): on where bf16 is fast
+    # (GPUs, CPUs with AMX/AVX512-BF16), off where the CPU emulates it (~5x slower than fp32).
+    bf16: Optional[bool] = None
     eval_every: int = 50
     save_every: int = 50
     log_every: int = 5
@@ -227,6 +212,29 @@ class ServeConfig:
     route_prefix: str = "/"
     # False returns after the service is up (tests, notebooks); True serves until Ctrl-C.
     block: bool = True
+
+
+@dataclass
+class PipelineConfig:
+    """`rayrlhf pipeline`: the whole Safe-RLHF pipeline on one config."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    template: TemplateConfig = field(default_factory=TemplateConfig)
+    preferences: DatasetConfig = field(default_factory=DatasetConfig)
+    prompts: DatasetConfig = field(default_factory=DatasetConfig)
+    qa_classification: DatasetConfig = field(default_factory=DatasetConfig)
+    sft: DatasetConfig = field(default_factory=DatasetConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    # Prompts answered by the policy in the sampling stage.
+    num_sample_prompts: int = 8
+    # Which judges to train (subset of reward, cost, moderation); [] skips score training.
+    score_models: list[str] = field(default_factory=lambda: ["reward", "cost", "moderation"])
+    # Optimisation of the score models, shared by the three.
+    score_training: TrainingConfig = field(default_factory=TrainingConfig)
+    eval_fraction: float = 0.1
+    moderation_threshold: float = 0.5
 
 
 SCHEMAS: dict[str, type] = {

@@ -76,7 +76,7 @@ class ScoreModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, *, kind: str | None = None,
-                        labels: list[str] | None = None, dtype: str | torch.dtype = "bfloat16",
+                        labels: list[str] | None = None, dtype: str | torch.dtype = "auto",
                         trust_remote_code: bool = False) -> ScoreModel:
         """Load a trained score model, or start a new one from any causal LM checkpoint.
 

@@ -251,14 +251,14 @@ def service_url(host: str, port: int, route_prefix: str) -> str:
 
 def run(cfg) -> str:
     """``rayrlhf serve``: start the endpoints, print the URL, and serve until interrupted."""
-    init_ray(cfg.cluster)
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
     app = build_app(cfg.reward_model, cfg.cost_model, cfg.moderation_model,
                     template=cfg.template.name, max_length=cfg.max_length, max_items=cfg.max_items,
                     max_chars=cfg.max_chars, max_batch_size=cfg.max_batch_size,
                     batch_wait_timeout_s=cfg.batch_wait_timeout_s,
                     moderation_threshold=cfg.moderation_threshold, dtype=cfg.dtype,
-                    num_cpus=cfg.num_cpus)
+                    num_cpus=cfg.num_cpus)  # before Ray starts: a wrong folder fails at once
+    init_ray(cfg.cluster)
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(app, name=APP_NAME, route_prefix=normalized_prefix(cfg.route_prefix), blocking=False)
     url = service_url(cfg.host, cfg.port, cfg.route_prefix)
     print(f"rayrlhf serve: scoring at {url}  (POST /reward /cost /moderation, GET /healthz)", flush=True)

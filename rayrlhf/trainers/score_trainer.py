@@ -69,10 +69,17 @@ def deepspeed_config(training: dict[str, Any]) -> dict[str, Any]:
         "gradient_accumulation_steps": training["gradient_accumulation_steps"],
         "gradient_clipping": training["max_grad_norm"],
         "zero_optimization": {"stage": training["zero_stage"]},
-        "bf16": {"enabled": bool(training["bf16"])},
+        "bf16": {"enabled": use_bf16(training["bf16"])},
         "steps_per_print": 10**9,  # we log ourselves
         "wall_clock_breakdown": False,
     }
+
+
+def use_bf16(setting: bool | None) -> bool:
+    """``training.bf16``: an explicit choice, or (None) bf16 exactly where it is fast."""
+    from rayrlhf.models.zoo import fast_bf16_available
+
+    return fast_bf16_available() if setting is None else bool(setting)
 
 
 @dataclass(frozen=True)

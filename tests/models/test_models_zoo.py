@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rayrlhf.models import load_causal_lm, load_tokenizer, resolve_model_path, to_dtype
+from rayrlhf.models.zoo import fast_bf16_available
 from rayrlhf.models.tiny import TinyLlamaSpec, build_tiny_llama
 
 
@@ -79,6 +80,8 @@ def test_resolve_model_path(tiny_model_dir, tmp_path):
 
 def test_to_dtype():
     assert to_dtype("bf16") is torch.bfloat16 and to_dtype("float32") is torch.float32
+    # "auto" follows the hardware: bf16 only where it is fast (AMX / AVX512-BF16 / GPUs).
+    assert to_dtype("auto") is (torch.bfloat16 if fast_bf16_available() else torch.float32)
     with pytest.raises(ValueError, match="unknown dtype 'int3'"):
         to_dtype("int3")
 
@@ -103,7 +106,7 @@ def test_smollm2_materialised_and_generating(monkeypatch):
     tok = load_tokenizer(path)
     assert tok.chat_template and "<|im_start|>" in tok.chat_template
     model = load_causal_lm(path).eval()
-    assert model.dtype == torch.bfloat16
+    assert model.dtype == to_dtype("auto")
     text = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
                                    tokenize=False, add_generation_prompt=True)
     enc = tok([text], return_tensors="pt", add_special_tokens=False)

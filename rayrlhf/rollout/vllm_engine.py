@@ -1,0 +1,124 @@
+"""Generation with vLLM (CPU or GPU), with in-place weight sync from the trainer.
+
+vLLM must run inside a process it may own: a Ray actor (``RolloutWorker``) or a script's
+``__main__``. ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` keeps the engine core in the caller's
+process, so weight sync is a plain function call on the model, with no pickling of tensors
+to a second process. vLLM is imported lazily, after ``VLLM_ENV`` is in the environment.
+
+Log-probs: ``logprobs_mode="raw_logprobs"`` (vLLM 0.32's default, set explicitly) returns
+``log_softmax`` of the raw logits, before temperature / top-p processing, i.e. the policy's
+log-probs at temperature 1, which is what PPO's ratio needs. ``processed_logprobs`` would
+return the log-probs of the temperature-scaled, top-p-truncated sampling distribution.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import torch
+
+from rayrlhf.models import resolve_model_path
+from rayrlhf.rollout.base import Completion, SamplingSpec
+
+log = logging.getLogger(__name__)
+
+# Defaults for vLLM's environment: engine core in this process; KV cache size in GiB on CPU.
+VLLM_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
+
+
+def apply_vllm_env(overrides: dict[str, str] | None = None) -> None:
+    """Put ``VLLM_ENV`` (plus overrides) into ``os.environ`` without clobbering user settings.
+
+    Must run before ``import vllm``: vLLM reads some of these once.
+    """
+    for key, value in {**VLLM_ENV, **(overrides or {})}.items():
+        os.environ.setdefault(key, value)
+
+
+def _reload_on_worker(worker, named_tensors: list[tuple[str, torch.Tensor]]) -> None:
+    """Runs on vLLM's worker: reload in place, then rebuild the packed GEMM of embedding-shaped heads.
+
+    On CPU, vLLM packs every linear weight for oneDNN/SGL kernels. ``reload_weights`` repacks
+    the layers it loads, but a tied ``lm_head`` receives no weights of its own and keeps its
+    packing of the *old* embedding (vLLM 0.32), so the logits would come from the old model.
+    Re-running the embedding method's post-load step repacks it from the current tensor.
+    """
+    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+
+    worker.reload_weights(weights_iterator=iter(named_tensors))
+    for module in worker.model_runner.get_model().modules():
+        method = getattr(module, "quant_method", None)
+        if isinstance(method, UnquantizedEmbeddingMethod):
+            method.process_weights_after_loading(module)
+
+
+class VLLMEngine:
+    """Rollouts through ``vllm.LLM``, token ids in, token ids and log-probs out."""
+
+    kind = "vllm"
+
+    def __init__(self, model_path, *, dtype: str = "bfloat16", max_model_len: int = 1024,
+                 seed: int = 0, stop_token_ids: list[int] | None = None, warmup: bool = True,
+                 env: dict[str, str] | None = None, **llm_kwargs) -> None:
+        apply_vllm_env(env)
+        from vllm import LLM
+
+        self.model_path = resolve_model_path(model_path)
+        self.llm = LLM(model=self.model_path, dtype=dtype, max_model_len=max_model_len,
+                       enforce_eager=True, seed=seed, logprobs_mode="raw_logprobs", **llm_kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        model_config = self.llm.llm_engine.model_config
+        self.dtype = model_config.dtype
+        self.tied_embeddings = bool(getattr(model_config.hf_text_config, "tie_word_embeddings", False))
+        self.stop_token_ids = list(stop_token_ids or [])
+        if warmup:  # the first call compiles/initialises kernels (seconds); pay it at start-up
+            self.generate([[self.tokenizer.eos_token_id or 0]], SamplingSpec(max_new_tokens=2, seed=0))
+
+    def generate(self, prompt_ids: list[list[int]], spec: SamplingSpec) -> list[Completion]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        base = SamplingParams(max_tokens=spec.max_new_tokens, temperature=spec.temperature,
+                              top_p=spec.top_p, logprobs=0, stop_token_ids=self.stop_token_ids,
+                              skip_special_tokens=True)
+        # One seed per prompt (seed + index), not one shared seed: vLLM seeds each request's own
+        # generator, so a shared seed would give identical prompts identical samples.
+        params = [base if spec.seed is None else replace_seed(base, spec.seed + i)
+                  for i in range(len(prompt_ids))]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids],
+                                    params, use_tqdm=False)
+        return [to_completion(prompt, out.outputs[0]) for prompt, out in zip(prompt_ids, outputs)]
+
+    @torch.no_grad()
+    def update_weights(self, named_tensors: dict[str, torch.Tensor]) -> None:
+        """Load HF-named tensors in place (vLLM fuses q/k/v and gate/up itself), then drop the
+        prefix cache, whose KV blocks were computed with the old weights."""
+        start = time.perf_counter()
+        weights = [(name, tensor.detach().to("cpu", self.dtype).contiguous())
+                   for name, tensor in named_tensors.items()
+                   if not (self.tied_embeddings and name == "lm_head.weight")]
+        self.llm.collective_rpc(_reload_on_worker, args=(weights,))
+        self.llm.reset_prefix_cache()
+        self.last_sync_s = time.perf_counter() - start
+        log.info("vLLM weight sync: %d tensors in %.3f s", len(weights), self.last_sync_s)
+
+    def close(self) -> None:
+        self.llm = None
+
+
+def replace_seed(params, seed: int):
+    """A copy of vLLM ``SamplingParams`` with another seed."""
+    clone = params.clone()
+    clone.seed = seed
+    return clone
+
+
+def to_completion(prompt_ids: list[int], output) -> Completion:
+    """vLLM's ``CompletionOutput`` as a ``Completion``; vLLM keeps the EOS / stop token in the ids."""
+    token_ids = list(output.token_ids)
+    logprobs = [step[token].logprob for step, token in zip(output.logprobs, token_ids)]
+    return Completion(prompt_ids=list(prompt_ids), response_ids=token_ids, response_logprobs=logprobs,
+                      text=output.text, finished=output.finish_reason == "stop")
+

@@ -1,0 +1,1 @@
+"""Ray actors: each role of PPO-Lag (rollout, policy, critics, scorers) as a worker class."""

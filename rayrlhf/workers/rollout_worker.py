@@ -1,0 +1,90 @@
+"""The rollout worker: one Ray actor that owns one rollout engine.
+
+``_RolloutWorker`` is a plain class (testable without Ray); ``RolloutWorker`` is its Ray
+actor class, so callers write ``RolloutWorker.options(num_cpus=1).remote(kind, path)``.
+vLLM needs its own process, which an actor is; its environment is set before the engine
+imports vLLM.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Sequence, TypeVar
+
+import ray
+import torch
+
+from rayrlhf.rollout import Completion, SamplingSpec, make_engine, shard_spec
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class _RolloutWorker:
+    """Generates completions and accepts weight pushes; the engine is chosen by ``kind``."""
+
+    def __init__(self, kind: str, model_path: str, engine_kwargs: dict[str, Any] | None = None,
+                 torch_threads: int | None = None) -> None:
+        start = time.perf_counter()
+        if kind == "vllm":
+            from rayrlhf.rollout.vllm_engine import apply_vllm_env
+
+            apply_vllm_env((engine_kwargs or {}).get("env"))
+        if torch_threads is not None:
+            torch.set_num_threads(torch_threads)
+        self.kind = kind
+        self.model_path = str(model_path)
+        self.engine = make_engine(kind, model_path, **(engine_kwargs or {}))
+        self.startup_s = time.perf_counter() - start
+
+    def ready(self) -> dict[str, Any]:
+        """What runs here and how long it took to start (await this before timing anything)."""
+        return {"kind": self.kind, "model_path": self.model_path, "startup_s": self.startup_s}
+
+    def generate(self, prompt_ids: list[list[int]], spec: SamplingSpec) -> list[Completion]:
+        return self.engine.generate(prompt_ids, spec)
+
+    def update_weights(self, named_tensors: dict[str, torch.Tensor]) -> float:
+        """Push new policy weights; returns the seconds spent inside the engine."""
+        start = time.perf_counter()
+        self.engine.update_weights(named_tensors)
+        seconds = time.perf_counter() - start
+        log.info("%s rollout worker: weight sync took %.3f s", self.kind, seconds)
+        return seconds
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+RolloutWorker = ray.remote(_RolloutWorker)
+
+
+def split_evenly(items: Sequence[T], n: int) -> list[list[T]]:
+    """``n`` contiguous chunks whose sizes differ by at most one (the first ones are larger)."""
+    if n < 1:
+        raise ValueError(f"need at least one chunk, got n={n}")
+    size, extra = divmod(len(items), n)
+    chunks, start = [], 0
+    for index in range(n):
+        stop = start + size + (1 if index < extra else 0)
+        chunks.append(list(items[start:stop]))
+        start = stop
+    return chunks
+
+
+def generate_across(workers: Sequence, prompt_ids: list[list[int]], spec: SamplingSpec) -> list[Completion]:
+    """Generate on all workers in parallel; completions come back in the prompts' order.
+
+    Each shard's seed is shifted by its offset in the batch (``shard_spec``), so workers never
+    draw the same random numbers, and vLLM workers sample what one worker would have sampled.
+    """
+    if not workers:
+        raise ValueError("generate_across needs at least one worker")
+    refs, offset = [], 0
+    for worker, chunk in zip(workers, split_evenly(prompt_ids, len(workers))):
+        if chunk:
+            refs.append(worker.generate.remote(chunk, shard_spec(spec, offset)))
+        offset += len(chunk)
+    return [completion for part in ray.get(refs) for completion in part]
