@@ -34,6 +34,8 @@ STAGES: dict[str, Stage] = {
                         "train the cost model (harmfulness, cost > 0 = unsafe) on preference pairs"),
     "train-moderation": Stage("train_moderation", "rayrlhf.trainers.score_trainer:run",
                               "train the QA-moderation classifier (14 harm categories)"),
+    "ppo-lag": Stage("ppo_lag", "rayrlhf.trainers.ppo_lag:run",
+                     "PPO-Lagrangian: maximise reward subject to E[cost] <= threshold"),
     "pipeline": Stage("pipeline", "rayrlhf.stages.pipeline:run",
                       "the whole Safe-RLHF pipeline on the embedded defaults"),
     "serve": Stage("serve", "rayrlhf.serve.app:run",

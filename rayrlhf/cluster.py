@@ -3,10 +3,13 @@ process runs in (ray job submit, KubeRay), or a remote one through Ray Client.""
 
 from __future__ import annotations
 
+import math
 import os
 
 
-def init_ray(cluster_cfg) -> None:
+def init_ray(cluster_cfg, required_cpus: float = 0) -> None:
+    """Start or join Ray. A local cluster gets at least ``required_cpus`` logical CPUs, so
+    every actor of a run can be placed on a small laptop (they share the real cores)."""
     import ray
 
     if ray.is_initialized():
@@ -21,7 +24,10 @@ def init_ray(cluster_cfg) -> None:
         runtime_env["env_vars"] = env_vars
     kwargs = {"runtime_env": runtime_env or None, "log_to_driver": True}
     if cluster_cfg.address is None:
-        ray.init(num_cpus=cluster_cfg.num_cpus, num_gpus=cluster_cfg.num_gpus,
+        num_cpus = cluster_cfg.num_cpus
+        if num_cpus is None:
+            num_cpus = max(os.cpu_count() or 1, math.ceil(required_cpus))
+        ray.init(num_cpus=num_cpus, num_gpus=cluster_cfg.num_gpus,
                  include_dashboard=cluster_cfg.include_dashboard,
                  dashboard_host=cluster_cfg.dashboard_host, **kwargs)
     else:

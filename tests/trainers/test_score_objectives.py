@@ -64,7 +64,7 @@ def test_deepspeed_config_maps_training_fields():
                 "zero_stage": 2, "bf16": True}
     ds = deepspeed_config(training)
     assert ds["train_micro_batch_size_per_gpu"] == 4 and ds["gradient_accumulation_steps"] == 2
-    assert ds["zero_optimization"] == {"stage": 2} and ds["bf16"] == {"enabled": True}
+    assert ds["zero_optimization"]["stage"] == 2 and ds["bf16"] == {"enabled": True}
     with pytest.raises(ValueError, match="zero_stage"):
         deepspeed_config({**training, "zero_stage": 4})
 

@@ -1,0 +1,62 @@
+"""A role's actors: N data-parallel ranks of one worker class, placed and wired together.
+
+The driver talks to a group as if it were one worker: ``call`` runs a method on every rank
+with the same arguments; ``call_split`` gives each rank its share of a batch's rows and
+returns the per-rank results in rank order. Methods are passed as real references
+(``group.call_split(PolicyWorker.logprobs, batch)``), never as strings.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import ray
+from ray.util.placement_group import PlacementGroup
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from rayrlhf.types import RolloutBatch
+
+
+class ActorGroup:
+    def __init__(self, worker_cls: type, num_ranks: int, *args: Any, name: str,
+                 num_cpus: float = 1, num_gpus: float = 0,
+                 placement: tuple[PlacementGroup, int] | None = None,
+                 distributed: bool = False, backend: str = "gloo",
+                 runtime_env: dict | None = None, **kwargs: Any) -> None:
+        if num_ranks < 1:
+            raise ValueError(f"{name}: num_ranks must be >= 1, got {num_ranks}")
+        self.name = name
+        remote_cls = ray.remote(worker_cls)
+        self.actors = []
+        for rank in range(num_ranks):
+            options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus,
+                                       "name": f"{name}-{rank}", "runtime_env": runtime_env}
+            if placement is not None:
+                pg, bundle = placement
+                options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                    placement_group=pg, placement_group_bundle_index=bundle)
+            self.actors.append(remote_cls.options(**options).remote(*args, **kwargs))
+        if distributed:
+            address, port = ray.get(self.actors[0].free_address.remote())
+            ray.get([actor.setup_distributed.remote(rank, num_ranks, address, port, backend)
+                     for rank, actor in enumerate(self.actors)])
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def call(self, method: Callable, *args: Any, **kwargs: Any) -> list[ray.ObjectRef]:
+        """``method`` on every rank with the same arguments (futures, rank order)."""
+        return [getattr(actor, method.__name__).remote(*args, **kwargs) for actor in self.actors]
+
+    def call_rank0(self, method: Callable, *args: Any, **kwargs: Any) -> ray.ObjectRef:
+        return getattr(self.actors[0], method.__name__).remote(*args, **kwargs)
+
+    def call_split(self, method: Callable, batch: RolloutBatch, **kwargs: Any) -> list[ray.ObjectRef]:
+        """Each rank gets its contiguous share of ``batch``'s rows (futures, rank order)."""
+        return [getattr(actor, method.__name__).remote(shard, **kwargs)
+                for actor, shard in zip(self.actors, batch.split(len(self.actors)))]
+
+    def kill(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []

@@ -1,0 +1,106 @@
+"""The policy (actor) and the frozen reference policy: one class, two roles."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from rayrlhf.algorithms import entropy_from_logits, masked_mean, ppo_actor_loss
+from rayrlhf.models.forward import response_logits, token_logprobs
+from rayrlhf.types import RolloutBatch
+from rayrlhf.workers.base import DistributedWorker, OptimConfig, build_engine
+
+log = logging.getLogger(__name__)
+
+
+class PolicyWorker(DistributedWorker):
+    """A causal LM rank. Trainable (the policy, DeepSpeed) or frozen (the reference)."""
+
+    def __init__(self, model_path: str, *, dtype: str = "auto", optim: OptimConfig | None = None,
+                 threads: int | None = None, seed: int = 0) -> None:
+        from rayrlhf.models import load_causal_lm
+
+        self.configure(threads, seed)
+        self.model_path = model_path
+        self.trainable = optim is not None
+        # Trainable weights stay fp32 (DeepSpeed keeps bf16 copies when bf16 is on).
+        self.model = load_causal_lm(model_path, dtype="float32" if self.trainable else dtype)
+        self.optim = optim
+        self.engine = None
+        if not self.trainable:
+            self.model.eval().requires_grad_(False)
+
+    def init_engine(self) -> None:
+        """Build the DeepSpeed engine (after ``setup_distributed``)."""
+        if self.trainable:
+            self.engine = build_engine(self.model, self.optim)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.engine.module if self.engine is not None else self.model
+
+    @torch.no_grad()
+    def logprobs(self, batch: RolloutBatch, micro_batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+        """([b, R] log-probs of the response tokens, [b] mean token entropy per response)."""
+        module = self.module.eval()
+        logps, entropies = [], []
+        for start in range(0, len(batch), micro_batch_size):
+            part = batch.select(slice(start, start + micro_batch_size))
+            logits = response_logits(module, part.sequences, part.attention_mask, part.prompt_length)
+            logps.append(token_logprobs(logits, part.response_ids))
+            mask = part.response_mask.float()
+            probs = torch.softmax(logits.float(), -1)
+            token_entropy = -(probs * torch.log_softmax(logits.float(), -1)).sum(-1)
+            entropies.append((token_entropy * mask).sum(-1) / mask.sum(-1).clamp(min=1))
+        return torch.cat(logps), torch.cat(entropies)
+
+    def train(self, batch: RolloutBatch, *, epochs: int, minibatch_size: int, clip_ratio: float,
+              entropy_coef: float = 0.0, seed: int = 0) -> dict[str, float]:
+        """PPO epochs over this rank's rows: clipped surrogate on ``batch.advantages``."""
+        engine = self.engine
+        engine.train()
+        generator = torch.Generator().manual_seed(seed)
+        stats: dict[str, list[float]] = {"loss": [], "clip_fraction": [], "approx_kl": [], "entropy": []}
+        for _ in range(epochs):
+            for mb in batch.minibatches(minibatch_size, generator):
+                logits = response_logits(engine, mb.sequences, mb.attention_mask, mb.prompt_length)
+                logp = token_logprobs(logits, mb.response_ids)
+                mask = mb.response_mask.float()
+                loss, info = ppo_actor_loss(logp, mb.old_logprobs, mb.advantages, mask, clip_ratio)
+                entropy = entropy_from_logits(logits.float(), mask)
+                if entropy_coef:
+                    loss = loss - entropy_coef * entropy
+                engine.backward(loss)
+                engine.step()
+                stats["loss"].append(loss.item())
+                stats["clip_fraction"].append(float(info["clip_fraction"]))
+                stats["approx_kl"].append(float(info["approx_kl"]))
+                stats["entropy"].append(entropy.item())
+        return {k: sum(v) / len(v) for k, v in stats.items() if v}
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The policy's parameters under their transformers names, for the rollout engines."""
+        state = self.module.state_dict()
+        return {name: tensor.detach().to(torch.float32 if tensor.is_floating_point() else tensor.dtype)
+                for name, tensor in state.items()}
+
+    def save_pretrained(self, out_dir: str, tokenizer_path: str | None = None) -> str:
+        """A plain transformers directory (rank 0 writes) that vLLM and transformers load."""
+        from rayrlhf.models import load_tokenizer
+
+        if self.rank == 0:
+            self.module.save_pretrained(out_dir, safe_serialization=True)
+            load_tokenizer(tokenizer_path or self.model_path).save_pretrained(out_dir)
+        return out_dir
+
+    def save_checkpoint(self, out_dir: str) -> None:
+        self.engine.save_checkpoint(out_dir, tag="policy")
+
+    def load_checkpoint(self, in_dir: str) -> None:
+        self.engine.load_checkpoint(in_dir, tag="policy")
+
+    def info(self) -> dict[str, Any]:
+        return {"rank": self.rank, "world_size": self.world_size, "trainable": self.trainable,
+                "parameters": sum(p.numel() for p in self.model.parameters())}
