@@ -254,7 +254,7 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     # vLLM only: KV cache per engine (GiB) and the longest prompt + response it serves.
-    kv_cache_gib: float = 1.0
+    kv_cache_gib: int = 1
     max_model_len: int = 1024
 
 

@@ -145,7 +145,7 @@ class PPOLagDriver:
         engine_kwargs: dict[str, Any] = {}
         if cfg.rollout.engine == "vllm":
             engine_kwargs = {"max_model_len": cfg.rollout.max_model_len, "seed": self.seed,
-                             "env": {"VLLM_CPU_KVCACHE_SPACE": str(cfg.rollout.kv_cache_gib)}}
+                             "env": {"VLLM_CPU_KVCACHE_SPACE": str(int(cfg.rollout.kv_cache_gib))}}
         self.rollout_workers = [
             RolloutWorker.options(num_cpus=cfg.rollout.cpus_per_engine, num_gpus=gpus,
                                   name=f"rollout-{i}").remote(cfg.rollout.engine, self.policy_path,

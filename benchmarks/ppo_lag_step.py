@@ -1,0 +1,569 @@
+"""PPO-Lag step time of rayrlhf on this machine, side by side with TRL 1.12's PPOTrainer.
+
+Prints ONE JSON object on stdout (everything else goes to stderr). What it measures:
+
+* ``rayrlhf_vllm`` / ``rayrlhf_hf``: ``PPOLagDriver.step`` with SmolLM2-135M-Instruct as the
+  policy and reference, untrained SmolLM2-based reward and cost *score models* (so the step
+  does the work of a Safe-RLHF step: two judges, two critics initialised from them), fp32,
+  ``--prompts`` prompts x ``--new-tokens`` new tokens, 1 PPO epoch, one mini-batch. One
+  warm-up step, then ``--steps`` measured steps: median step time, the per-phase medians
+  (the driver's ``timing/*`` metrics), generate tokens/s, weight-sync and orchestration
+  shares, and the peak of the summed RSS of the driver and every Ray worker process
+  (sampled by a background thread during the measured steps).
+* ``peer_trl``: ``trl.experimental.ppo.PPOTrainer`` (TRL 1.12; later releases removed it) in
+  its own venv (``--peer-venv``), on the same prompts, same models (the reward score model
+  also initialises TRL's value model), fp32, the same batch shape. TRL is plain PPO: one
+  judge and one critic, so it does less work per step than Safe RLHF (see ``work``).
+* ``--throughput``: rollout throughput at ``--tp-prompts`` x ``--tp-new-tokens`` through the
+  running vLLM driver's rollout workers (exactly the driver's generate phase) against a
+  plain ``vllm.LLM`` in a subprocess with the same model, dtype, sampling and seeds.
+
+Run: ``.venv/bin/python benchmarks/ppo_lag_step.py [--steps 3] [--throughput]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray 2.60 turns token auth on for local clusters
+
+log = logging.getLogger("bench.ppo_lag_step")
+GIB = 1024 ** 3
+PHASES = ("generate", "score", "advantages", "train", "lagrange", "sync", "overhead")
+TRL_PIP = ["torch==2.13.0", "trl==1.12.*", "transformers", "accelerate", "datasets", "psutil"]
+
+
+# ---------------------------------------------------------------------------- machine
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores and the bf16 instruction sets that decide rayrlhf's dtype."""
+    import psutil
+    import torch
+
+    flags: set[str] = set()
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model in ("", "x86_64"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    for name in ("vllm", "ray", "transformers", "deepspeed"):
+        try:
+            versions[name] = __import__(name).__version__
+        except Exception as exc:  # noqa: BLE001 - a missing package is information here
+            versions[name] = f"unavailable: {exc}"
+    return {
+        "cpu_model": model, "logical_cpus": os.cpu_count(), "physical_cores": psutil.cpu_count(logical=False),
+        "has_amx_bf16": "amx_bf16" in flags, "has_avx512_bf16": "avx512_bf16" in flags,
+        "has_avx512f": "avx512f" in flags, "memory_gib": round(psutil.virtual_memory().total / GIB, 1),
+        "versions": versions, "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+# ---------------------------------------------------------------------------- memory sampling
+def is_ray_worker(proc) -> bool:
+    """Ray renames its worker processes ``ray::<Actor>...``; raylet, GCS etc. are not workers."""
+    try:
+        cmd = proc.cmdline()
+    except Exception:  # noqa: BLE001 - the process may be gone already
+        return False
+    return bool(cmd) and (cmd[0].startswith("ray::") or any("default_worker.py" in c for c in cmd))
+
+
+class RssSampler:
+    """Background thread: peak of (driver + Ray workers) RSS and of the whole process tree.
+
+    RSS counts shared pages (object-store mappings, shared libraries) once per process, so the
+    sums are upper bounds of the real footprint, measured the same way for rayrlhf and TRL.
+    """
+
+    def __init__(self, interval_s: float = 0.5) -> None:
+        import psutil
+
+        self.root = psutil.Process(os.getpid())
+        self.interval_s = interval_s
+        self.peak_workers = 0
+        self.peak_tree = 0
+        self.peak_processes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        workers = tree = self.root.memory_info().rss
+        children = self.root.children(recursive=True)
+        for child in children:
+            try:
+                rss = child.memory_info().rss
+            except Exception:  # noqa: BLE001 - exited between listing and reading
+                continue
+            tree += rss
+            if is_ray_worker(child):
+                workers += rss
+        self.peak_workers = max(self.peak_workers, workers)
+        self.peak_tree = max(self.peak_tree, tree)
+        self.peak_processes = max(self.peak_processes, len(children) + 1)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+
+# ---------------------------------------------------------------------------- shared inputs
+def build_score_models(root: Path, seed: int) -> tuple[str, str]:
+    """Untrained SmolLM2 reward and cost score models (random heads, seeded)."""
+    import torch
+
+    from rayrlhf.models import load_tokenizer, resolve_model_path
+    from rayrlhf.models.score_model import ScoreModel
+
+    policy = resolve_model_path("smollm2-135m-instruct")
+    tokenizer = load_tokenizer(policy)
+    dirs = []
+    for offset, kind in enumerate(("reward", "cost")):
+        torch.manual_seed(seed + offset)
+        out = root / f"{kind}_model"
+        ScoreModel.from_pretrained(policy, kind=kind, dtype="float32").save_pretrained(out, tokenizer)
+        dirs.append(str(out))
+    return dirs[0], dirs[1]
+
+
+def rayrlhf_overrides(engine: str, args, reward_dir: str, cost_dir: str) -> list[str]:
+    return [
+        f"reward={reward_dir}", f"cost={cost_dir}", f"rollout.engine={engine}",
+        f"rollout.prompts_per_step={args.prompts}", f"rollout.max_new_tokens={args.new_tokens}",
+        "ppo.epochs=1", f"ppo.minibatch_size={args.prompts}", "ppo.bf16=false", "policy.dtype=float32",
+        f"steps={1 + args.steps}", "save_every=0", "tensorboard=false", f"run.seed={args.seed}",
+        *args.override,
+    ]
+
+
+def step_prompt_ids(driver, num_prompts: int, steps: int, seed: int) -> list[list[int]]:
+    """The formatted, tokenised prompts the driver uses in steps 0..steps-1, in order."""
+    from rayrlhf.trainers.ppo_lag import prompt_order
+
+    return [driver.prompt_ids[i] for step in range(steps)
+            for i in prompt_order(len(driver.prompts), num_prompts, step, seed)]
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def summarise_steps(history: list[dict[str, float]]) -> dict[str, Any]:
+    """Medians over the measured steps of the driver's timing/* metrics."""
+    step_s = [m["timing/step_s"] for m in history]
+    phases = {name: round(median([m.get(f"timing/{name}_s", 0.0) for m in history]), 4) for name in PHASES}
+    return {
+        "median_step_s": round(median(step_s), 3),
+        "step_s": [round(s, 3) for s in step_s],
+        "phases_s": phases,
+        "tokens_per_s": round(median([m["timing/generate_tokens_per_s"] for m in history]), 1),
+        "sync_share": round(median([m["timing/sync_s"] / m["timing/step_s"] for m in history]), 4),
+        "overhead_share": round(median([m["timing/overhead_s"] / m["timing/step_s"] for m in history]), 4),
+        "mean_response_len": round(statistics.fmean(m["rollout/response_length"] for m in history), 2),
+        "finished_share": round(statistics.fmean(m["rollout/finished"] for m in history), 3),
+        "logprob_gap_engine_vs_policy": round(median([m["rollout/logprob_gap"] for m in history]), 5),
+    }
+
+
+# ---------------------------------------------------------------------------- rayrlhf
+def timed_generate_phase(driver, prompt_ids: list[list[int]], max_new_tokens: int, seed: int) -> tuple[float, int]:
+    """What ``PPOLagDriver.step``'s generate phase does (Ray fan-out, engines, batch packing)
+    for an arbitrary batch: (seconds, response tokens)."""
+    from rayrlhf.rollout import SamplingSpec
+    from rayrlhf.types import build_rollout_batch
+    from rayrlhf.workers.rollout_worker import generate_across
+
+    rollout = driver.cfg.rollout
+    spec = SamplingSpec(max_new_tokens=max_new_tokens, temperature=rollout.temperature, top_p=rollout.top_p,
+                        seed=seed)
+    start = time.perf_counter()
+    completions = generate_across(driver.rollout_workers, prompt_ids, spec)
+    batch = build_rollout_batch([c.prompt_ids for c in completions], [c.response_ids for c in completions],
+                                [c.finished for c in completions], driver.tokenizer.pad_token_id,
+                                [c.response_logprobs for c in completions])
+    seconds = time.perf_counter() - start
+    return seconds, int(batch.response_mask.sum())
+
+
+def run_rayrlhf(engine: str, args, reward_dir: str, cost_dir: str, work: Path,
+                shared: dict[str, Any]) -> dict[str, Any]:
+    """Build the driver on a private Ray cluster, 1 warm-up + N measured steps, then tear down."""
+    import ray
+
+    from rayrlhf.cluster import init_ray
+    from rayrlhf.config import compose_config
+    from rayrlhf.trainers.ppo_lag import PPOLagDriver, required_cpus
+
+    overrides = rayrlhf_overrides(engine, args, reward_dir, cost_dir)
+    cfg = compose_config("ppo_lag", overrides, output_dir=str(work / f"rayrlhf_{engine}"))
+    load_start = os.getloadavg()[0]
+    start = time.perf_counter()
+    init_ray(cfg.cluster, required_cpus=required_cpus(cfg))
+    driver = None
+    try:
+        driver = PPOLagDriver(cfg)
+        startup_s = time.perf_counter() - start
+        log.info("[%s] driver ready in %.1f s", engine, startup_s)
+        if "prompt_ids" not in shared:
+            shared["prompt_ids"] = step_prompt_ids(driver, args.prompts, 1 + args.steps, args.seed)
+        warm = driver.step()
+        log.info("[%s] warm-up step %.1f s", engine, warm["timing/step_s"])
+        history = []
+        with RssSampler(args.rss_interval) as rss:
+            for _ in range(args.steps):
+                metrics = driver.step()
+                history.append(metrics)
+                log.info("[%s] step %d: %.1f s %s", engine, metrics["step"], metrics["timing/step_s"],
+                         {k[7:]: round(v, 2) for k, v in metrics.items() if k.startswith("timing/")})
+        result = {
+            **summarise_steps(history),
+            "peak_rss_gib": round(rss.peak_workers / GIB, 3),
+            "peak_rss_all_ray_processes_gib": round(rss.peak_tree / GIB, 3),
+            "processes": rss.peak_processes,
+            "warmup_step_s": round(warm["timing/step_s"], 3),
+            "startup_s": round(startup_s, 1),
+            "load_avg_1m": [round(load_start, 2), round(os.getloadavg()[0], 2)],
+        }
+        if engine == "vllm" and args.throughput:
+            result["throughput_in_system"] = measure_in_system_throughput(driver, args, shared)
+        return result
+    finally:
+        if driver is not None:
+            driver.shutdown()
+        ray.shutdown()
+
+
+def measure_in_system_throughput(driver, args, shared: dict[str, Any]) -> dict[str, Any]:
+    from rayrlhf.trainers.ppo_lag import prompt_order
+
+    index = prompt_order(len(driver.prompts), args.tp_prompts, 1000, args.seed)
+    prompt_ids = [driver.prompt_ids[i] for i in index]
+    shared["tp_prompt_ids"] = prompt_ids
+    shared["tp_engine"] = {"max_model_len": driver.cfg.rollout.max_model_len,
+                           "kv_cache_gib": driver.cfg.rollout.kv_cache_gib,
+                           "temperature": driver.cfg.rollout.temperature, "top_p": driver.cfg.rollout.top_p,
+                           "policy_path": driver.policy_path}
+    runs = []
+    for repeat in range(args.tp_repeats):
+        seconds, tokens = timed_generate_phase(driver, prompt_ids, args.tp_new_tokens, args.seed + repeat)
+        log.info("[vllm] in-system generate %dx%d: %.1f s, %d tokens", len(prompt_ids), args.tp_new_tokens,
+                 seconds, tokens)
+        runs.append({"seconds": round(seconds, 3), "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1)})
+    return {"runs": runs, "tokens_per_s": median([r["tokens_per_s"] for r in runs])}
+
+
+# ---------------------------------------------------------------------------- standalone vLLM
+STANDALONE_VLLM = r'''
+import json, os, sys, time
+spec = json.load(open(sys.argv[1]))
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(spec["kv_cache_gib"])
+import torch
+torch.set_num_threads(spec["threads"])
+from vllm import LLM, SamplingParams
+from vllm.inputs import TokensPrompt
+llm = LLM(model=spec["model"], dtype=spec["dtype"], max_model_len=spec["max_model_len"], enforce_eager=True,
+          seed=spec["seed"], logprobs_mode="raw_logprobs")
+prompts = [TokensPrompt(prompt_token_ids=p) for p in spec["prompt_ids"]]
+def run(seed, max_tokens, n):
+    params = []
+    for i in range(n):
+        p = SamplingParams(max_tokens=max_tokens, temperature=spec["temperature"], top_p=spec["top_p"],
+                           logprobs=0, skip_special_tokens=True, seed=seed + i)
+        params.append(p)
+    start = time.perf_counter()
+    outs = llm.generate(prompts[:n], params, use_tqdm=False)
+    return time.perf_counter() - start, sum(len(o.outputs[0].token_ids) for o in outs)
+run(0, 2, 1)  # warm-up, as VLLMEngine does
+runs = []
+for r in range(spec["repeats"]):
+    s, t = run(spec["seed"] + r, spec["max_new_tokens"], len(prompts))
+    runs.append({"seconds": round(s, 3), "tokens": t, "tokens_per_s": round(t / s, 1)})
+    print(f"standalone vLLM {len(prompts)}x{spec['max_new_tokens']}: {s:.1f} s {t} tokens", file=sys.stderr)
+print(json.dumps({"runs": runs}))
+'''
+
+
+def run_standalone_vllm(args, shared: dict[str, Any], work: Path) -> dict[str, Any]:
+    """Plain vllm.LLM in a subprocess: same model, dtype (VLLMEngine's default bfloat16),
+    sampling, per-prompt seeds and torch threads as the rollout worker."""
+    engine = shared["tp_engine"]
+    spec = {"model": engine["policy_path"], "dtype": args.vllm_dtype, "max_model_len": engine["max_model_len"],
+            "kv_cache_gib": engine["kv_cache_gib"], "temperature": engine["temperature"], "top_p": engine["top_p"],
+            "seed": args.seed, "threads": args.threads, "prompt_ids": shared["tp_prompt_ids"],
+            "max_new_tokens": args.tp_new_tokens, "repeats": args.tp_repeats}
+    spec_file = work / "standalone_vllm.json"
+    spec_file.write_text(json.dumps(spec))
+    script = work / "standalone_vllm.py"
+    script.write_text(STANDALONE_VLLM)
+    # Ray gives a 1-CPU actor OMP_NUM_THREADS=1; the standalone run gets the same.
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    proc = subprocess.run([sys.executable, str(script), str(spec_file)], capture_output=True, text=True,
+                          env=env, timeout=args.tp_timeout)
+    sys.stderr.write(proc.stderr[-3000:])
+    if proc.returncode != 0:
+        return {"error": f"exit {proc.returncode}: {proc.stderr[-1500:]}"}
+    runs = json.loads(proc.stdout.strip().splitlines()[-1])["runs"]
+    return {"runs": runs, "tokens_per_s": median([r["tokens_per_s"] for r in runs]), "dtype": args.vllm_dtype,
+            "threads": args.threads}
+
+
+# ---------------------------------------------------------------------------- peer: TRL
+PEER_SCRIPT = r'''
+"""TRL 1.12 PPOTrainer at the benchmark's batch shape; prints one JSON line."""
+import json, os, resource, sys, threading, time, statistics
+spec = json.load(open(sys.argv[1]))
+import torch
+torch.set_num_threads(spec["threads"])
+import psutil, transformers, trl
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+import trl.experimental.ppo.ppo_trainer as ppo_module
+from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+tok = AutoTokenizer.from_pretrained(spec["policy"], padding_side="left")
+# SmolLM2's pad token is its EOS <|im_end|>, which TRL would mask inside the chat-formatted
+# prompts (TRL builds attention masks as ids != pad); <|endoftext|> never occurs in them.
+tok.pad_token = "<|endoftext|>"
+f32 = torch.float32
+policy = AutoModelForCausalLM.from_pretrained(spec["policy"], dtype=f32)
+ref = AutoModelForCausalLM.from_pretrained(spec["policy"], dtype=f32)
+reward = AutoModelForSequenceClassification.from_pretrained(spec["reward"], num_labels=1, dtype=f32)
+value = AutoModelForSequenceClassification.from_pretrained(spec["reward"], num_labels=1, dtype=f32)
+for m in (policy, ref, reward, value):
+    m.config.pad_token_id = tok.pad_token_id
+policy.generation_config.pad_token_id = tok.pad_token_id
+dataset = Dataset.from_dict({"input_ids": spec["prompt_ids"]})
+
+gen_seconds = []
+original = ppo_module.batch_generation
+def timed_batch_generation(*a, **k):
+    start = time.perf_counter()
+    out = original(*a, **k)
+    gen_seconds.append(time.perf_counter() - start)
+    return out
+ppo_module.batch_generation = timed_batch_generation
+
+marks = []
+class StepClock(TrainerCallback):
+    def on_train_begin(self, args, state, control, **kw):
+        marks.append(time.perf_counter())
+    def on_step_end(self, args, state, control, **kw):
+        marks.append(time.perf_counter())
+
+class Rss:
+    def __init__(self):
+        self.proc, self.peak, self.stop = psutil.Process(), 0, threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+    def run(self):
+        while not self.stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss); self.stop.wait(0.5)
+rss = Rss()
+class RssOnMeasured(TrainerCallback):
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == spec["warmup"] and not rss.thread.is_alive():
+            rss.thread.start()
+
+n = spec["prompts"]
+config = PPOConfig(
+    output_dir=spec["output_dir"], per_device_train_batch_size=n, gradient_accumulation_steps=1,
+    num_mini_batches=1, num_ppo_epochs=1, local_rollout_forward_batch_size=n,
+    total_episodes=n * (spec["warmup"] + spec["steps"]), response_length=spec["new_tokens"],
+    stop_token="eos", temperature=1.0, num_sample_generations=0, bf16=False, fp16=False, use_cpu=True,
+    report_to=[], save_strategy="no", logging_steps=1, seed=spec["seed"], learning_rate=1e-5,
+    kl_coef=0.02, gamma=1.0, lam=0.95, cliprange=0.2, disable_tqdm=True, dataloader_num_workers=0,
+)
+trainer = PPOTrainer(args=config, processing_class=tok, model=policy, ref_model=ref, reward_model=reward,
+                     value_model=value, train_dataset=dataset, callbacks=[StepClock(), RssOnMeasured()])
+trainer.train()
+rss.stop.set()
+steps = [b - a for a, b in zip(marks, marks[1:])]
+measured = steps[spec["warmup"]:]
+logs = [h for h in trainer.state.log_history if "val/num_eos_tokens" in h]
+print(json.dumps({
+    "median_step_s": round(statistics.median(measured), 3), "step_s": [round(s, 3) for s in steps],
+    "warmup_step_s": round(steps[0], 3) if spec["warmup"] else None,
+    "generate_s": round(statistics.median(gen_seconds[spec["warmup"]:]), 3),
+    "tokens_per_s_upper_bound": round(n * spec["new_tokens"] / statistics.median(gen_seconds[spec["warmup"]:]), 1),
+    "peak_rss_gib": round(max(rss.peak, psutil.Process().memory_info().rss) / 1024**3, 3),
+    "peak_rss_whole_run_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3),
+    "num_eos_tokens_per_step": [h["val/num_eos_tokens"] for h in logs],
+    "threads": spec["threads"], "versions": {"trl": trl.__version__, "transformers": transformers.__version__,
+                                             "torch": torch.__version__},
+}))
+'''
+
+
+def ensure_peer_venv(venv: Path) -> Path:
+    """``python3.11 -m venv`` + TRL 1.12 and friends, once; never touches the project venv."""
+    python = venv / "bin" / "python"
+    probe = [str(python), "-c", "import trl.experimental.ppo, psutil, sys; assert trl.__version__.startswith('1.12')"]
+    if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
+        return python
+    log.info("creating the TRL venv at %s (pip install %s)", venv, " ".join(TRL_PIP))
+    if not python.exists():
+        subprocess.run(["python3.11", "-m", "venv", str(venv)], check=True, stdout=sys.stderr)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *TRL_PIP], check=True, stdout=sys.stderr)
+    subprocess.run(probe, check=True)
+    return python
+
+
+def run_peer(args, shared: dict[str, Any], reward_dir: str, work: Path) -> dict[str, Any]:
+    from rayrlhf.models import resolve_model_path
+
+    try:
+        python = ensure_peer_venv(Path(args.peer_venv))
+    except Exception as exc:  # noqa: BLE001 - recorded in the JSON instead of failing the run
+        return {"error": f"could not prepare the TRL venv at {args.peer_venv}: {exc}"}
+    spec = {"policy": resolve_model_path("smollm2-135m-instruct"), "reward": reward_dir,
+            "prompt_ids": shared["prompt_ids"], "prompts": args.prompts, "new_tokens": args.new_tokens,
+            "warmup": 1, "steps": args.steps, "seed": args.seed, "threads": args.peer_threads,
+            "output_dir": str(work / "trl_out")}
+    spec_file = work / "peer_spec.json"
+    spec_file.write_text(json.dumps(spec))
+    script = work / "peer_trl_ppo.py"
+    script.write_text(PEER_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update({"TRL_EXPERIMENTAL_SILENCE": "1", "OMP_NUM_THREADS": str(args.peer_threads),
+                "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    load_start = os.getloadavg()[0]
+    try:
+        proc = subprocess.run([str(python), str(script), str(spec_file)], capture_output=True, text=True,
+                              env=env, timeout=args.peer_timeout, cwd=str(work))
+    except subprocess.TimeoutExpired:
+        return {"error": f"TRL run exceeded {args.peer_timeout} s"}
+    sys.stderr.write(proc.stderr[-4000:])
+    if proc.returncode != 0:
+        return {"error": f"TRL exited {proc.returncode}: {proc.stderr[-2000:]}"}
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["load_avg_1m"] = [round(load_start, 2), round(os.getloadavg()[0], 2)]
+    return result
+
+
+# ---------------------------------------------------------------------------- main
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=3, help="measured steps after 1 warm-up step")
+    p.add_argument("--prompts", type=int, default=16)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--engines", default="vllm,hf", help="comma list of rayrlhf rollout engines to run")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--threads", type=int, default=1, help="torch threads of a rollout worker (config default)")
+    p.add_argument("--override", action="append", default=[], help="extra Hydra override for rayrlhf (repeatable)")
+    p.add_argument("--rss-interval", type=float, default=0.5)
+    p.add_argument("--no-peer", dest="peer", action="store_false", help="skip TRL")
+    p.add_argument("--peer-venv", default="/tmp/rayrlhf-trl-venv")
+    p.add_argument("--peer-threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--peer-timeout", type=int, default=1200)
+    p.add_argument("--throughput", action="store_true",
+                   help="also compare in-system vLLM rollout throughput with a standalone vllm.LLM")
+    p.add_argument("--tp-prompts", type=int, default=64)
+    p.add_argument("--tp-new-tokens", type=int, default=128)
+    p.add_argument("--tp-repeats", type=int, default=2)
+    p.add_argument("--tp-timeout", type=int, default=1200)
+    p.add_argument("--vllm-dtype", default="bfloat16",
+                   help="standalone vLLM dtype; VLLMEngine's default, which the driver leaves unchanged")
+    p.add_argument("--output", help="also write the JSON here")
+    return p.parse_args(argv)
+
+
+def json_stdout():
+    """A file on the real stdout; fd 1 then points at stderr, so that Ray's forwarded worker
+    logs, vLLM's logger and every subprocess print to stderr and stdout carries only the JSON."""
+    sys.stdout.flush()
+    real = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    return real
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    out = json_stdout()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)  # the driver only packs batches; leave the cores to the workers
+    wall_start = time.perf_counter()
+    report: dict[str, Any] = {
+        "benchmark": "ppo_lag_step", "machine": machine_info(),
+        "config": {"model": "smollm2-135m-instruct", "prompts": args.prompts, "new_tokens": args.new_tokens,
+                   "ppo_epochs": 1, "minibatch_size": args.prompts, "dtype": "float32 (torch); vLLM: "
+                   "VLLMEngine default (bfloat16)", "warmup_steps": 1, "measured_steps": args.steps,
+                   "reward_cost": "untrained SmolLM2 score models (critics initialised from them)",
+                   "rayrlhf_overrides": rayrlhf_overrides("<engine>", args, "<reward_dir>", "<cost_dir>"),
+                   "peer_threads": args.peer_threads},
+        "work": {
+            "rayrlhf": "generate; no-grad forwards: policy, reference, reward critic, cost critic, reward "
+                       "model, cost model; train: policy, reward critic, cost critic (3 optimisers); "
+                       "weight sync to the engine",
+            "trl": "generate (HF, logprobs from generation scores); no-grad forwards: reference, value, reward "
+                   "model; train: policy+value in one backward (1 optimiser); no cost model, no cost critic",
+        },
+    }
+    with tempfile.TemporaryDirectory(prefix="rayrlhf-bench-") as tmp:
+        work = Path(tmp)
+        reward_dir, cost_dir = build_score_models(work, args.seed)
+        shared: dict[str, Any] = {}
+        for engine in [e.strip() for e in args.engines.split(",") if e.strip()]:
+            try:
+                report[f"rayrlhf_{engine}"] = run_rayrlhf(engine, args, reward_dir, cost_dir, work, shared)
+            except Exception as exc:  # noqa: BLE001 - keep the other measurements
+                log.exception("rayrlhf %s failed", engine)
+                report[f"rayrlhf_{engine}"] = {"error": repr(exc)}
+        if args.throughput and "tp_prompt_ids" in shared:
+            standalone = run_standalone_vllm(args, shared, work)
+            inside = report["rayrlhf_vllm"].pop("throughput_in_system")
+            report["throughput"] = {"prompts": args.tp_prompts, "new_tokens": args.tp_new_tokens,
+                                    "in_system": inside, "standalone_vllm": standalone}
+            if "tokens_per_s" in standalone:
+                report["throughput_ratio_vs_standalone"] = round(inside["tokens_per_s"] / standalone["tokens_per_s"], 3)
+        if args.peer and "prompt_ids" in shared:
+            report["peer_trl"] = run_peer(args, shared, reward_dir, work)
+        elif args.peer:
+            report["peer_trl"] = {"error": "no rayrlhf run produced the shared prompts"}
+    ours = report.get("rayrlhf_vllm", {})
+    peer = report.get("peer_trl", {})
+    if "median_step_s" in ours and "median_step_s" in peer:
+        report["speedup_vs_trl"] = round(peer["median_step_s"] / ours["median_step_s"], 3)
+    hf = report.get("rayrlhf_hf", {})
+    if "median_step_s" in hf and "median_step_s" in peer:
+        report["speedup_vs_trl_hf_engine"] = round(peer["median_step_s"] / hf["median_step_s"], 3)
+    report["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    report["wall_s"] = round(time.perf_counter() - wall_start, 1)
+    text = json.dumps(report, indent=2)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text + "\n")
+    out.write(text + "\n")
+    out.flush()
+    return report
+
+
+if __name__ == "__main__":
+    main()
