@@ -268,7 +268,8 @@ def measure_in_system_throughput(driver, args, shared: dict[str, Any]) -> dict[s
     shared["tp_engine"] = {"max_model_len": driver.cfg.rollout.max_model_len,
                            "kv_cache_gib": driver.cfg.rollout.kv_cache_gib,
                            "temperature": driver.cfg.rollout.temperature, "top_p": driver.cfg.rollout.top_p,
-                           "policy_path": driver.policy_path}
+                           "policy_path": driver.policy_path,
+                           "threads": driver.cfg.resources.threads_per_worker or 1}
     runs = []
     for repeat in range(args.tp_repeats):
         seconds, tokens = timed_generate_phase(driver, prompt_ids, args.tp_new_tokens, args.seed + repeat)
@@ -312,18 +313,18 @@ print(json.dumps({"runs": runs}))
 
 def run_standalone_vllm(args, shared: dict[str, Any], work: Path) -> dict[str, Any]:
     """Plain vllm.LLM in a subprocess: same model, dtype (VLLMEngine's default bfloat16),
-    sampling, per-prompt seeds and torch threads as the rollout worker."""
+    sampling, per-prompt seeds and torch threads (resources.threads_per_worker) as the rollout worker."""
     engine = shared["tp_engine"]
     spec = {"model": engine["policy_path"], "dtype": args.vllm_dtype, "max_model_len": engine["max_model_len"],
             "kv_cache_gib": engine["kv_cache_gib"], "temperature": engine["temperature"], "top_p": engine["top_p"],
-            "seed": args.seed, "threads": args.threads, "prompt_ids": shared["tp_prompt_ids"],
+            "seed": args.seed, "threads": engine["threads"], "prompt_ids": shared["tp_prompt_ids"],
             "max_new_tokens": args.tp_new_tokens, "repeats": args.tp_repeats}
     spec_file = work / "standalone_vllm.json"
     spec_file.write_text(json.dumps(spec))
     script = work / "standalone_vllm.py"
     script.write_text(STANDALONE_VLLM)
     # Ray gives a 1-CPU actor OMP_NUM_THREADS=1; the standalone run gets the same.
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(engine["threads"])}
     proc = subprocess.run([sys.executable, str(script), str(spec_file)], capture_output=True, text=True,
                           env=env, timeout=args.tp_timeout)
     sys.stderr.write(proc.stderr[-3000:])
@@ -331,7 +332,7 @@ def run_standalone_vllm(args, shared: dict[str, Any], work: Path) -> dict[str, A
         return {"error": f"exit {proc.returncode}: {proc.stderr[-1500:]}"}
     runs = json.loads(proc.stdout.strip().splitlines()[-1])["runs"]
     return {"runs": runs, "tokens_per_s": median([r["tokens_per_s"] for r in runs]), "dtype": args.vllm_dtype,
-            "threads": args.threads}
+            "threads": engine["threads"]}
 
 
 # ---------------------------------------------------------------------------- peer: TRL
@@ -395,7 +396,7 @@ config = PPOConfig(
     output_dir=spec["output_dir"], per_device_train_batch_size=n, gradient_accumulation_steps=1,
     num_mini_batches=1, num_ppo_epochs=1, local_rollout_forward_batch_size=n,
     total_episodes=n * (spec["warmup"] + spec["steps"]), response_length=spec["new_tokens"],
-    stop_token="eos", temperature=1.0, num_sample_generations=0, bf16=False, fp16=False, use_cpu=True,
+    stop_token="eos", temperature=1.0, gradient_checkpointing=False, num_sample_generations=0, bf16=False, fp16=False, use_cpu=True,
     report_to=[], save_strategy="no", logging_steps=1, seed=spec["seed"], learning_rate=1e-5,
     kl_coef=0.02, gamma=1.0, lam=0.95, cliprange=0.2, disable_tqdm=True, dataloader_num_workers=0,
 )
@@ -474,7 +475,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--engines", default="vllm,hf", help="comma list of rayrlhf rollout engines to run")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--threads", type=int, default=1, help="torch threads of a rollout worker (config default)")
     p.add_argument("--override", action="append", default=[], help="extra Hydra override for rayrlhf (repeatable)")
     p.add_argument("--rss-interval", type=float, default=0.5)
     p.add_argument("--no-peer", dest="peer", action="store_false", help="skip TRL")

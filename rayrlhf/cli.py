@@ -36,6 +36,8 @@ STAGES: dict[str, Stage] = {
                               "train the QA-moderation classifier (14 harm categories)"),
     "ppo-lag": Stage("ppo_lag", "rayrlhf.trainers.ppo_lag:run",
                      "PPO-Lagrangian: maximise reward subject to E[cost] <= threshold"),
+    "eval": Stage("eval", "rayrlhf.eval.safety:run",
+                  "safety evaluation: answer red-team prompts, flagged rate per category, win rates"),
     "pipeline": Stage("pipeline", "rayrlhf.stages.pipeline:run",
                       "the whole Safe-RLHF pipeline on the embedded defaults"),
     "serve": Stage("serve", "rayrlhf.serve.app:run",
@@ -51,6 +53,9 @@ def usage() -> str:
         "Stages (each a Hydra app; `rayrlhf <stage> --help` shows its config):",
     ]
     lines += [f"  {name.ljust(width)}  {stage.summary}" for name, stage in STAGES.items()]
+    lines += ["", "Ray jobs: rayrlhf submit [--address URL] [--working-dir DIR] [--no-wait] [--pip-lock] "
+              "-- <stage> key=value ...",
+              "  runs a stage on a running Ray cluster (`rayrlhf submit --help`)"]
     lines += ["", f"Configs: {paths.conf_dir()}"]
     return "\n".join(lines)
 
@@ -85,6 +90,10 @@ def main(argv: list[str] | None = None) -> None:
         print(usage())
         return
     name, rest = argv[0], argv[1:]
+    if name == "submit":  # not a Hydra app: it ships a stage's overrides to a Ray cluster
+        from rayrlhf.submit import main as submit_main
+
+        raise SystemExit(submit_main(rest))
     if name not in STAGES:
         print(f"rayrlhf: unknown stage {name!r}\n\n{usage()}", file=sys.stderr)
         raise SystemExit(2)

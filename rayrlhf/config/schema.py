@@ -346,6 +346,28 @@ class PPOLagConfig:
     tensorboard: bool = True
 
 
+@dataclass
+class EvalConfig:
+    """`rayrlhf eval`: answer a prompt set with a policy (and a baseline) and judge it."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    policy: ModelConfig = field(default_factory=ModelConfig)
+    # A second policy (path or alias) to compare against: win rates by reward and by cost.
+    baseline_policy: Optional[str] = None
+    prompts: DatasetConfig = field(default_factory=DatasetConfig)
+    # 0: every prompt; N: N prompts spread evenly over the set (all categories).
+    num_prompts: int = 0
+    template: TemplateConfig = field(default_factory=TemplateConfig)
+    engine: str = "vllm"
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    # Judges (trained score-model directories; any may be left out).
+    moderation_model: Optional[str] = None
+    reward_model: Optional[str] = None
+    cost_model: Optional[str] = None
+    moderation_threshold: float = 0.5
+
+
 SCHEMAS: dict[str, type] = {
     "prepare_schema": PrepareConfig,
     "data_check_schema": DataCheckConfig,
@@ -353,6 +375,7 @@ SCHEMAS: dict[str, type] = {
     "pipeline_schema": PipelineConfig,
     "train_score_schema": ScoreTrainConfig,
     "ppo_lag_schema": PPOLagConfig,
+    "eval_schema": EvalConfig,
     "serve_schema": ServeConfig,
 }
 

@@ -57,6 +57,11 @@ def fast_bf16_available() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+def resolve_bf16(setting: bool | None) -> bool:
+    """A ``bf16`` training switch: an explicit choice, or (None) bf16 exactly where it is fast."""
+    return fast_bf16_available() if setting is None else bool(setting)
+
+
 def to_dtype(dtype: str | torch.dtype) -> torch.dtype:
     """A torch dtype from its name; "auto" is bf16 where it is fast, fp32 elsewhere."""
     if isinstance(dtype, torch.dtype):

@@ -89,7 +89,7 @@ class PPOLagDriver:
     def __init__(self, cfg) -> None:
         from rayrlhf.data.templates import format_prompt
         from rayrlhf.models import load_tokenizer, resolve_model_path
-        from rayrlhf.models.zoo import fast_bf16_available
+        from rayrlhf.models.zoo import resolve_bf16
         from rayrlhf.rewards import RULE_PREFIX
         from rayrlhf.stages.common import load_dataset_from_config
 
@@ -109,7 +109,7 @@ class PPOLagDriver:
         self.step_index = 0
 
         res, ppo = cfg.resources, cfg.ppo
-        bf16 = fast_bf16_available() if ppo.bf16 is None else bool(ppo.bf16)
+        bf16 = resolve_bf16(ppo.bf16)
         threads = res.threads_per_worker
         rows_per_rank = cfg.rollout.prompts_per_step // max(res.policy_ranks, res.critic_ranks)
         actor_optim = OptimConfig(lr=ppo.actor_lr, weight_decay=ppo.weight_decay, max_grad_norm=ppo.max_grad_norm,

@@ -23,6 +23,9 @@ from typing import Any
 
 import torch
 
+from rayrlhf.eval.metrics import flatten_scalars
+from rayrlhf.models.zoo import resolve_bf16
+from rayrlhf.workers.base import deepspeed_config
 from rayrlhf.trainers.score_objectives import (
     ROW_TYPE, SCHEMA, labels_for, loss_from_scores, metrics_from_scores, pairs_to_score,
 )
@@ -58,31 +61,6 @@ def lr_multiplier(step: int, total_steps: int, warmup_steps: int, schedule: str)
     if schedule == "linear":
         return 1.0 - progress
     raise ValueError(f"unknown lr_scheduler {schedule!r}; choose cosine, linear or constant")
-
-
-def deepspeed_config(training: dict[str, Any]) -> dict[str, Any]:
-    """The DeepSpeed config for one data-parallel rank (the optimiser is passed in code)."""
-    if training["zero_stage"] not in (0, 1, 2, 3):
-        raise ValueError(f"zero_stage must be 0-3, got {training['zero_stage']}")
-    return {
-        "train_micro_batch_size_per_gpu": training["per_device_batch_size"],
-        "gradient_accumulation_steps": training["gradient_accumulation_steps"],
-        "gradient_clipping": training["max_grad_norm"],
-        # DeepSpeed's default 5e8-element buckets cost 2 GB each in fp32 per rank; 5e7 keeps
-        # a 135M-parameter model's rank near its real working set on small machines.
-        "zero_optimization": {"stage": training["zero_stage"], "reduce_bucket_size": 5e7,
-                              "allgather_bucket_size": 5e7},
-        "bf16": {"enabled": use_bf16(training["bf16"])},
-        "steps_per_print": 10**9,  # we log ourselves
-        "wall_clock_breakdown": False,
-    }
-
-
-def use_bf16(setting: bool | None) -> bool:
-    """``training.bf16``: an explicit choice, or (None) bf16 exactly where it is fast."""
-    from rayrlhf.models.zoo import fast_bf16_available
-
-    return fast_bf16_available() if setting is None else bool(setting)
 
 
 @dataclass(frozen=True)
@@ -199,8 +177,10 @@ def train_loop(config: dict[str, Any]) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=training["lr"], weight_decay=training["weight_decay"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_multiplier(s, plan.total_steps, warmup, training["lr_scheduler"]))
+    ds_config = deepspeed_config(training["per_device_batch_size"], training["gradient_accumulation_steps"],
+                                 training["max_grad_norm"], training["zero_stage"], resolve_bf16(training["bf16"]))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=deepspeed_config(training), dist_init_required=False)
+                                           config=ds_config, dist_init_required=False)
 
     step = 0
     if config.get("resume_checkpoint"):
@@ -235,7 +215,7 @@ def train_loop(config: dict[str, Any]) -> None:
         if step % training["eval_every"] == 0 or step == last_step:
             evaluated = _evaluate(engine, tokenizer, kind, eval_rows, template, max_length,
                                   training["per_device_batch_size"], config["threshold"], rank, world)
-            metrics.update({f"eval/{k}": v for k, v in _flatten(evaluated).items()})
+            metrics.update({f"eval/{k}": float(v) for k, v in flatten_scalars(evaluated).items()})
         if step % training["log_every"] == 0 and rank == 0:
             bar.set_postfix(loss=f"{metrics['train/loss']:.4f}")
         if step % training["save_every"] == 0 or step == last_step:
@@ -255,17 +235,6 @@ def train_loop(config: dict[str, Any]) -> None:
             "template": template, "max_length": max_length, "threshold": config["threshold"],
             "trained_steps": step, "train_seconds": round(time.perf_counter() - start_time, 1),
         })
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, float]:
-    flat = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, name + "/"))
-        elif isinstance(value, (int, float)):
-            flat[name] = float(value)
-    return flat
 
 
 # ---------------------------------------------------------------- the driver

@@ -9,7 +9,8 @@ import torch
 
 from rayrlhf.data import HARM_CATEGORIES, PreferenceRow, QAClassificationRow
 from rayrlhf.trainers.score_objectives import loss_from_scores, metrics_from_scores, pairs_to_score
-from rayrlhf.trainers.score_trainer import StepPlan, deepspeed_config, lr_multiplier, split_train_eval
+from rayrlhf.trainers.score_trainer import StepPlan, lr_multiplier, split_train_eval
+from rayrlhf.workers.base import deepspeed_config
 
 
 def pref(i: int, better: int, safer: int, safe0: bool, safe1: bool) -> PreferenceRow:
@@ -60,13 +61,12 @@ def test_step_plan_reads_every_row_once_per_epoch_across_ranks():
 
 
 def test_deepspeed_config_maps_training_fields():
-    training = {"per_device_batch_size": 4, "gradient_accumulation_steps": 2, "max_grad_norm": 1.0,
-                "zero_stage": 2, "bf16": True}
-    ds = deepspeed_config(training)
+    ds = deepspeed_config(4, 2, 1.0, 2, True)
     assert ds["train_micro_batch_size_per_gpu"] == 4 and ds["gradient_accumulation_steps"] == 2
     assert ds["zero_optimization"]["stage"] == 2 and ds["bf16"] == {"enabled": True}
+    assert ds["gradient_clipping"] == 1.0
     with pytest.raises(ValueError, match="zero_stage"):
-        deepspeed_config({**training, "zero_stage": 4})
+        deepspeed_config(4, 2, 1.0, 4, True)
 
 
 def test_pairs_to_score_orders_better_then_worse_and_safer_then_unsafer():
