@@ -489,6 +489,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tp-timeout", type=int, default=1200)
     p.add_argument("--vllm-dtype", default="bfloat16",
                    help="standalone vLLM dtype; VLLMEngine's default, which the driver leaves unchanged")
+    p.add_argument("--attempts", type=int, default=2,
+                   help="tries per engine when Ray's OOM killer stops a run (shared machines)")
+    p.add_argument("--retry-wait", type=float, default=30.0)
     p.add_argument("--output", help="also write the JSON here")
     return p.parse_args(argv)
 
@@ -531,11 +534,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         reward_dir, cost_dir = build_score_models(work, args.seed)
         shared: dict[str, Any] = {}
         for engine in [e.strip() for e in args.engines.split(",") if e.strip()]:
-            try:
-                report[f"rayrlhf_{engine}"] = run_rayrlhf(engine, args, reward_dir, cost_dir, work, shared)
-            except Exception as exc:  # noqa: BLE001 - keep the other measurements
-                log.exception("rayrlhf %s failed", engine)
-                report[f"rayrlhf_{engine}"] = {"error": repr(exc)}
+            for attempt in range(1, args.attempts + 1):
+                try:
+                    report[f"rayrlhf_{engine}"] = run_rayrlhf(engine, args, reward_dir, cost_dir, work, shared)
+                    report[f"rayrlhf_{engine}"]["attempt"] = attempt
+                    break
+                except Exception as exc:  # noqa: BLE001 - keep the other measurements
+                    log.exception("rayrlhf %s failed (attempt %d)", engine, attempt)
+                    report[f"rayrlhf_{engine}"] = {"error": repr(exc)[:2000], "attempts": attempt}
+                    # Only Ray's OOM killer is worth a retry: other jobs on a shared machine
+                    # may have held the memory for a while.
+                    if type(exc).__name__ != "OutOfMemoryError":
+                        break
+                    time.sleep(args.retry_wait)
         if args.throughput and "tp_prompt_ids" in shared:
             standalone = run_standalone_vllm(args, shared, work)
             inside = report["rayrlhf_vllm"].pop("throughput_in_system")

@@ -42,29 +42,42 @@ class SubmitError(ValueError):
     """A submission that cannot work, found before anything reaches the cluster."""
 
 
-def job_overrides(overrides: Sequence[str]) -> list[str]:
-    """The overrides the job runs with: ``cluster=existing`` joins the job's cluster unless
-    the caller chose a cluster config (Hydra refuses the same group twice)."""
+def check_flags(overrides: Sequence[str]) -> None:
     flags = [item for item in overrides if item.startswith("-")]
     if flags:
         raise SubmitError(f"submit passes key=value overrides only, not Hydra flags: {flags}")
-    chosen = any(item.split("=", 1)[0].lstrip("+~") == "cluster" for item in overrides)
-    return list(overrides) if chosen else ["cluster=existing", *overrides]
+
+
+def chooses_cluster(overrides: Sequence[str]) -> bool:
+    return any(item.split("=", 1)[0].lstrip("+~") == "cluster" for item in overrides)
+
+
+def compose_or_explain(stage: str, overrides: Sequence[str]):
+    """The stage's composed config, or SubmitError carrying Hydra's own message."""
+    from rayrlhf.cli import STAGES
+    from rayrlhf.config import compose_config, config_error_message
+
+    try:
+        return compose_config(STAGES[stage].config_name, list(overrides), output_dir="/tmp/rayrlhf-submit-check")
+    except Exception as exc:  # Hydra/OmegaConf raise many types; all mean "bad overrides"
+        raise SubmitError(f"overrides do not compose for stage {stage!r}: {config_error_message(exc)}") from exc
 
 
 def build_entrypoint(stage: str, overrides: Sequence[str]) -> str:
     """The job's shell command, after checking the stage exists and the overrides compose
-    (raises SubmitError with Hydra's own message otherwise)."""
+    (raises SubmitError with Hydra's own message otherwise). Stages that start Ray get
+    ``cluster=existing`` so they join the job's cluster, unless the caller chose a cluster
+    config (Hydra refuses the same group twice); stages without Ray run as they are."""
     from rayrlhf.cli import STAGES
-    from rayrlhf.config import compose_config, config_error_message
 
     if stage not in STAGES:
         raise SubmitError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
-    args = job_overrides(overrides)
-    try:
-        compose_config(STAGES[stage].config_name, args, output_dir="/tmp/rayrlhf-submit-check")
-    except Exception as exc:  # Hydra/OmegaConf raise many types; all mean "bad overrides"
-        raise SubmitError(f"overrides do not compose for stage {stage!r}: {config_error_message(exc)}") from exc
+    check_flags(overrides)
+    args = list(overrides)
+    cfg = compose_or_explain(stage, args)
+    if "cluster" in cfg and not chooses_cluster(args):
+        args = ["cluster=existing", *args]
+        compose_or_explain(stage, args)
     return shlex.join([*LAUNCHER, stage, *args])
 
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Ray reads RAY_AUTH_MODE when it is imported, so the choice is made here, before any test
+# module imports ray, and holds for the whole session and every worker it starts. Token auth
+# is what Ray 2.60 turns on for a local cluster, and what rayrlhf keeps on by default.
+os.environ["RAY_AUTH_MODE"] = "token"
 
 
 @pytest.fixture(scope="session")
@@ -31,16 +37,10 @@ def tiny_model_dir() -> str:
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """One real local Ray cluster for every test that needs one (started once: ~10 s).
-
-    Token auth is what a local ``ray.init()`` turns on in Ray 2.60; tests talk only to their
-    own local cluster, so they run it without auth, explicitly.
-    """
-    import os
-
+    """One real local Ray cluster for every test that needs one (started once: ~10 s),
+    with token authentication (set above)."""
     import ray
 
-    os.environ["RAY_AUTH_MODE"] = "disabled"
     # Logical CPUs above the 2 physical ones let a 2-worker trainer, its controller and a Serve
     # replica be scheduled side by side; they share the cores.
     ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False)

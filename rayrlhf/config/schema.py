@@ -246,6 +246,10 @@ class RolloutConfig:
     # Rollout engines (Ray actors); a step's prompts are split evenly across them.
     num_engines: int = 1
     cpus_per_engine: float = 1.0
+    # Where the engines go on a multi-node cluster: "default" (Ray's scheduler, which fills
+    # nodes first, so engines sit near the trainers) or "spread" (one engine per node where it
+    # can: more memory bandwidth and KV cache per engine, more traffic for weight syncs).
+    placement: str = "default"
     prompts_per_step: int = 16
     max_new_tokens: int = 64
     # Prompts longer than this (in tokens, after the template) keep their end.

@@ -239,6 +239,15 @@ def build_app(reward_dir: str | Path | None = None, cost_dir: str | Path | None 
                                 ray_actor_options={"num_cpus": num_cpus}).bind(model_dirs, settings)
 
 
+def app_builder(args: dict[str, Any]):
+    """The application for Serve config files (``import_path: rayrlhf.serve.app:app_builder``).
+
+    Serve calls a builder with the application's ``args`` as one dict (KubeRay RayService's
+    serveConfigV2, ``serve deploy``); its keys are build_app's keyword arguments.
+    """
+    return build_app(**args)
+
+
 def normalized_prefix(route_prefix: str) -> str:
     """Serve wants '/' or '/name' (leading slash, no trailing one)."""
     return "/" + route_prefix.strip("/")

@@ -72,6 +72,15 @@ def prompt_order(num_prompts: int, prompts_per_step: int, step: int, seed: int) 
     return chosen
 
 
+def rollout_placement_options(placement: str) -> dict[str, Any]:
+    """Ray actor options that place the rollout engines (``rollout.placement``): ``default``
+    leaves it to Ray's scheduler, ``spread`` asks for one engine per node where possible."""
+    options = {"default": {}, "spread": {"scheduling_strategy": "SPREAD"}}
+    if placement not in options:
+        raise ValueError(f"unknown rollout.placement {placement!r}; choose one of {sorted(options)}")
+    return options[placement]
+
+
 class PhaseTimer:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -146,10 +155,10 @@ class PPOLagDriver:
         if cfg.rollout.engine == "vllm":
             engine_kwargs = {"max_model_len": cfg.rollout.max_model_len, "seed": self.seed,
                              "env": {"VLLM_CPU_KVCACHE_SPACE": str(int(cfg.rollout.kv_cache_gib))}}
+        placement = rollout_placement_options(cfg.rollout.placement)
         self.rollout_workers = [
-            RolloutWorker.options(num_cpus=cfg.rollout.cpus_per_engine, num_gpus=gpus,
-                                  name=f"rollout-{i}").remote(cfg.rollout.engine, self.policy_path,
-                                                              engine_kwargs, threads)
+            RolloutWorker.options(num_cpus=cfg.rollout.cpus_per_engine, num_gpus=gpus, name=f"rollout-{i}",
+                                  **placement).remote(cfg.rollout.engine, self.policy_path, engine_kwargs, threads)
             for i in range(cfg.rollout.num_engines)
         ]
         ray.get(self.policy.call(PolicyWorker.init_engine) + self.reward_critic.call(CriticWorker.init_engine)

@@ -46,6 +46,10 @@ class _RolloutWorker:
     def generate(self, prompt_ids: list[list[int]], spec: SamplingSpec) -> list[Completion]:
         return self.engine.generate(prompt_ids, spec)
 
+    def node_id(self) -> str:
+        """The Ray node this engine runs on (placement checks on multi-node clusters)."""
+        return ray.get_runtime_context().get_node_id()
+
     def update_weights(self, named_tensors: dict[str, torch.Tensor]) -> float:
         """Push new policy weights; returns the seconds spent inside the engine."""
         start = time.perf_counter()
