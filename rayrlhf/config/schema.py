@@ -148,6 +148,8 @@ class TrainingConfig:
     # bf16 weights and activations with fp32 master weights. None (auto): on where bf16 is fast
     # (GPUs, CPUs with AMX/AVX512-BF16), off where the CPU emulates it (~5x slower than fp32).
     bf16: Optional[bool] = None
+    # Recompute activations in the backward pass: far less memory, ~30% more compute.
+    gradient_checkpointing: bool = True
     eval_every: int = 50
     save_every: int = 50
     log_every: int = 5
@@ -286,6 +288,9 @@ class PPOConfig:
     zero_stage: int = 2
     # None (auto): bf16 where the hardware runs it fast.
     bf16: Optional[bool] = None
+    # Recompute activations in the backward pass: ~4x less memory per trainable role for
+    # ~30% more train-phase compute (SmolLM2 critics drop from ~6 GB to ~2 GB).
+    gradient_checkpointing: bool = True
 
 
 @dataclass

@@ -123,7 +123,8 @@ class PPOLagDriver:
         rows_per_rank = cfg.rollout.prompts_per_step // max(res.policy_ranks, res.critic_ranks)
         actor_optim = OptimConfig(lr=ppo.actor_lr, weight_decay=ppo.weight_decay, max_grad_norm=ppo.max_grad_norm,
                                   zero_stage=ppo.zero_stage, bf16=bf16,
-                                  micro_batch_size=min(ppo.minibatch_size, rows_per_rank))
+                                  micro_batch_size=min(ppo.minibatch_size, rows_per_rank),
+                                  gradient_checkpointing=ppo.gradient_checkpointing)
         critic_optim = OptimConfig(**{**asdict(actor_optim), "lr": ppo.critic_lr})
         gpus = 1 if res.use_gpu else 0
         backend = "nccl" if res.use_gpu else "gloo"

@@ -25,7 +25,7 @@ import torch
 
 from rayrlhf.eval.metrics import flatten_scalars
 from rayrlhf.models.zoo import resolve_bf16
-from rayrlhf.workers.base import deepspeed_config
+from rayrlhf.workers.base import deepspeed_config, enable_gradient_checkpointing
 from rayrlhf.trainers.score_objectives import (
     ROW_TYPE, SCHEMA, labels_for, loss_from_scores, metrics_from_scores, pairs_to_score,
 )
@@ -173,6 +173,8 @@ def train_loop(config: dict[str, Any]) -> None:
     plan = StepPlan(len(train_rows), world, training["per_device_batch_size"],
                     training["gradient_accumulation_steps"], training["epochs"], training["max_steps"],
                     config["seed"])
+    if training["gradient_checkpointing"]:
+        enable_gradient_checkpointing(model)
     warmup = int(training["warmup_ratio"] * plan.total_steps)
     optimizer = torch.optim.AdamW(model.parameters(), lr=training["lr"], weight_decay=training["weight_decay"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -31,6 +31,7 @@ class OptimConfig:
     zero_stage: int = 2
     bf16: bool = False
     micro_batch_size: int = 8
+    gradient_checkpointing: bool = False
 
 
 def deepspeed_config(micro_batch_size: int, accumulation: int, max_grad_norm: float, zero_stage: int,
@@ -52,10 +53,18 @@ def deepspeed_config(micro_batch_size: int, accumulation: int, max_grad_norm: fl
     }
 
 
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute activations in backward (transformers models, or our ScoreModel wrapper)."""
+    inner = getattr(model, "inner", model)
+    inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def build_engine(model: torch.nn.Module, optim: OptimConfig):
     """A DeepSpeed engine around ``model`` with AdamW (fp32 master weights under bf16)."""
     import deepspeed
 
+    if optim.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=optim.lr,
                                   weight_decay=optim.weight_decay)
     config = deepspeed_config(optim.micro_batch_size, 1, optim.max_grad_norm, optim.zero_stage, optim.bf16)
