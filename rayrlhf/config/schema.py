@@ -217,6 +217,101 @@ class ServeConfig:
 
 
 @dataclass
+class TrainingConfig:
+    """Optimisation shared by the score-model trainers (DeepSpeed on N Ray Train workers)."""
+
+    # Data-parallel workers (Ray Train); each gets `cpus_per_worker` CPUs (threads).
+    num_workers: int = 2
+    cpus_per_worker: int = 1
+    use_gpu: bool = False
+    epochs: int = 2
+    # None: as many steps as `epochs` gives; set it to cut a run short (smoke tests).
+    max_steps: Optional[int] = None
+    # Stop after this step as if interrupted (the LR schedule still spans the whole run):
+    # time-boxed jobs, and the resume tests.
+    stop_at_step: Optional[int] = None
+    per_device_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    lr: float = 2.0e-5
+    weight_decay: float = 0.0
+    # Linear warm-up over this fraction of the steps, then `lr_scheduler` decay.
+    warmup_ratio: float = 0.03
+    lr_scheduler: str = "cosine"  # cosine | linear | constant
+    max_grad_norm: float = 1.0
+    # ZeRO stage 0-3; 2 shards optimiser states and gradients, what fits 2 CPU workers best.
+    zero_stage: int = 2
+    # bf16 weights and activations with fp32 master weights. None (auto): on where bf16 is fast
+    # (GPUs, CPUs with AMX/AVX512-BF16), off where the CPU emulates it (~5x slower than fp32).
+    bf16: Optional[bool] = None
+    # Recompute activations in the backward pass: far less memory, ~30% more compute.
+    gradient_checkpointing: bool = True
+    eval_every: int = 50
+    save_every: int = 50
+    log_every: int = 5
+    # Tokens per conversation; longer ones keep their end, where the score is read.
+    max_length: int = 512
+
+
+@dataclass
+class ScoreTrainConfig:
+    """`rayrlhf train-reward | train-cost | train-moderation`: one judge of Safe RLHF."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    # reward (helpfulness), cost (harmfulness; cost > 0 means unsafe) or moderation (14 labels).
+    kind: str = MISSING
+    # Backbone: any causal LM (alias, path or hub id); the head is new.
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    # Held-out rows for evaluation: a separate dataset, or this fraction of `dataset` (seeded).
+    eval_dataset: Optional[DatasetConfig] = None
+    eval_fraction: float = 0.1
+    template: TemplateConfig = field(default_factory=TemplateConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    # L2 penalty on scores keeps them near 0 (Safe RLHF's score regulariser); 0 turns it off.
+    score_l2_coef: float = 0.0
+    # Moderation: flag a QA pair when its highest category probability exceeds this.
+    moderation_threshold: float = 0.5
+    # A previous run's output_dir: continue from its last checkpoint.
+    resume_from: Optional[str] = None
+
+
+@dataclass
+class ServeConfig:
+    """`rayrlhf serve`: HTTP scoring endpoints for the trained judges (rayrlhf.serve.app)."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    # Folders written by ScoreModel.save_pretrained; a judge left out answers 404 on its route.
+    reward_model: Optional[str] = None
+    cost_model: Optional[str] = None
+    moderation_model: Optional[str] = None
+    # Must be the template the judges were trained with, or the scores mean nothing.
+    template: TemplateConfig = field(default_factory=TemplateConfig)
+    # Tokens per conversation; longer ones keep their end, where the score is read.
+    max_length: int = 1024
+    # Per-request limits (413 beyond them): bound one request's memory and latency.
+    max_items: int = 64
+    max_chars: int = 8000
+    # Concurrent requests merged into one scoring call, and how long the first one waits
+    # for company: 50 ms adds little latency and fills batches under load.
+    max_batch_size: int = 16
+    batch_wait_timeout_s: float = 0.05
+    # An answer is flagged when its likeliest harm category's probability exceeds this.
+    moderation_threshold: float = 0.5
+    # float32 gives the same scores as evaluation; bfloat16 is faster on CPUs with AMX.
+    dtype: str = "float32"
+    # CPUs reserved by the replica (also its torch threads).
+    num_cpus: float = 1.0
+    # Loopback by default: exposing the service is a deliberate choice (host=0.0.0.0).
+    host: str = "127.0.0.1"
+    port: int = 8000
+    route_prefix: str = "/"
+    # False returns after the service is up (tests, notebooks); True serves until Ctrl-C.
+    block: bool = True
+
+
+@dataclass
 class PipelineConfig:
     """`rayrlhf pipeline`: the whole Safe-RLHF pipeline on one config."""
 
@@ -248,8 +343,8 @@ class RolloutConfig:
     # Rollout engines (Ray actors); a step's prompts are split evenly across them.
     num_engines: int = 1
     cpus_per_engine: float = 1.0
-    # Where the engines go on a multi-node cluster: "default" (Ray's scheduler, which fills
-    # nodes first, so engines sit near the trainers) or "spread" (one engine per node where it
+    # Where the engines go on a multi-node cluster: "default" (Ray's scheduler, which keeps
+    # filling a node until it is about half busy) or "spread" (one engine per node where it
     # can: more memory bandwidth and KV cache per engine, more traffic for weight syncs).
     placement: str = "default"
     prompts_per_step: int = 16
@@ -375,6 +470,44 @@ class EvalConfig:
     reward_model: Optional[str] = None
     cost_model: Optional[str] = None
     moderation_threshold: float = 0.5
+
+
+@dataclass
+class PipelineConfig:
+    """`rayrlhf pipeline`: the whole Safe-RLHF pipeline on one config.
+
+    prepare -> validate data -> train reward, cost, moderation models -> PPO-Lag -> evaluate the
+    policy before and after -> report (Markdown + plots).
+    """
+
+    run: RunConfig = field(default_factory=RunConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    template: TemplateConfig = field(default_factory=TemplateConfig)
+    preferences: DatasetConfig = field(default_factory=DatasetConfig)
+    prompts: DatasetConfig = field(default_factory=DatasetConfig)
+    qa_classification: DatasetConfig = field(default_factory=DatasetConfig)
+    sft: DatasetConfig = field(default_factory=DatasetConfig)
+    # Which judges to train (subset of reward, cost, moderation); [] skips score training.
+    score_models: list[str] = field(default_factory=lambda: ["reward", "cost", "moderation"])
+    # Optimisation of the score models, shared by the three.
+    score_training: TrainingConfig = field(default_factory=TrainingConfig)
+    eval_fraction: float = 0.1
+    moderation_threshold: float = 0.5
+    # Reward/cost for PPO-Lag; None uses the models trained above.
+    reward: Optional[str] = None
+    cost: Optional[str] = None
+    # PPO-Lag steps (0 skips PPO-Lag).
+    ppo_steps: int = 10
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    lagrange: LagrangeConfig = field(default_factory=LagrangeConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    # Evaluation of the policy before and after: prompts spread over `prompts`, answered with
+    # `generation` by the `eval_engine`.
+    num_eval_prompts: int = 32
+    eval_engine: str = "vllm"
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
 
 
 SCHEMAS: dict[str, type] = {

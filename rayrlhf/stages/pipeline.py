@@ -1,8 +1,8 @@
 """``rayrlhf pipeline``: every stage in order on one config.
 
 prepare the policy -> validate all four datasets -> train the reward, cost and moderation
-models -> sample the policy. PPO-Lag and safety evaluation join here as they land. Each
-stage writes below ``<output_dir>/<stage>``; ``pipeline_report.json`` sums it up.
+models -> PPO-Lag with the trained judges -> evaluate the initial and the trained policy ->
+report. Each stage writes below ``<output_dir>/<stage>``; ``report/report.md`` sums it up.
 """
 
 from __future__ import annotations
@@ -15,19 +15,17 @@ from omegaconf import OmegaConf
 from rayrlhf.stages.common import load_dataset_from_config, output_dir, seed_everything, write_json
 from rayrlhf.stages.data_check import check_dataset
 from rayrlhf.stages.prepare import prepare_models
-from rayrlhf.stages.sample import sample_answers, spread, write_samples
 
 log = logging.getLogger(__name__)
 
 SCORE_DATASET = {"reward": "preferences", "cost": "preferences", "moderation": "qa_classification"}
 
 
-def score_model_config(cfg, kind: str, out_dir) -> OmegaConf:
+def score_model_config(cfg, kind: str, out_dir):
     """The ``train-<kind>`` config the pipeline's settings imply."""
     from rayrlhf.config.schema import ScoreTrainConfig
 
-    node = OmegaConf.structured(ScoreTrainConfig)
-    return OmegaConf.merge(node, {
+    return OmegaConf.merge(OmegaConf.structured(ScoreTrainConfig), {
         "run": {"seed": cfg.run.seed, "output_dir": str(out_dir), "log_level": cfg.run.log_level},
         "cluster": cfg.cluster, "kind": kind, "model": cfg.model, "dataset": cfg[SCORE_DATASET[kind]],
         "eval_fraction": cfg.eval_fraction, "template": cfg.template, "training": cfg.score_training,
@@ -35,8 +33,24 @@ def score_model_config(cfg, kind: str, out_dir) -> OmegaConf:
     })
 
 
+def ppo_lag_config(cfg, reward: str, cost: str, out_dir):
+    """The ``ppo-lag`` config the pipeline's settings imply."""
+    from rayrlhf.config.schema import PPOLagConfig
+
+    return OmegaConf.merge(OmegaConf.structured(PPOLagConfig), {
+        "run": {"seed": cfg.run.seed, "output_dir": str(out_dir), "log_level": cfg.run.log_level},
+        "cluster": cfg.cluster, "policy": cfg.model, "reward": reward, "cost": cost, "prompts": cfg.prompts,
+        "template": cfg.template, "rollout": cfg.rollout, "ppo": cfg.ppo, "lagrange": cfg.lagrange,
+        "resources": cfg.resources, "steps": cfg.ppo_steps, "save_every": 0, "tensorboard": True,
+    })
+
+
 def run(cfg) -> dict:
-    from rayrlhf.trainers import score_trainer
+    from rayrlhf.cluster import init_ray
+    from rayrlhf.eval.report import write_report
+    from rayrlhf.eval.safety import generate_answers, judge_answers, summarize, win_rates
+    from rayrlhf.stages.sample import spread
+    from rayrlhf.trainers import ppo_lag, score_trainer
 
     seed_everything(cfg.run.seed)
     out = output_dir(cfg)
@@ -53,15 +67,45 @@ def run(cfg) -> dict:
     report["datasets"] = timed("data_check", lambda: {
         name: check_dataset(cfg[name]) for name in ("preferences", "prompts", "qa_classification", "sft")
     })
+    init_ray(cfg.cluster, required_cpus=ppo_lag.required_cpus(cfg))
+    judges: dict[str, str] = {}
     report["score_models"] = {}
     for kind in cfg.score_models:
         sub = score_model_config(cfg, kind, out / f"train-{kind}")
         report["score_models"][kind] = timed(f"train_{kind}", lambda: score_trainer.run(sub))
-    rows = spread(load_dataset_from_config(cfg.prompts).rows, cfg.num_sample_prompts)
-    samples = timed("sample", lambda: sample_answers(cfg.model, rows, cfg.template.name,
-                                                    cfg.generation, cfg.num_sample_prompts))
-    write_samples(out / "samples.jsonl", samples)
-    report["samples"] = len(samples)
+        judges[kind] = str(out / f"train-{kind}" / "model")
+    reward, cost = cfg.reward or judges.get("reward"), cfg.cost or judges.get("cost")
+
+    history: list = []
+    policy_after = None
+    if cfg.ppo_steps > 0 and reward and cost:
+        sub = ppo_lag_config(cfg, reward, cost, out / "ppo-lag")
+        history = timed("ppo_lag", lambda: ppo_lag.run(sub))
+        policy_after = str(out / "ppo-lag" / "policy")
+        report["ppo_lag"] = history[-1]
+
+    rows = spread(load_dataset_from_config(cfg.prompts).rows, cfg.num_eval_prompts)
+    prompts, categories = [r.prompt for r in rows], [r.category for r in rows]
+    gen = cfg.generation
+    engine_kwargs = {"env": {"VLLM_CPU_KVCACHE_SPACE": "1"}} if cfg.eval_engine == "vllm" else {}
+
+    def evaluate(policy):
+        answers = generate_answers(policy, prompts, template=cfg.template.name, engine=cfg.eval_engine,
+                                   max_new_tokens=gen.max_new_tokens,
+                                   temperature=gen.temperature if gen.do_sample else 0.0,
+                                   seed=cfg.run.seed, engine_kwargs=engine_kwargs)
+        return judge_answers(prompts, answers, moderation=judges.get("moderation"), reward=reward,
+                             cost=cost, threshold=cfg.moderation_threshold)
+
+    before = timed("eval_before", lambda: evaluate(cfg.model.name_or_path))
+    after = timed("eval_after", lambda: evaluate(policy_after)) if policy_after else before
+    report["eval"] = {"before": summarize(before, categories), "after": summarize(after, categories),
+                      "win_rates": win_rates(after, before) if policy_after else {}}
+    costs = lambda records: [r["cost"] for r in records] if records and "cost" in records[0] else None  # noqa: E731
+    write_report(out / "report", history=history, before=report["eval"]["before"],
+                 after=report["eval"]["after"], win_rates=report["eval"]["win_rates"],
+                 timings=report["timing_s"], before_costs=costs(before), after_costs=costs(after))
     write_json(out / "pipeline_report.json", report)
-    log.info("pipeline finished; outputs in %s", out)
+    log.info("pipeline finished; report at %s", out / "report" / "report.md")
+    print(f"report: {out / 'report' / 'report.md'}")
     return report

@@ -2,8 +2,9 @@
 
 Run by ``test_multinode_rollout.py`` in its own process, because ``ray.cluster_utils.Cluster``
 needs its own driver (the pytest process may hold a Ray session already). The head has no
-CPUs and each worker node has 2, so where the engines land is the scheduling strategy's
-choice (``rollout.placement=spread``), not forced by resources.
+CPUs and each worker node has 8, so either node could hold both engines: where they land is
+the scheduling strategy's choice (``rollout.placement=spread``), not forced by resources.
+(With ``default`` placement Ray's scheduler put both on one node in every trial run here.)
 
 Engine 1 then receives the weights of a differently seeded tiny model through the object
 store (a cross-node weight sync), which makes its outputs tell apart from engine 0's.
@@ -38,7 +39,7 @@ def main(work_dir: Path) -> dict:
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "include_dashboard": False, "temp_dir": temp_dir})
     for _ in range(2):
-        cluster.add_node(num_cpus=2, temp_dir=temp_dir)
+        cluster.add_node(num_cpus=8, temp_dir=temp_dir)
     try:
         ray.init(address=cluster.address, log_to_driver=False)
         cluster.wait_for_nodes()

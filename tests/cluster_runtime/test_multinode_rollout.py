@@ -4,7 +4,8 @@ The cluster lives in a subprocess (``multinode_rollout_script.py``) so that it n
 the in-process Ray session other tests share. What is checked:
 
 - ``rollout.placement=spread`` puts the two engines on two different worker nodes (the head
-  has no CPUs; each worker node could hold both engines, so resources alone do not decide);
+  has no CPUs; each worker node has 8 and could hold both engines, so resources alone do not
+  decide: Ray's default scheduler packs both onto one node there);
 - ``generate_across`` returns the completions in the prompts' order, split 4 + 4;
 - each shard is exactly what its own engine returns for that shard when asked directly, and
   not what the other engine returns (engine 1 got other weights through a cross-node sync),

@@ -63,7 +63,8 @@ def test_pip_lock_installs_the_pinned_stack():
     lock = (paths.REPO_ROOT / "requirements" / "cpu.lock").read_text()
     assert packages and all("==" in p or "@" in p for p in packages)
     assert all(p in lock for p in packages)
-    assert any(p.startswith("ray") for p in packages)
+    assert any(p.startswith("ray==") for p in packages) and any(p.startswith("torch==") for p in packages)
+    assert "--no-deps" in env["pip"]["pip_install_options"]  # like `make venv`: pins, no resolution
 
 
 def test_submit_sends_entrypoint_runtime_env_and_metadata():

@@ -88,7 +88,9 @@ def test_misspelled_key_inside_a_yaml_file_is_rejected(tmp_path, monkeypatch):
 def test_overrides_reach_the_typed_config():
     obj = to_object(compose_config(
         "pipeline", ["model=tiny-llama", "template.name=safe_rlhf", "generation.max_new_tokens=5",
-                     "prompts.limit=3", "dataset@sft=shared_alpaca_sample"], output_dir="/tmp/o"))
+                     "prompts.limit=3", "dataset@sft=shared_alpaca_sample", "lagrange.threshold=0.5"],
+        output_dir="/tmp/o"))
+    assert obj.lagrange.threshold == 0.5
     assert obj.model.name_or_path == "tiny-llama" and obj.model.dtype == "float32"
     assert obj.template.name == "safe_rlhf"
     assert obj.generation.max_new_tokens == 5 and obj.prompts.limit == 3
@@ -103,3 +105,8 @@ def test_every_experiment_composes(option):
 def test_ppo_lag_without_judges_says_what_is_missing():
     with pytest.raises(MissingMandatoryValue, match="reward"):
         to_object(compose_config("ppo_lag", output_dir="/tmp/o"))
+
+
+def test_smoke_profile_switches_the_pipeline_to_the_tiny_model():
+    obj = to_object(compose_config("pipeline", ["+profile=smoke"], output_dir="/tmp/o"))
+    assert obj.model.name_or_path == "tiny-llama" and obj.rollout.engine == "hf" and obj.ppo_steps == 3
