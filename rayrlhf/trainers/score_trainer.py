@@ -198,6 +198,8 @@ def train_loop(config: dict[str, Any]) -> None:
             rt.report(metrics, checkpoint=rt.Checkpoint.from_directory(tmp))
 
     template, max_length = config["template"], training["max_length"]
+    # from_pretrained returns eval mode, in which transformers skips gradient checkpointing.
+    engine.train()
     bar = tqdm(total=plan.total_steps, initial=step, desc=f"train {kind}", disable=rank != 0)
     metrics: dict[str, Any] = {}
     start_time = time.perf_counter()
