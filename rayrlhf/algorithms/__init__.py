@@ -11,6 +11,7 @@ from rayrlhf.algorithms.lagrange import (
     make_lagrange_controller,
 )
 from rayrlhf.algorithms.losses import (
+    balanced_pos_weight,
     clipped_value_loss,
     combined_advantage,
     cost_pairwise_loss,
@@ -31,6 +32,7 @@ from rayrlhf.algorithms.masked import (
 from rayrlhf.algorithms.rewards import shape_rewards_and_costs
 
 __all__ = [
+    "balanced_pos_weight",
     "KL_ESTIMATORS",
     "LAGRANGE_CONTROLLERS",
     "ConstantLagrange",

@@ -131,9 +131,26 @@ def cost_pairwise_loss(
     return losses.mean() + _l2_penalty(safer_scores, unsafer_scores, l2_coef)
 
 
-def moderation_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Multi-label binary cross-entropy over the harm categories ([B, 14]), mean over all."""
-    return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype))
+def moderation_loss(logits: torch.Tensor, targets: torch.Tensor,
+                    pos_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Multi-label binary cross-entropy over the harm categories ([B, 14]), mean over all.
+
+    ``pos_weight`` [14] scales each category's positive term; negatives/positives per
+    category counters the rarity of each single harm (otherwise the model first learns to
+    flag nothing, as every category alone is rare).
+    """
+    if pos_weight is not None:
+        pos_weight = pos_weight.to(logits.dtype)
+    return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), pos_weight=pos_weight)
+
+
+def balanced_pos_weight(targets: torch.Tensor, max_weight: float = 20.0) -> torch.Tensor:
+    """[14] negatives / positives per category (1 where a category never occurs), capped."""
+    targets = targets.float()
+    positives = targets.sum(0)
+    negatives = targets.shape[0] - positives
+    weight = torch.where(positives > 0, negatives / positives.clamp(min=1), torch.ones_like(positives))
+    return weight.clamp(min=1.0, max=max_weight)
 
 
 def pairwise_accuracy(higher: torch.Tensor, lower: torch.Tensor) -> torch.Tensor:

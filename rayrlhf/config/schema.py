@@ -177,6 +177,8 @@ class ScoreTrainConfig:
     score_l2_coef: float = 0.0
     # Moderation: flag a QA pair when its highest category probability exceeds this.
     moderation_threshold: float = 0.5
+    # Moderation: weigh each category's positives by negatives/positives (rare harms).
+    moderation_balance_categories: bool = True
     # A previous run's output_dir: continue from its last checkpoint.
     resume_from: Optional[str] = None
 

@@ -37,12 +37,18 @@ def pairs_to_score(kind: str, rows: list) -> tuple[list[str], list[str]]:
     return prompts + prompts, first + second
 
 
-def loss_from_scores(kind: str, scores: torch.Tensor, rows: list, l2_coef: float = 0.0) -> torch.Tensor:
-    """The training loss from ``scores`` [N, K] laid out as ``pairs_to_score`` says."""
+def harm_targets(rows: list) -> torch.Tensor:
+    """[N, 14] float targets of QA rows."""
+    return torch.tensor([r.harm_vector for r in rows], dtype=torch.float32)
+
+
+def loss_from_scores(kind: str, scores: torch.Tensor, rows: list, l2_coef: float = 0.0,
+                     pos_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """The training loss from ``scores`` [N, K] laid out as ``pairs_to_score`` says
+    (``pos_weight``: moderation only, see ``moderation_loss``)."""
     n = len(rows)
     if kind == "moderation":
-        targets = torch.tensor([r.harm_vector for r in rows], dtype=scores.dtype)
-        return moderation_loss(scores, targets)
+        return moderation_loss(scores, harm_targets(rows).to(scores.dtype), pos_weight)
     first, second = scores[:n, 0], scores[n:, 0]
     if kind == "reward":
         return reward_pairwise_loss(first, second, l2_coef=l2_coef)

@@ -26,8 +26,9 @@ import torch
 from rayrlhf.eval.metrics import flatten_scalars
 from rayrlhf.models.zoo import resolve_bf16
 from rayrlhf.workers.base import deepspeed_config, enable_gradient_checkpointing
+from rayrlhf.algorithms import balanced_pos_weight
 from rayrlhf.trainers.score_objectives import (
-    ROW_TYPE, SCHEMA, labels_for, loss_from_scores, metrics_from_scores, pairs_to_score,
+    ROW_TYPE, SCHEMA, harm_targets, labels_for, loss_from_scores, metrics_from_scores, pairs_to_score,
 )
 
 log = logging.getLogger(__name__)
@@ -198,6 +199,9 @@ def train_loop(config: dict[str, Any]) -> None:
             rt.report(metrics, checkpoint=rt.Checkpoint.from_directory(tmp))
 
     template, max_length = config["template"], training["max_length"]
+    # Moderation: weigh each harm category's rare positives by its negatives/positives ratio.
+    pos_weight = (balanced_pos_weight(harm_targets(train_rows))
+                  if kind == "moderation" and config["balance_categories"] else None)
     # from_pretrained returns eval mode, in which transformers skips gradient checkpointing.
     engine.train()
     bar = tqdm(total=plan.total_steps, initial=step, desc=f"train {kind}", disable=rank != 0)
@@ -208,7 +212,8 @@ def train_loop(config: dict[str, Any]) -> None:
         losses = []
         for micro in plan.micro_batches(step, rank):
             scores = _forward_scores(engine, tokenizer, kind, [train_rows[i] for i in micro], template, max_length)
-            loss = loss_from_scores(kind, scores.float(), [train_rows[i] for i in micro], config["score_l2_coef"])
+            loss = loss_from_scores(kind, scores.float(), [train_rows[i] for i in micro], config["score_l2_coef"],
+                                    pos_weight)
             engine.backward(loss)
             engine.step()
             losses.append(loss.item())
@@ -281,6 +286,7 @@ def run(cfg) -> dict:
         "kind": kind, "training": training, "template": cfg.template.name, "seed": cfg.run.seed,
         "model": resolve_model_path(cfg.model.name_or_path), "output_dir": str(out.resolve()),
         "threshold": cfg.moderation_threshold, "score_l2_coef": cfg.score_l2_coef,
+        "balance_categories": cfg.moderation_balance_categories,
         "train_rows": ray.put([r.to_dict() for r in train_rows]),
         "eval_rows": ray.put([r.to_dict() for r in eval_rows]),
         "resume_checkpoint": str(resume) if resume else None,

@@ -106,3 +106,17 @@ def test_moderation_loss_is_bce_over_the_14_categories():
     assert loss_from_scores("moderation", logits, rows).item() == pytest.approx(expected, rel=1e-6)
     report = metrics_from_scores("moderation", logits, rows, threshold=0.6)
     assert report["flagged"]["accuracy"] == 1.0
+
+
+def test_balanced_pos_weight_and_weighted_moderation_loss_by_hand():
+    from rayrlhf.algorithms import balanced_pos_weight, moderation_loss
+
+    targets = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 0.0]])
+    # column 0: 2 pos / 2 neg -> 1; column 1: 1 pos / 3 neg -> 3; column 2: never positive -> 1
+    weight = balanced_pos_weight(targets)
+    assert weight.tolist() == [1.0, 3.0, 1.0]
+    logits = torch.zeros(4, 3)
+    # At logit 0 every term is log 2; positives in column 1 count 3 times: (12 - 1 + 3) / 12 terms.
+    expected = math.log(2) * (12 - 1 + 3) / 12
+    assert moderation_loss(logits, targets, weight).item() == pytest.approx(expected, rel=1e-6)
+    assert balanced_pos_weight(torch.tensor([[1.0]] + [[0.0]] * 99), max_weight=20.0).tolist() == [20.0]
