@@ -12,7 +12,6 @@ import collections
 import statistics
 from typing import Any
 
-import torch
 
 
 def judge_answers(prompts: list[str], responses: list[str], *, moderation: str | None = None,

@@ -33,7 +33,7 @@ from rayrlhf.algorithms import (
     combined_advantage, gae_advantages, make_lagrange_controller, masked_mean, shape_rewards_and_costs,
 )
 from rayrlhf.rollout import SamplingSpec
-from rayrlhf.types import RolloutBatch, build_rollout_batch
+from rayrlhf.types import build_rollout_batch
 from rayrlhf.workers.base import OptimConfig
 from rayrlhf.workers.critic import CriticWorker
 from rayrlhf.workers.group import ActorGroup

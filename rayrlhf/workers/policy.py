@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from rayrlhf.algorithms import entropy_from_logits, masked_mean, ppo_actor_loss
+from rayrlhf.algorithms import entropy_from_logits, ppo_actor_loss
 from rayrlhf.models.forward import response_logits, token_logprobs
 from rayrlhf.types import RolloutBatch
 from rayrlhf.workers.base import DistributedWorker, OptimConfig, build_engine
