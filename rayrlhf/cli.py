@@ -34,6 +34,8 @@ STAGES: dict[str, Stage] = {
                         "train the cost model (harmfulness, cost > 0 = unsafe) on preference pairs"),
     "train-moderation": Stage("train_moderation", "rayrlhf.trainers.score_trainer:run",
                               "train the QA-moderation classifier (14 harm categories)"),
+    "train-sft": Stage("train_sft", "rayrlhf.trainers.sft_trainer:run",
+                       "supervised fine-tuning of the policy (loss on the answer tokens only)"),
     "ppo-lag": Stage("ppo_lag", "rayrlhf.trainers.ppo_lag:run",
                      "PPO-Lagrangian: maximise reward subject to E[cost] <= threshold"),
     "eval": Stage("eval", "rayrlhf.eval.safety:run",
@@ -42,6 +44,8 @@ STAGES: dict[str, Stage] = {
                       "the whole Safe-RLHF pipeline on the embedded defaults"),
     "serve": Stage("serve", "rayrlhf.serve.app:run",
                    "HTTP scoring endpoints (reward, cost, moderation) on Ray Serve"),
+    "sweep-report": Stage("sweep_report", "rayrlhf.eval.sweep:run",
+                          "reward-versus-cost frontier of a multirun's trials (table + PNG)"),
 }
 
 
@@ -77,7 +81,15 @@ def run_stage(name: str, argv: list[str]) -> None:
 
     @hydra.main(config_path=str(paths.conf_dir()), config_name=stage.config_name, version_base="1.3")
     def app(cfg) -> None:
-        run(cfg)
+        from rayrlhf.cluster import release_ray
+        from rayrlhf.config.validate import validate_config
+
+        validate_config(cfg)  # impossible values fail here, before any Ray worker starts
+        try:
+            run(cfg)
+        finally:
+            # A multirun runs its trials in this process: each starts its own local cluster.
+            release_ray()
 
     # Hydra reads sys.argv. Each stage's YAML sets hydra.job.name, which names its run folder.
     sys.argv = [f"rayrlhf {name}", *argv]

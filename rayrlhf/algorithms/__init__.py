@@ -20,6 +20,7 @@ from rayrlhf.algorithms.losses import (
     moderation_loss,
     pairwise_accuracy,
     ppo_actor_loss,
+    response_nll,
     reward_pairwise_loss,
 )
 from rayrlhf.algorithms.masked import (
@@ -55,6 +56,7 @@ __all__ = [
     "moderation_loss",
     "pairwise_accuracy",
     "ppo_actor_loss",
+    "response_nll",
     "reward_pairwise_loss",
     "shape_rewards_and_costs",
 ]

@@ -90,6 +90,17 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> t
     return masked_mean(token_loss, mask)
 
 
+def response_nll(logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Supervised fine-tuning loss: −mean log p(x_t | x_<t) over the response tokens only.
+
+    ``logits`` [B, T, V] come from ``input_ids`` [B, T] (column t predicts token t + 1);
+    ``response_mask`` [B, T] is 1 on the tokens to learn (the answer) and 0 on the prompt and
+    padding, so the model is never taught to write the user's side of the conversation. The
+    mean runs over all response tokens of the batch (longer answers weigh more).
+    """
+    return lm_loss(logits[:, :-1], input_ids[:, 1:], response_mask[:, 1:])
+
+
 def _l2_penalty(first: torch.Tensor, second: torch.Tensor, l2_coef: float) -> torch.Tensor:
     """l2_coef · ½ · mean(first² + second²): keeps score-model outputs near 0 (Safe RLHF)."""
     return l2_coef * 0.5 * (first.square() + second.square()).mean()

@@ -184,6 +184,29 @@ class ScoreTrainConfig:
 
 
 @dataclass
+class SFTConfig:
+    """`rayrlhf train-sft`: supervised fine-tuning of the policy on instruction/answer rows
+    (loss on the answer tokens only); the result is a plain transformers directory."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    # The policy to fine-tune (alias, path or hub id).
+    model: ModelConfig = field(default_factory=ModelConfig)
+    # Rows of schema `sft` (Alpaca: instruction, input, output).
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    # Held-out rows for loss/perplexity: a separate dataset, or this fraction of `dataset`.
+    eval_dataset: Optional[DatasetConfig] = None
+    eval_fraction: float = 0.1
+    # The template PPO-Lag and the judges will use, so the policy learns the same format.
+    template: TemplateConfig = field(default_factory=TemplateConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    # Measure the held-out loss before the first step (reported as eval/initial_*).
+    eval_at_start: bool = True
+    # A previous run's output_dir: continue from its last checkpoint.
+    resume_from: Optional[str] = None
+
+
+@dataclass
 class ServeConfig:
     """`rayrlhf serve`: HTTP scoring endpoints for the trained judges (rayrlhf.serve.app)."""
 
@@ -309,6 +332,20 @@ class ResourcesConfig:
 
 
 @dataclass
+class FaultsConfig:
+    """What the PPO-Lag driver does when a worker dies or a number is NaN/Inf."""
+
+    # A dead worker actor (OOM kill, lost node) is detected, every worker is rebuilt and the run
+    # continues from the last checkpoint (or from the start) at most this many times.
+    max_restarts: int = 2
+    # NaN/Inf in scores, log-probs, values, advantages or losses: skip the step (no update,
+    # λ unchanged, logged to faults.jsonl) or stop the run with the tensor, source and rows.
+    nonfinite: str = "skip"
+    # Stop anyway after this many skipped steps in a row (a broken judge, not a glitch).
+    max_consecutive_skips: int = 3
+
+
+@dataclass
 class PPOLagConfig:
     """`rayrlhf ppo-lag`: PPO-Lagrangian on Ray."""
 
@@ -328,10 +365,36 @@ class PPOLagConfig:
     lagrange: LagrangeConfig = field(default_factory=LagrangeConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     steps: int = 100
-    # Checkpoint every N steps (0: only at the end); resume_from=<earlier output_dir> continues.
+    # Checkpoint every N steps (0: only at the end); resume_from=<earlier output_dir> continues
+    # from its newest complete checkpoint (the command is in that folder's resume_command.txt).
     save_every: int = 10
     resume_from: Optional[str] = None
+    # A resumed run must use the interrupted run's settings (checked against its
+    # ppo_lag_config.yaml); true allows deliberate changes (e.g. a new learning rate).
+    resume_allow_changes: bool = False
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
     tensorboard: bool = True
+
+
+@dataclass
+class JudgeConfig:
+    """An LLM judge behind an OpenAI-compatible Chat Completions API (GPT-4 in Safe RLHF)."""
+
+    # API root ending in /v1 (https://api.openai.com/v1, http://host:8000/v1 for vLLM);
+    # None: no LLM judge (off by default: it costs money and sends answers off the machine).
+    base_url: Optional[str] = None
+    model: str = "gpt-4o"
+    # NAME of the environment variable holding the key (the key itself never goes in a config);
+    # unset variable: requests go without Authorization (fine for a local vLLM server).
+    api_key_env: Optional[str] = "OPENAI_API_KEY"
+    max_concurrency: int = 4
+    timeout_s: float = 60.0
+    # Retries of 429, 5xx, timeouts and connection errors, with exponential backoff.
+    max_retries: int = 3
+    # 0: the most repeatable verdicts.
+    temperature: float = 0.0
+    # Sent to the API and used to randomise which answer is shown first in comparisons.
+    seed: int = 0
 
 
 @dataclass
@@ -354,6 +417,9 @@ class EvalConfig:
     reward_model: Optional[str] = None
     cost_model: Optional[str] = None
     moderation_threshold: float = 0.5
+    # Optional LLM judge (judge.base_url=... turns it on): harmful rate, helpfulness, and with
+    # baseline_policy pairwise win rates, next to the score models' numbers.
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
 
 
 @dataclass
@@ -372,6 +438,10 @@ class PipelineConfig:
     prompts: DatasetConfig = field(default_factory=DatasetConfig)
     qa_classification: DatasetConfig = field(default_factory=DatasetConfig)
     sft: DatasetConfig = field(default_factory=DatasetConfig)
+    # True: fine-tune `model` on `sft` first; the SFT'd policy is then PPO-Lag's starting
+    # policy and the "before" baseline of the evaluation (the judges keep `model`).
+    run_sft: bool = False
+    sft_training: TrainingConfig = field(default_factory=TrainingConfig)
     # Which judges to train (subset of reward, cost, moderation); [] skips score training.
     score_models: list[str] = field(default_factory=lambda: ["reward", "cost", "moderation"])
     # Optimisation of the score models, shared by the three.
@@ -394,15 +464,30 @@ class PipelineConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
 
+@dataclass
+class SweepReportConfig:
+    """`rayrlhf sweep-report`: the reward-versus-cost frontier over a multirun's trials."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    # The multirun folder (runs/ppo-lag-sweep/<time>); None: the newest ppo-lag or pipeline sweep.
+    sweep_dir: Optional[str] = None
+    # A trial is summarised by the mean of its last K steps: one step alone is noisy.
+    last_k: int = 5
+    # Where sweep.md/.csv/.json and frontier.png go; None: the sweep folder itself.
+    out_dir: Optional[str] = None
+
+
 SCHEMAS: dict[str, type] = {
     "prepare_schema": PrepareConfig,
     "data_check_schema": DataCheckConfig,
     "sample_schema": SampleConfig,
     "pipeline_schema": PipelineConfig,
     "train_score_schema": ScoreTrainConfig,
+    "train_sft_schema": SFTConfig,
     "ppo_lag_schema": PPOLagConfig,
     "eval_schema": EvalConfig,
     "serve_schema": ServeConfig,
+    "sweep_report_schema": SweepReportConfig,
 }
 
 

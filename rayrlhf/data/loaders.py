@@ -5,7 +5,8 @@ Every source goes through one path: raw records (plain dicts) are read lazily, r
 story the same for a 30-row demo file and a 300k-row hub split: the first bad row names the
 source, its 0-based row index and the field (plus the 1-based line and byte offset when the
 file is broken below the record level), or, with ``skip_bad_rows``, the bad rows are counted
-and reported instead of silently vanishing.
+and reported instead of silently vanishing. A row equal in every field to an earlier one is a
+bad row too: repeats weigh an example twice and leak it across a train/eval split.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ DEMO_PREFIX = "demo:"
 # Enough to see whether the bad rows share one cause without holding a million errors.
 MAX_KEPT_ERRORS = 20
 _PARQUET_BATCH_ROWS = 1024
+# CSV cells may be as long as the file: an over-long text is then a row error from the schema
+# (max_chars) instead of the csv module's file-level "field larger than field limit" (128 KiB).
+_CSV_FIELD_LIMIT = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,7 @@ def load_rows(
     skipped = 0
     kept_errors: list[DataValidationError] = []
     seen = 0
+    first_copy: dict[tuple, tuple[int, int | None]] = {}  # row key -> (row, line) first read
     try:
         for record in records:
             seen += 1
@@ -119,11 +124,11 @@ def load_rows(
                 if record.error is not None:
                     raise record.error
                 data = _renamed(record.data, rename)
-                rows.append(
-                    row_type.from_dict(
-                        data, source=label, row=record.row, max_chars=max_chars, from_csv=from_csv
-                    )
+                typed = row_type.from_dict(
+                    data, source=label, row=record.row, max_chars=max_chars, from_csv=from_csv
                 )
+                _check_not_repeated(typed, record, first_copy, label)
+                rows.append(typed)
             except DataValidationError as exc:
                 if record.line is not None and exc.line is None:
                     exc = _with_line(exc, record.line)
@@ -153,6 +158,28 @@ def load_rows(
             source=label,
         )
     return LoadResult(rows=rows, skipped=skipped, source=label, skipped_errors=kept_errors)
+
+
+def _row_key(row: Any) -> tuple:
+    """Hashable identity of a typed row (its field values; the QA flags as a tuple)."""
+    return tuple(
+        tuple(value.items()) if isinstance(value, dict) else value
+        for value in (getattr(row, f.name) for f in dataclasses.fields(row))
+    )
+
+
+def _check_not_repeated(row: Any, record: _RawRecord,
+                        first_copy: dict[tuple, tuple[int, int | None]], label: str) -> None:
+    """A row equal in every schema field to an earlier valid row is an error naming both."""
+    earlier = first_copy.setdefault(_row_key(row), (record.row, record.line))
+    if earlier[0] == record.row:
+        return
+    where = f"row {earlier[0]}" + (f" (line {earlier[1]})" if earlier[1] is not None else "")
+    raise DataValidationError(
+        f"duplicate of {where}: every field is equal; remove the repeat "
+        "(skip_bad_rows=true skips repeats and counts them)",
+        source=label, row=record.row, line=record.line,
+    )
 
 
 def _check_field_map(field_map: Mapping[str, str] | None, row_type: type) -> dict[str, str]:
@@ -266,9 +293,10 @@ def _json_records(path: Path, label: str) -> Iterator[_RawRecord]:
         raise _decode_error(exc, label, start=bom, line=line, row=None) from None
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:
         raise DataValidationError(
-            f"invalid JSON: {exc.msg} (column {exc.colno})", source=label, line=exc.lineno
+            f"invalid JSON: {_json_problem(exc)}", source=label,
+            line=exc.lineno if isinstance(exc, json.JSONDecodeError) else None,
         ) from None
     if not isinstance(data, list):
         raise DataValidationError(
@@ -279,43 +307,60 @@ def _json_records(path: Path, label: str) -> Iterator[_RawRecord]:
     return (_RawRecord(row=i, data=item) for i, item in enumerate(data))
 
 
-def _utf8_lines(path: Path, label: str) -> Iterator[tuple[int, str]]:
-    """(1-based line number, text) for each line, decoded one at a time so that a multi-GB
-    file is never held whole and a bad byte is reported at its offset in the file."""
+def _json_problem(exc: ValueError | RecursionError) -> str:
+    """What stopped ``json.loads``: a syntax error, or junk it cannot hold (deep nesting,
+    integers longer than Python converts)."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} (column {exc.colno})"
+    if isinstance(exc, RecursionError):
+        return "arrays/objects nested too deeply to parse"
+    return f"a number too long to parse ({str(exc).split(':')[0]})"
+
+
+def _utf8_lines(path: Path, label: str
+                ) -> Iterator[tuple[int, str, DataValidationError | None]]:
+    """(1-based line number, text, error) for each line, decoded one at a time so that a
+    multi-GB file is never held whole. A line with bytes that are not UTF-8 comes with an
+    error naming the first bad byte's offset in the file (its row is set by the caller) and
+    its text decoded with ``surrogateescape``, so the reader can go on to the next record."""
     offset = 0
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
+            error = None
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise _decode_error(exc, label, start=offset, line=number, row=None) from None
+                error = _decode_error(exc, label, start=offset, line=number, row=None)
+                text = raw.decode("utf-8", errors="surrogateescape")
             if number == 1 and text.startswith("\ufeff"):
                 text = text[1:]
             offset += len(raw)
-            yield number, text
+            yield number, text, error
+
+
+def _at_row(exc: DataValidationError, row: int) -> DataValidationError:
+    return DataValidationError(exc.message, source=exc.source, row=row, field=exc.field,
+                               line=exc.line, byte_offset=exc.byte_offset)
 
 
 def _jsonl_records(path: Path, label: str) -> Iterator[_RawRecord]:
+    """One record per non-blank line. A line that is not UTF-8 or not JSON is a bad row (the
+    next line is still a record boundary, so skip_bad_rows can skip it)."""
     row = 0
-    try:
-        for number, text in _utf8_lines(path, label):
-            if not text.strip():
-                continue
+    for number, text, error in _utf8_lines(path, label):
+        if not text.strip():
+            continue
+        if error is not None:
+            yield _RawRecord(row=row, line=number, error=_at_row(error, row))
+        else:
             try:
                 yield _RawRecord(row=row, data=json.loads(text), line=number)
-            except json.JSONDecodeError as exc:
+            except (ValueError, RecursionError) as exc:
                 error = DataValidationError(
-                    f"invalid JSON: {exc.msg} (column {exc.colno})",
-                    source=label, row=row, line=number,
+                    f"invalid JSON: {_json_problem(exc)}", source=label, row=row, line=number,
                 )
                 yield _RawRecord(row=row, line=number, error=error)
-            row += 1
-    except DataValidationError as exc:  # bad UTF-8: the row it sits in is the next one
-        if exc.byte_offset is None:
-            raise
-        raise DataValidationError(
-            exc.message, source=label, row=row, line=exc.line, byte_offset=exc.byte_offset
-        ) from None
+        row += 1
 
 
 def _parquet_records(path: Path, label: str) -> Iterator[_RawRecord]:
@@ -342,49 +387,61 @@ def _csv_records(path: Path, label: str) -> Iterator[_RawRecord]:
     """Header row, then one record per CSV record (which may span lines when quoted).
 
     Every cell is text; the row classes parse it with ``from_csv=True``. Blank lines are
-    skipped and not counted as rows, matching ``csv.DictReader``.
+    skipped and not counted as rows, matching ``csv.DictReader``. Bytes that are not UTF-8
+    make their record a bad row (in the header: the file is bad).
     """
-    line_texts = (text for _, text in _utf8_lines(path, label))
-    reader = csv.reader(line_texts, strict=True)
+    if csv.field_size_limit() < _CSV_FIELD_LIMIT:
+        csv.field_size_limit(_CSV_FIELD_LIMIT)
+    bad_lines: dict[int, DataValidationError] = {}
+
+    def line_texts() -> Iterator[str]:
+        for number, text, error in _utf8_lines(path, label):
+            if error is not None:
+                bad_lines[number] = error
+            yield text
+
+    reader = csv.reader(line_texts(), strict=True)
     row = 0
     try:
         header = next(reader, None)
-        if header is None:
-            return
-        if len(set(header)) != len(header):
-            duplicates = sorted({name for name in header if header.count(name) > 1})
-            raise DataValidationError(
-                f"duplicate CSV header column(s) {duplicates}", source=label, line=1
-            )
-        while True:
-            start_line = reader.line_num + 1
-            try:
-                cells = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:
-                # Not skippable: after a quoting error the parser no longer knows where the
-                # next record starts, so skipping would silently drop or garble the rest.
-                raise DataValidationError(
-                    f"malformed CSV: {exc}", source=label, row=row, line=start_line
-                ) from None
-            if not cells:
-                continue
-            if len(cells) > len(header):
-                error = DataValidationError(
-                    f"{len(cells)} cells but the header has {len(header)} columns",
-                    source=label, row=row, line=start_line,
-                )
-                yield _RawRecord(row=row, line=start_line, error=error)
-            else:
-                yield _RawRecord(row=row, data=dict(zip(header, cells)), line=start_line)
-            row += 1
-    except DataValidationError as exc:  # bad UTF-8 met while reading the next record
-        if exc.byte_offset is None:
-            raise
+    except csv.Error as exc:
+        raise DataValidationError(f"malformed CSV header: {exc}", source=label, line=1) from None
+    if header is None:
+        return
+    if bad_lines:
+        raise next(iter(bad_lines.values()))
+    if len(set(header)) != len(header):
+        duplicates = sorted({name for name in header if header.count(name) > 1})
         raise DataValidationError(
-            exc.message, source=label, row=row, line=exc.line, byte_offset=exc.byte_offset
-        ) from None
+            f"duplicate CSV header column(s) {duplicates}", source=label, line=1
+        )
+    while True:
+        start_line = reader.line_num + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            # Not skippable: after a quoting error the parser no longer knows where the
+            # next record starts, so skipping would silently drop or garble the rest.
+            raise DataValidationError(
+                f"malformed CSV: {exc}", source=label, row=row, line=start_line
+            ) from None
+        if not cells:
+            bad_lines.clear()
+            continue
+        bad = [bad_lines.pop(n) for n in sorted(bad_lines) if n <= reader.line_num]
+        if bad:
+            yield _RawRecord(row=row, line=start_line, error=_at_row(bad[0], row))
+        elif len(cells) > len(header):
+            error = DataValidationError(
+                f"{len(cells)} cells but the header has {len(header)} columns",
+                source=label, row=row, line=start_line,
+            )
+            yield _RawRecord(row=row, line=start_line, error=error)
+        else:
+            yield _RawRecord(row=row, data=dict(zip(header, cells)), line=start_line)
+        row += 1
 
 
 def _hub_label(dataset_id: str, split: str, revision: str | None) -> str:

@@ -88,7 +88,10 @@ class _FieldReader:
             return default
         return value
 
-    def text(self, field: str, *, default: Any = _MISSING, allow_blank: bool = False) -> Any:
+    def text(self, field: str, *, default: Any = _MISSING, allow_blank: bool = False,
+             bounded: bool = True) -> Any:
+        """A text field; ``bounded=False`` for labels checked against a fixed set instead (a
+        small ``max_chars`` must not reject a valid harm category name)."""
         value = self.raw(field, default)
         if value is default and default is not _MISSING:
             return value
@@ -96,10 +99,17 @@ class _FieldReader:
             raise self.fail(field, f"expected a string, got {_show(value)}")
         if not allow_blank and not value.strip():
             raise self.fail(field, "expected non-empty text, got an empty or blank string")
-        if len(value) > self.max_chars:
+        if bounded and len(value) > self.max_chars:
             raise self.fail(
                 field, f"text has {len(value)} characters, more than max_chars={self.max_chars}"
             )
+        try:  # JSON may spell a lone surrogate ("\ud800"); no tokenizer or writer takes it
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise self.fail(
+                field, f"not valid Unicode text: lone surrogate {value[exc.start]!r} at "
+                f"character {exc.start}"
+            ) from None
         return value
 
     def flag(self, field: str) -> bool:
@@ -120,7 +130,10 @@ class _FieldReader:
         if value is default and default is not _MISSING:
             return value
         if self.from_csv and isinstance(value, str) and _INT_TEXT.fullmatch(value):
-            return int(value)
+            try:
+                return int(value)
+            except ValueError:  # more digits than Python converts (4300): never a valid id
+                raise self.fail(field, f"expected an integer, got {_show(value)}") from None
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.fail(field, f"expected an integer, got {_show(value)}")
         return value
@@ -292,7 +305,7 @@ class PromptRow:
     ) -> PromptRow:
         r = _reader(cls, d, source, row, max_chars, from_csv)
         prompt = r.text("prompt")
-        category = r.text("category", default=None)
+        category = r.text("category", default=None, bounded=False)
         if category is not None and category not in HARM_CATEGORY_ID:
             raise r.fail(
                 "category", f"unknown harm category {category!r}; expected one of {HARM_CATEGORIES}"

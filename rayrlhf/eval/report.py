@@ -18,6 +18,7 @@ def _pyplot():
 def plot_training(history: list[dict[str, float]], path: Path) -> Path:
     """Reward, episode cost against the threshold, and λ over PPO-Lag steps."""
     plt = _pyplot()
+    history = [m for m in history if "reward/mean" in m]  # steps skipped for NaN/Inf have no scores
     steps = [m["step"] for m in history]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     axes[0].plot(steps, [m["reward/mean"] for m in history], color="tab:green")

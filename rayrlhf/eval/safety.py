@@ -3,7 +3,8 @@
 Judges: the QA-moderation classifier (flagged or not, per BeaverTails harm category), the
 reward model (helpfulness) and the cost model (harmfulness, cost > 0 means unsafe). Given two
 policies, the win rates compare them answer by answer, as the Safe RLHF paper compares
-models on helpfulness and harmlessness.
+models on helpfulness and harmlessness. Optionally an LLM judge behind an OpenAI-compatible
+API (``judge.py``, GPT-4 in the paper) judges every answer and every pair as well.
 """
 
 from __future__ import annotations
@@ -87,6 +88,25 @@ def win_rates(candidate: list[dict[str, Any]], baseline: list[dict[str, Any]]) -
     return out
 
 
+def eval_markdown(report: dict[str, Any]) -> str:
+    """``eval.json`` as Markdown: one column per policy, the LLM judge's rows beside the score
+    models' rows, and the win rates of the policy against the baseline."""
+    from rayrlhf.eval.metrics import flatten_scalars
+
+    columns = [name for name in ("policy", "baseline") if name in report]
+    flat = {name: flatten_scalars(report[name]) for name in columns}
+    keys = list(dict.fromkeys(k for name in columns for k in flat[name]))
+    show = lambda v: "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["# rayrlhf eval", "", "| metric | " + " | ".join(columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    lines += [f"| {k} | " + " | ".join(show(flat[c].get(k)) for c in columns) + " |" for k in keys]
+    if report.get("policy_vs_baseline"):
+        lines += ["", "## Policy against baseline (win rate of the policy; ties count half)", "",
+                  "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {show(v)} |" for k, v in flatten_scalars(report["policy_vs_baseline"]).items()]
+    return "\n".join(lines) + "\n"
+
+
 def generate_answers(policy: str, prompts: list[str], *, template: str, engine: str, max_new_tokens: int,
                      temperature: float, seed: int, max_prompt_tokens: int = 512,
                      engine_kwargs: dict | None = None) -> list[str]:
@@ -132,6 +152,11 @@ def run(cfg) -> dict[str, Any]:
               "threshold": cfg.moderation_threshold}
     report: dict[str, Any] = {}
     results = {}
+    llm_judge = None
+    if cfg.judge.base_url:
+        from rayrlhf.eval.judge import JudgeClient
+
+        llm_judge = JudgeClient.from_config(cfg.judge)
     for name, policy in (("policy", cfg.policy.name_or_path), ("baseline", cfg.baseline_policy)):
         if not policy:
             continue
@@ -141,11 +166,28 @@ def run(cfg) -> dict[str, Any]:
                                    seed=cfg.run.seed, engine_kwargs=engine_kwargs)
         results[name] = judge_answers(prompts, answers, **judges)
         report[name] = summarize(results[name], categories)
+        if llm_judge is not None:
+            from rayrlhf.eval.judge import summarize_single
+
+            verdicts = llm_judge.judge_single(prompts, answers)
+            for record, verdict in zip(results[name], verdicts):
+                record["judge"] = verdict
+            report[name]["judge"] = summarize_single(verdicts, categories)
         with open(out / f"answers_{name}.jsonl", "w", encoding="utf-8") as f:
             for record, category in zip(results[name], categories):
                 f.write(json.dumps({**record, "category": category}, ensure_ascii=False) + "\n")
     if "baseline" in results:
         report["policy_vs_baseline"] = win_rates(results["policy"], results["baseline"])
+        if llm_judge is not None:
+            from rayrlhf.eval.judge import pairwise_win_rates
+
+            comparisons = llm_judge.judge_pairwise(prompts, [r["response"] for r in results["policy"]],
+                                                   [r["response"] for r in results["baseline"]])
+            report["policy_vs_baseline"]["judge"] = pairwise_win_rates(comparisons)
+            with open(out / "judge_pairwise.jsonl", "w", encoding="utf-8") as f:
+                for prompt, comparison in zip(prompts, comparisons):
+                    f.write(json.dumps({"prompt": prompt, **comparison}, ensure_ascii=False) + "\n")
     write_json(out / "eval.json", report)
+    (out / "eval.md").write_text(eval_markdown(report), encoding="utf-8")
     print(format_table(flatten_scalars(report)))
     return report

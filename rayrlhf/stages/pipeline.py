@@ -1,8 +1,8 @@
 """``rayrlhf pipeline``: every stage in order on one config.
 
-prepare the policy -> validate all four datasets -> train the reward, cost and moderation
-models -> PPO-Lag with the trained judges -> evaluate the initial and the trained policy ->
-report. Each stage writes below ``<output_dir>/<stage>``; ``report/report.md`` sums it up.
+prepare the policy -> validate all four datasets -> (optional, ``run_sft=true``) supervised
+fine-tuning of the policy -> train the reward, cost and moderation models -> PPO-Lag with the
+trained judges -> evaluate the initial (or SFT'd) and the trained policy -> report. Each stage writes below ``<output_dir>/<stage>``; ``report/report.md`` sums it up.
 """
 
 from __future__ import annotations
@@ -33,13 +33,25 @@ def score_model_config(cfg, kind: str, out_dir):
     })
 
 
-def ppo_lag_config(cfg, reward: str, cost: str, out_dir):
-    """The ``ppo-lag`` config the pipeline's settings imply."""
+def sft_config(cfg, out_dir):
+    """The ``train-sft`` config the pipeline's settings imply."""
+    from rayrlhf.config.schema import SFTConfig
+
+    return OmegaConf.merge(OmegaConf.structured(SFTConfig), {
+        "run": {"seed": cfg.run.seed, "output_dir": str(out_dir), "log_level": cfg.run.log_level},
+        "cluster": cfg.cluster, "model": cfg.model, "dataset": cfg.sft, "eval_fraction": cfg.eval_fraction,
+        "template": cfg.template, "training": cfg.sft_training,
+    })
+
+
+def ppo_lag_config(cfg, reward: str, cost: str, out_dir, policy=None):
+    """The ``ppo-lag`` config the pipeline's settings imply (``policy``: a ModelConfig node
+    replacing ``cfg.model``, e.g. the SFT'd policy)."""
     from rayrlhf.config.schema import PPOLagConfig
 
     return OmegaConf.merge(OmegaConf.structured(PPOLagConfig), {
         "run": {"seed": cfg.run.seed, "output_dir": str(out_dir), "log_level": cfg.run.log_level},
-        "cluster": cfg.cluster, "policy": cfg.model, "reward": reward, "cost": cost, "prompts": cfg.prompts,
+        "cluster": cfg.cluster, "policy": policy if policy is not None else cfg.model, "reward": reward, "cost": cost, "prompts": cfg.prompts,
         "template": cfg.template, "rollout": cfg.rollout, "ppo": cfg.ppo, "lagrange": cfg.lagrange,
         "resources": cfg.resources, "steps": cfg.ppo_steps, "save_every": 0, "tensorboard": True,
     })
@@ -50,7 +62,7 @@ def run(cfg) -> dict:
     from rayrlhf.eval.report import write_report
     from rayrlhf.eval.safety import generate_answers, judge_answers, summarize, win_rates
     from rayrlhf.stages.sample import spread
-    from rayrlhf.trainers import ppo_lag, score_trainer
+    from rayrlhf.trainers import ppo_lag, score_trainer, sft_trainer
 
     seed_everything(cfg.run.seed)
     out = output_dir(cfg)
@@ -68,6 +80,12 @@ def run(cfg) -> dict:
         name: check_dataset(cfg[name]) for name in ("preferences", "prompts", "qa_classification", "sft")
     })
     init_ray(cfg.cluster, required_cpus=ppo_lag.required_cpus(cfg))
+    # The policy PPO-Lag starts from and the evaluation's "before": the SFT'd one when asked.
+    policy = cfg.model
+    if cfg.run_sft:
+        sub = sft_config(cfg, out / "train-sft")
+        report["sft"] = timed("train_sft", lambda: sft_trainer.run(sub))
+        policy = OmegaConf.merge(cfg.model, {"name_or_path": str(out / "train-sft" / "model")})
     judges: dict[str, str] = {}
     report["score_models"] = {}
     for kind in cfg.score_models:
@@ -79,7 +97,7 @@ def run(cfg) -> dict:
     history: list = []
     policy_after = None
     if cfg.ppo_steps > 0 and reward and cost:
-        sub = ppo_lag_config(cfg, reward, cost, out / "ppo-lag")
+        sub = ppo_lag_config(cfg, reward, cost, out / "ppo-lag", policy=policy)
         history = timed("ppo_lag", lambda: ppo_lag.run(sub))
         policy_after = str(out / "ppo-lag" / "policy")
         report["ppo_lag"] = history[-1]
@@ -97,7 +115,7 @@ def run(cfg) -> dict:
         return judge_answers(prompts, answers, moderation=judges.get("moderation"), reward=reward,
                              cost=cost, threshold=cfg.moderation_threshold)
 
-    before = timed("eval_before", lambda: evaluate(cfg.model.name_or_path))
+    before = timed("eval_before", lambda: evaluate(policy.name_or_path))
     after = timed("eval_after", lambda: evaluate(policy_after)) if policy_after else before
     report["eval"] = {"before": summarize(before, categories), "after": summarize(after, categories),
                       "win_rates": win_rates(after, before) if policy_after else {}}

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
-import shutil
+import shlex
 import time
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -33,16 +32,25 @@ from rayrlhf.algorithms import (
     combined_advantage, gae_advantages, make_lagrange_controller, masked_mean, shape_rewards_and_costs,
 )
 from rayrlhf.rollout import SamplingSpec
+from rayrlhf.trainers import checkpoint_dir
+from rayrlhf.trainers.faults import (
+    FaultLog, NonFiniteError, WorkerFailedError, actor_failure_types, describe_nonfinite, findings_message,
+)
 from rayrlhf.types import build_rollout_batch
 from rayrlhf.workers.base import OptimConfig
 from rayrlhf.workers.critic import CriticWorker
-from rayrlhf.workers.group import ActorGroup
+from rayrlhf.workers.group import ActorGroup, get_fail_fast
 from rayrlhf.workers.policy import PolicyWorker
 from rayrlhf.workers.rollout_worker import RolloutWorker, generate_across
 from rayrlhf.workers.scorer import ScorerWorker
 
 log = logging.getLogger(__name__)
 DRIVER_STATE = "driver_state.json"
+CONFIG_SNAPSHOT = "ppo_lag_config.yaml"
+RESUME_COMMAND = "resume_command.txt"
+# Keys a resumed run may change without changing what it computes.
+RESUME_FREE_KEYS = ("steps", "save_every", "resume_from", "resume_allow_changes", "tensorboard", "run.output_dir",
+                    "run.log_level", "cluster", "faults")
 
 
 def lagrange_from_config(lag) -> Any:
@@ -95,7 +103,7 @@ class PhaseTimer:
 class PPOLagDriver:
     """Builds the role groups from a ``ppo_lag`` config and runs steps."""
 
-    def __init__(self, cfg) -> None:
+    def __init__(self, cfg, fault_log: FaultLog | None = None) -> None:
         from rayrlhf.data.templates import format_prompt
         from rayrlhf.models import load_tokenizer, resolve_model_path
         from rayrlhf.models.zoo import resolve_bf16
@@ -116,6 +124,8 @@ class PPOLagDriver:
         ]
         self.lagrange = lagrange_from_config(cfg.lagrange)
         self.step_index = 0
+        self.fault_log = fault_log or FaultLog(None)
+        self.consecutive_skips = 0
 
         res, ppo = cfg.resources, cfg.ppo
         bf16 = resolve_bf16(ppo.bf16)
@@ -163,9 +173,21 @@ class PPOLagDriver:
                                   **placement).remote(cfg.rollout.engine, self.policy_path, engine_kwargs, threads)
             for i in range(cfg.rollout.num_engines)
         ]
-        ray.get(self.policy.call(PolicyWorker.init_engine) + self.reward_critic.call(CriticWorker.init_engine)
-                + self.cost_critic.call(CriticWorker.init_engine)
-                + [w.ready.remote() for w in self.rollout_workers])
+        self.groups = (self.policy, self.reference, self.reward_critic, self.cost_critic,
+                       self.reward_model, self.cost_model)
+        get_fail_fast(self.policy.call(PolicyWorker.init_engine) + self.reward_critic.call(CriticWorker.init_engine)
+                      + self.cost_critic.call(CriticWorker.init_engine)
+                      + [w.ready.remote() for w in self.rollout_workers])
+
+    def actor_names(self) -> dict[str, str]:
+        """Actor id (hex) -> actor name, to say which worker died."""
+        names = {}
+        for group in self.groups:
+            for actor, name in zip(group.actors, group.actor_names):
+                names[actor._actor_id.hex()] = name
+        for index, worker in enumerate(self.rollout_workers):
+            names[worker._actor_id.hex()] = f"rollout-{index}"
+        return names
 
     # ------------------------------------------------------------------ one step
     def step(self) -> dict[str, float]:
@@ -194,13 +216,24 @@ class PPOLagDriver:
                 "rewards": self.reward_model.call(ScorerWorker.score, prompts, responses, response_ids),
                 "costs": self.cost_model.call(ScorerWorker.score, prompts, responses, response_ids),
             }
-            got = {name: ray.get(refs) for name, refs in futures.items()}
+            got = dict(zip(futures, get_fail_fast_groups(list(futures.values()))))
             batch.old_logprobs = torch.cat([lp for lp, _ in got["policy"]])
             entropy = torch.cat([ent for _, ent in got["policy"]])
             batch.ref_logprobs = torch.cat([lp for lp, _ in got["reference"]])
             batch.reward_values = torch.cat(got["reward_values"])
             batch.cost_values = torch.cat(got["cost_values"])
             batch.rewards, batch.costs = got["rewards"][0].float(), got["costs"][0].float()
+            token_mask = batch.response_mask
+            findings = describe_nonfinite({
+                "rewards": (batch.rewards, None, f"reward model ({cfg.reward})"),
+                "costs": (batch.costs, None, f"cost model ({cfg.cost})"),
+                "policy log-probs": (batch.old_logprobs, token_mask, "policy"),
+                "reference log-probs": (batch.ref_logprobs, token_mask, "reference policy"),
+                "reward values": (batch.reward_values, token_mask, "reward critic"),
+                "cost values": (batch.cost_values, token_mask, "cost critic"),
+            })
+        if findings:
+            return self.nonfinite_step(findings, timer, step_start)
 
         with timer.phase("advantages"):
             mask = batch.response_mask.float()
@@ -213,6 +246,13 @@ class PPOLagDriver:
                                                        ppo.gamma, ppo.gae_lambda)
             lam = self.lagrange.value
             batch.advantages = combined_advantage(adv_r, adv_c, lam) * mask
+            findings = describe_nonfinite({
+                "advantages": (batch.advantages, token_mask, "GAE (rewards, costs, KL shaping, values)"),
+                "reward returns": (batch.reward_returns, token_mask, "GAE of the reward stream"),
+                "cost returns": (batch.cost_returns, token_mask, "GAE of the cost stream"),
+            })
+        if findings:
+            return self.nonfinite_step(findings, timer, step_start)
 
         with timer.phase("train"):
             train_kwargs = {"epochs": ppo.epochs, "minibatch_size": ppo.minibatch_size,
@@ -223,7 +263,20 @@ class PPOLagDriver:
                                                           clip_range_value=ppo.clip_range_value, **train_kwargs)
             cost_critic = self.cost_critic.call_split(CriticWorker.train, batch,
                                                       clip_range_value=ppo.clip_range_value, **train_kwargs)
-            actor_stats, reward_stats, cost_stats = ray.get(actor)[0], ray.get(reward_critic)[0], ray.get(cost_critic)[0]
+            actor_all, reward_all, cost_all = get_fail_fast_groups([actor, reward_critic, cost_critic])
+            actor_stats, reward_stats, cost_stats = actor_all[0], reward_all[0], cost_all[0]
+            # Mini-batches whose loss was NaN/Inf were not applied (all ranks skipped them).
+            skipped = {role: sum(s["nonfinite_minibatches"] for s in stats)
+                       for role, stats in (("policy", actor_all), ("reward critic", reward_all),
+                                           ("cost critic", cost_all))}
+            if any(skipped.values()):
+                message = f"step {self.step_index + 1}: NaN/Inf loss, mini-batches not applied: " + ", ".join(
+                    f"{role} {count:.0f}" for role, count in skipped.items() if count)
+                self.fault_log.record("nonfinite_loss", step=self.step_index + 1, skipped_minibatches=skipped,
+                                      message=message)
+                if cfg.faults.nonfinite == "stop":
+                    raise NonFiniteError(message)
+                log.warning(message)
 
         with timer.phase("lagrange"):
             episode_cost = float(batch.costs.mean())
@@ -233,6 +286,7 @@ class PPOLagDriver:
             self.sync_weights()
 
         self.step_index += 1
+        self.consecutive_skips = 0
         step_seconds = time.perf_counter() - step_start
         tokens = float(mask.sum())
         kl = masked_mean(batch.old_logprobs - batch.ref_logprobs, mask)
@@ -255,6 +309,7 @@ class PPOLagDriver:
             **{f"actor/{k}": v for k, v in actor_stats.items()},
             "critic/reward_loss": reward_stats["loss"],
             "critic/cost_loss": cost_stats["loss"],
+            "faults/nonfinite_minibatches": float(sum(skipped.values())),
             **{f"timing/{k}_s": v for k, v in timer.seconds.items()},
             "timing/step_s": step_seconds,
             "timing/overhead_s": step_seconds - sum(timer.seconds.values()),
@@ -262,48 +317,90 @@ class PPOLagDriver:
         }
         return metrics
 
+    def nonfinite_step(self, findings: list[dict], timer: PhaseTimer, step_start: float) -> dict[str, float]:
+        """NaN/Inf before any update: stop, or skip the step (no training, λ unchanged,
+        the prompts count as used so that the run moves on)."""
+        message = findings_message(self.step_index + 1, findings)
+        policy = self.cfg.faults.nonfinite
+        self.fault_log.record("nonfinite", step=self.step_index + 1, findings=findings, action=policy,
+                              message=message)
+        if policy == "stop":
+            raise NonFiniteError(f"{message} (faults.nonfinite=stop)")
+        self.consecutive_skips += 1
+        limit = self.cfg.faults.max_consecutive_skips
+        if self.consecutive_skips > limit:
+            raise NonFiniteError(f"{message}: {self.consecutive_skips} steps in a row skipped "
+                                 f"(faults.max_consecutive_skips={limit}); the source is broken, not noisy")
+        log.warning("%s: step skipped (faults.nonfinite=skip)", message)
+        self.step_index += 1
+        step_seconds = time.perf_counter() - step_start
+        return {"step": self.step_index, "faults/skipped_nonfinite": 1.0,
+                "lagrange/lambda": float(self.lagrange.value),
+                **{f"timing/{k}_s": v for k, v in timer.seconds.items()}, "timing/step_s": step_seconds}
+
     def sync_weights(self) -> None:
         """Policy rank 0's weights -> object store -> every rollout engine."""
         weights = self.policy.call_rank0(PolicyWorker.weights)
-        ray.get([w.update_weights.remote(weights) for w in self.rollout_workers])
+        get_fail_fast([w.update_weights.remote(weights) for w in self.rollout_workers])
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, root: Path) -> Path:
-        """Everything a resumed run needs, written atomically (tmp dir, then rename)."""
-        final = root / f"step_{self.step_index:06d}"
-        tmp = root / f".tmp_step_{self.step_index:06d}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        ray.get(self.policy.call(PolicyWorker.save_checkpoint, str(tmp))
-                + self.reward_critic.call(CriticWorker.save_checkpoint, str(tmp))
-                + self.cost_critic.call(CriticWorker.save_checkpoint, str(tmp)))
-        state = {"step": self.step_index, "lagrange": self.lagrange.state_dict(),
-                 "python_random": repr(random.getstate()), "torch_seed": torch.initial_seed()}
-        (tmp / DRIVER_STATE).write_text(json.dumps(state, indent=2))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        (root / "latest").write_text(final.name)
-        return final
+        """Everything a resumed run needs, published atomically (rayrlhf.trainers.checkpoint_dir)."""
+        def write(folder: Path) -> None:
+            get_fail_fast(self.policy.call(PolicyWorker.save_checkpoint, str(folder))
+                          + self.reward_critic.call(CriticWorker.save_checkpoint, str(folder))
+                          + self.cost_critic.call(CriticWorker.save_checkpoint, str(folder)))
+            state = {"step": self.step_index, "lagrange": self.lagrange.state_dict(),
+                     "python_random": repr(random.getstate()), "torch_seed": torch.initial_seed()}
+            (folder / DRIVER_STATE).write_text(json.dumps(state, indent=2))
+
+        return checkpoint_dir.publish_checkpoint(root, self.step_index, write)
 
     def load_checkpoint(self, path: Path) -> None:
-        ray.get(self.policy.call(PolicyWorker.load_checkpoint, str(path))
-                + self.reward_critic.call(CriticWorker.load_checkpoint, str(path))
-                + self.cost_critic.call(CriticWorker.load_checkpoint, str(path)))
+        get_fail_fast(self.policy.call(PolicyWorker.load_checkpoint, str(path))
+                      + self.reward_critic.call(CriticWorker.load_checkpoint, str(path))
+                      + self.cost_critic.call(CriticWorker.load_checkpoint, str(path)))
         state = json.loads((path / DRIVER_STATE).read_text())
         self.step_index = state["step"]
         self.lagrange.load_state_dict(state["lagrange"])
         self.sync_weights()  # the engines still hold the initial weights
 
     def save_policy(self, out_dir: Path) -> Path:
-        ray.get(self.policy.call(PolicyWorker.save_pretrained, str(out_dir), self.policy_path))
+        get_fail_fast(self.policy.call(PolicyWorker.save_pretrained, str(out_dir), self.policy_path))
         return out_dir
 
     def shutdown(self) -> None:
-        for group in (self.policy, self.reference, self.reward_critic, self.cost_critic,
-                      self.reward_model, self.cost_model):
+        """Kill every worker (dead or hung in a collective) and wait until their names are
+        free, so that a rebuilt driver can register the same names."""
+        names = [name for group in self.groups for name in group.actor_names]
+        names += [f"rollout-{i}" for i in range(len(self.rollout_workers))]
+        for group in self.groups:
             group.kill()
         for worker in self.rollout_workers:
             ray.kill(worker)
+        self.rollout_workers = []
+        wait_until_names_free(names)
+
+
+def get_fail_fast_groups(groups: list[list[ray.ObjectRef]]) -> list[list[Any]]:
+    """``get_fail_fast`` over several groups' futures at once, results per group."""
+    flat = get_fail_fast([ref for refs in groups for ref in refs])
+    out, start = [], 0
+    for refs in groups:
+        out.append(flat[start:start + len(refs)])
+        start += len(refs)
+    return out
+
+
+def wait_until_names_free(names: list[str], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    for name in names:
+        while time.monotonic() < deadline:
+            try:
+                ray.get_actor(name)
+            except ValueError:
+                break
+            time.sleep(0.2)
 
 
 def required_cpus(cfg) -> float:
@@ -314,8 +411,8 @@ def required_cpus(cfg) -> float:
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    pointer = Path(run_dir) / "checkpoints" / "latest"
-    return pointer.parent / pointer.read_text().strip() if pointer.is_file() else None
+    """The newest complete checkpoint of a PPO-Lag run folder."""
+    return checkpoint_dir.latest_checkpoint(Path(run_dir) / "checkpoints")
 
 
 class MetricsLog:
@@ -324,7 +421,8 @@ class MetricsLog:
     def __init__(self, out: Path, total: int, initial: int, tensorboard: bool) -> None:
         from tqdm.auto import tqdm
 
-        self.file = open(out / "metrics.jsonl", "a", encoding="utf-8")
+        self.path = out / "metrics.jsonl"
+        self.file = open(self.path, "a", encoding="utf-8")
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -340,8 +438,23 @@ class MetricsLog:
                 if key != "step":
                     self.writer.add_scalar(key, value, metrics["step"])
         self.bar.update(1)
-        self.bar.set_postfix({"reward": f"{metrics['reward/mean']:.3f}", "cost": f"{metrics['cost/mean']:.3f}",
-                              "λ": f"{metrics['lagrange/lambda']:.3f}"})
+        self.bar.set_postfix({name: f"{metrics[key]:.3f}" for name, key in
+                              (("reward", "reward/mean"), ("cost", "cost/mean"), ("λ", "lagrange/lambda"))
+                              if key in metrics})
+
+    def rewind(self, step: int) -> list[dict]:
+        """Forget the rows after ``step`` (a restart recomputes them from a checkpoint); the
+        dropped rows are returned so the caller can keep them in the fault log."""
+        self.file.close()
+        rows = [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        kept, dropped = [r for r in rows if r["step"] <= step], [r for r in rows if r["step"] > step]
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+        tmp.replace(self.path)
+        self.file = open(self.path, "a", encoding="utf-8")
+        self.bar.n = step
+        self.bar.refresh()
+        return dropped
 
     def close(self) -> None:
         self.file.close()
@@ -350,32 +463,116 @@ class MetricsLog:
         self.bar.close()
 
 
+def config_changes(saved: dict, current: dict, free_keys: tuple[str, ...] = RESUME_FREE_KEYS) -> list[str]:
+    """``key: saved -> current`` for every leaf that differs, ignoring ``free_keys`` (and
+    everything below them)."""
+    def leaves(node, prefix=""):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield from leaves(value, f"{prefix}{key}.")
+        else:
+            yield prefix[:-1], node
+
+    def free(key: str) -> bool:
+        return any(key == k or key.startswith(k + ".") for k in free_keys)
+
+    old, new = dict(leaves(saved)), dict(leaves(current))
+    return [f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}"
+            for key in sorted(set(old) | set(new)) if not free(key) and old.get(key) != new.get(key)]
+
+
+def check_resume_config(cfg, resume_dir: Path) -> None:
+    """A resumed run must compute what the interrupted one would have: same settings."""
+    from omegaconf import OmegaConf
+
+    snapshot = resume_dir / CONFIG_SNAPSHOT
+    if not snapshot.is_file() or cfg.resume_allow_changes:
+        return
+    saved = OmegaConf.to_container(OmegaConf.load(snapshot), resolve=False)
+    changes = config_changes(saved, OmegaConf.to_container(cfg, resolve=True))
+    if changes:
+        raise ValueError(
+            f"resume_from={resume_dir}: this run's config differs from the one it resumes "
+            f"({snapshot}):\n  " + "\n  ".join(changes)
+            + f"\nRun the command in {resume_dir / RESUME_COMMAND} to continue the same run, or pass "
+              "resume_allow_changes=true to change these settings on purpose.")
+
+
+def write_resume_command(out: Path) -> None:
+    """``<run>/resume_command.txt``: the one command that continues this run after a crash."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized() or HydraConfig.get().job.name != "ppo-lag":
+        return  # composed in code (tests, the pipeline): no command line to repeat
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("resume_from=", "hydra."))]
+    words = ["rayrlhf", "ppo-lag", *overrides, f"resume_from={out}"]
+    (out / RESUME_COMMAND).write_text(" ".join(shlex.quote(w) for w in words) + "\n")
+
+
 def run(cfg) -> list[dict[str, float]]:
-    """Entry of ``rayrlhf ppo-lag``: build the workers, run ``cfg.steps`` steps, save."""
+    """Entry of ``rayrlhf ppo-lag``: build the workers, run ``cfg.steps`` steps, save.
+
+    A dead worker actor costs a restart: every worker is rebuilt and the run continues from
+    its newest checkpoint (metrics after it are recomputed), up to ``faults.max_restarts``."""
+    from omegaconf import OmegaConf
+
     from rayrlhf.cluster import init_ray
     from rayrlhf.stages.common import output_dir
 
     out = output_dir(cfg)
-    init_ray(cfg.cluster, required_cpus=required_cpus(cfg))
-    driver = PPOLagDriver(cfg)
+    resume_point = None
     if cfg.resume_from:
-        checkpoint = latest_checkpoint(cfg.resume_from)
-        if checkpoint is None:
-            raise FileNotFoundError(f"resume_from={cfg.resume_from}: no checkpoints/latest below it")
-        driver.load_checkpoint(checkpoint)
-        log.info("resumed from %s at step %d", checkpoint, driver.step_index)
-    metrics_log = MetricsLog(out, cfg.steps, driver.step_index, cfg.tensorboard)
-    history = []
+        resume_point = latest_checkpoint(cfg.resume_from)
+        if resume_point is None:
+            raise FileNotFoundError(f"resume_from={cfg.resume_from}: no complete checkpoint in "
+                                    f"{Path(cfg.resume_from) / 'checkpoints'}")
+        check_resume_config(cfg, Path(cfg.resume_from))
+    (out / CONFIG_SNAPSHOT).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_resume_command(out)
+    init_ray(cfg.cluster, required_cpus=required_cpus(cfg))
+    fault_log = FaultLog(out / "faults.jsonl")
+    metrics_log = MetricsLog(out, cfg.steps, 0, cfg.tensorboard)
+    history: list[dict[str, float]] = []
+    restarts = 0
     try:
-        while driver.step_index < cfg.steps:
-            metrics = driver.step()
-            history.append(metrics)
-            metrics_log.log(metrics)
-            if cfg.save_every and driver.step_index % cfg.save_every == 0:
+        while True:
+            driver = None
+            try:
+                driver = PPOLagDriver(cfg, fault_log)
+                if resume_point is not None:
+                    driver.load_checkpoint(resume_point)
+                    log.info("continuing from %s at step %d", resume_point, driver.step_index)
+                history = [m for m in history if m["step"] <= driver.step_index]
+                if restarts:
+                    dropped = metrics_log.rewind(driver.step_index)
+                    fault_log.record("recomputed_steps", steps=[m["step"] for m in dropped], rows=dropped)
+                while driver.step_index < cfg.steps:
+                    metrics = driver.step()
+                    history.append(metrics)
+                    metrics_log.log(metrics)
+                    if cfg.save_every and driver.step_index % cfg.save_every == 0:
+                        driver.save_checkpoint(out / "checkpoints")
                 driver.save_checkpoint(out / "checkpoints")
-        driver.save_checkpoint(out / "checkpoints")
-        driver.save_policy(out / "policy")
+                driver.save_policy(out / "policy")
+                return history
+            except actor_failure_types() as exc:
+                dead = driver.actor_names().get(getattr(exc, "actor_id", None) or "", "a worker") if driver else \
+                    "a worker (while starting)"
+                restarts += 1
+                resume_point = latest_checkpoint(out) or resume_point
+                step = driver.step_index + 1 if driver else None  # the step in progress
+                fault_log.record("worker_died", actor=dead, step=step, restart=restarts,
+                                 resume_from=str(resume_point) if resume_point else "the start",
+                                 error=f"{type(exc).__name__}: {str(exc)[:2000]}")
+                if restarts > cfg.faults.max_restarts:
+                    raise WorkerFailedError(
+                        f"{dead} died during step {step} ({type(exc).__name__}); gave up after "
+                        f"faults.max_restarts={cfg.faults.max_restarts} restarts. Checkpoint: {resume_point}. "
+                        f"Details in {fault_log.path}") from exc
+                log.error("%s died during step %s (%s); restart %d/%d from %s", dead, step, type(exc).__name__,
+                          restarts, cfg.faults.max_restarts, resume_point or "the start")
+            finally:
+                if driver is not None:
+                    driver.shutdown()
     finally:
         metrics_log.close()
-        driver.shutdown()
-    return history

@@ -116,6 +116,129 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return best
 
 
+# ------------------------------------------- shared by the Ray Train trainers (score, SFT)
+def make_engine(model: torch.nn.Module, training: dict[str, Any], total_steps: int):
+    """``model`` inside a DeepSpeed engine with AdamW and the warm-up + decay schedule; in
+    train mode (from_pretrained returns eval mode, in which transformers skips gradient
+    checkpointing). Returns the engine and its LR scheduler."""
+    import deepspeed
+
+    if training["gradient_checkpointing"]:
+        enable_gradient_checkpointing(model)
+    warmup = int(training["warmup_ratio"] * total_steps)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=training["lr"], weight_decay=training["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_multiplier(s, total_steps, warmup, training["lr_scheduler"]))
+    ds_config = deepspeed_config(training["per_device_batch_size"], training["gradient_accumulation_steps"],
+                                 training["max_grad_norm"], training["zero_stage"], resolve_bf16(training["bf16"]))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=ds_config, dist_init_required=False)
+    engine.train()
+    return engine, scheduler
+
+
+def resume_engine(engine, checkpoint: str | None) -> dict[str, Any]:
+    """Load a checkpoint written by ``save_and_report``; its saved state ({} when None)."""
+    if not checkpoint:
+        return {}
+    engine.load_checkpoint(checkpoint, tag=DS_TAG)
+    return json.loads((Path(checkpoint) / STATE_FILE).read_text())
+
+
+def save_and_report(engine, rank: int, metrics: dict[str, Any]) -> None:
+    """A DeepSpeed checkpoint of every rank plus the step state, reported to Ray Train."""
+    import ray.train as rt
+
+    with tempfile.TemporaryDirectory() as tmp:
+        engine.save_checkpoint(tmp, tag=DS_TAG)
+        if rank == 0:
+            Path(tmp, STATE_FILE).write_text(json.dumps({"global_step": metrics["step"], **metrics}))
+        rt.report(metrics, checkpoint=rt.Checkpoint.from_directory(tmp))
+
+
+def run_steps(engine, scheduler, plan: StepPlan, rank: int, training: dict[str, Any], *, step: int,
+              micro_loss, evaluate, desc: str, carry: dict[str, Any] | None = None) -> int:
+    """The optimiser steps from ``step`` to the end (or ``stop_at_step``); returns the last.
+
+    ``micro_loss(row_indices)`` gives one micro-batch's loss; ``evaluate()`` the held-out
+    metrics (every ``eval_every`` steps and at the end); ``carry`` is added to every report.
+    Reports to Ray Train every ``log_every`` steps; checkpoints every ``save_every`` steps
+    and at the end.
+    """
+    import ray.train as rt
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=plan.total_steps, initial=step, desc=desc, disable=rank != 0)
+    last_step = min(plan.total_steps, training["stop_at_step"] or plan.total_steps)
+    while step < last_step:
+        losses = []
+        for micro in plan.micro_batches(step, rank):
+            loss = micro_loss(micro)
+            engine.backward(loss)
+            engine.step()
+            losses.append(loss.item())
+        step += 1
+        bar.update(1)
+        metrics = {"step": step, "train/loss": sum(losses) / len(losses),
+                   "train/lr": scheduler.get_last_lr()[0], **(carry or {})}
+        if step % training["eval_every"] == 0 or step == last_step:
+            metrics.update(evaluate())
+        if step % training["log_every"] == 0 and rank == 0:
+            bar.set_postfix(loss=f"{metrics['train/loss']:.4f}")
+        if step % training["save_every"] == 0 or step == last_step:
+            save_and_report(engine, rank, metrics)
+        elif step % training["log_every"] == 0:
+            # Not every step: Ray Train's controller takes one report per worker per poll
+            # (every 2 s), so a report per step would make short steps take 2 s each.
+            rt.report(metrics)
+    bar.close()
+    return step
+
+
+def full_state_dict(engine, zero_stage: int) -> dict[str, torch.Tensor] | None:
+    """ZeRO-3: the gathered weights (every rank must call; rank 0 gets them). Otherwise
+    None: the module itself holds the full weights."""
+    return engine._zero3_consolidated_16bit_state_dict() if zero_stage == 3 else None
+
+
+def find_resume(resume_from: str | None) -> Path | None:
+    """The checkpoint ``resume_from=<earlier output_dir>`` names (None: a fresh run)."""
+    if not resume_from:
+        return None
+    found = latest_checkpoint(resume_from)
+    if found is None:
+        raise FileNotFoundError(f"resume_from={resume_from}: no checkpoint found below it")
+    log.info("resuming from %s", found)
+    return found
+
+
+def fit(loop, loop_config: dict[str, Any], cfg, out: Path, name: str) -> dict[str, float]:
+    """Run ``loop`` on ``training.num_workers`` Ray Train workers; write metrics.json and
+    config.yaml into ``out``; return the last reported numeric metrics."""
+    from omegaconf import OmegaConf
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from rayrlhf.eval.metrics import format_table
+    from rayrlhf.stages.common import write_json
+
+    training = cfg.training
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if training.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=training.num_workers, use_gpu=training.use_gpu,
+                                     resources_per_worker={"CPU": training.cpus_per_worker}),
+        run_config=RunConfig(storage_path=str((out / "ray_train").resolve()), name=name),
+    )
+    result = trainer.fit()
+    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    write_json(out / "metrics.json", metrics)
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    print(format_table(metrics))
+    return metrics
+
+
 # ---------------------------------------------------------------- one worker
 def _forward_scores(model, tokenizer, kind: str, rows: list, template: str, max_length: int) -> torch.Tensor:
     from rayrlhf.models.scoring import conversation_texts, encode_texts
@@ -151,10 +274,8 @@ def _evaluate(engine, tokenizer, kind, rows, template, max_length, batch_size, t
 
 def train_loop(config: dict[str, Any]) -> None:
     """One data-parallel rank (runs inside a Ray Train worker)."""
-    import deepspeed
     import ray
     import ray.train as rt
-    from tqdm.auto import tqdm
 
     from rayrlhf.models.score_model import ScoreModel
     from rayrlhf.models.zoo import load_tokenizer
@@ -173,67 +294,32 @@ def train_loop(config: dict[str, Any]) -> None:
     plan = StepPlan(len(train_rows), world, training["per_device_batch_size"],
                     training["gradient_accumulation_steps"], training["epochs"], training["max_steps"],
                     config["seed"])
-    if training["gradient_checkpointing"]:
-        enable_gradient_checkpointing(model)
-    warmup = int(training["warmup_ratio"] * plan.total_steps)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=training["lr"], weight_decay=training["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_multiplier(s, plan.total_steps, warmup, training["lr_scheduler"]))
-    ds_config = deepspeed_config(training["per_device_batch_size"], training["gradient_accumulation_steps"],
-                                 training["max_grad_norm"], training["zero_stage"], resolve_bf16(training["bf16"]))
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=ds_config, dist_init_required=False)
-
-    step = 0
-    if config.get("resume_checkpoint"):
-        engine.load_checkpoint(config["resume_checkpoint"], tag=DS_TAG)
-        step = json.loads((Path(config["resume_checkpoint"]) / STATE_FILE).read_text())["global_step"]
+    engine, scheduler = make_engine(model, training, plan.total_steps)
+    step = resume_engine(engine, config.get("resume_checkpoint")).get("global_step", 0)
+    if step:
         log.info("rank %d resumed at step %d", rank, step)
-
-    def save(metrics: dict) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            engine.save_checkpoint(tmp, tag=DS_TAG)
-            if rank == 0:
-                Path(tmp, STATE_FILE).write_text(json.dumps({"global_step": step, **metrics}))
-            rt.report(metrics, checkpoint=rt.Checkpoint.from_directory(tmp))
 
     template, max_length = config["template"], training["max_length"]
     # Moderation: weigh each harm category's rare positives by its negatives/positives ratio.
     pos_weight = (balanced_pos_weight(harm_targets(train_rows))
                   if kind == "moderation" and config["balance_categories"] else None)
-    # from_pretrained returns eval mode, in which transformers skips gradient checkpointing.
-    engine.train()
-    bar = tqdm(total=plan.total_steps, initial=step, desc=f"train {kind}", disable=rank != 0)
-    metrics: dict[str, Any] = {}
+
+    def micro_loss(micro: list[int]) -> torch.Tensor:
+        rows = [train_rows[i] for i in micro]
+        scores = _forward_scores(engine, tokenizer, kind, rows, template, max_length)
+        return loss_from_scores(kind, scores.float(), rows, config["score_l2_coef"], pos_weight)
+
+    def evaluate() -> dict[str, float]:
+        evaluated = _evaluate(engine, tokenizer, kind, eval_rows, template, max_length,
+                              training["per_device_batch_size"], config["threshold"], rank, world)
+        return {f"eval/{k}": float(v) for k, v in flatten_scalars(evaluated).items()}
+
     start_time = time.perf_counter()
-    last_step = min(plan.total_steps, training["stop_at_step"] or plan.total_steps)
-    while step < last_step:
-        losses = []
-        for micro in plan.micro_batches(step, rank):
-            scores = _forward_scores(engine, tokenizer, kind, [train_rows[i] for i in micro], template, max_length)
-            loss = loss_from_scores(kind, scores.float(), [train_rows[i] for i in micro], config["score_l2_coef"],
-                                    pos_weight)
-            engine.backward(loss)
-            engine.step()
-            losses.append(loss.item())
-        step += 1
-        bar.update(1)
-        metrics = {"step": step, "train/loss": sum(losses) / len(losses),
-                   "train/lr": scheduler.get_last_lr()[0]}
-        if step % training["eval_every"] == 0 or step == last_step:
-            evaluated = _evaluate(engine, tokenizer, kind, eval_rows, template, max_length,
-                                  training["per_device_batch_size"], config["threshold"], rank, world)
-            metrics.update({f"eval/{k}": float(v) for k, v in flatten_scalars(evaluated).items()})
-        if step % training["log_every"] == 0 and rank == 0:
-            bar.set_postfix(loss=f"{metrics['train/loss']:.4f}")
-        if step % training["save_every"] == 0 or step == last_step:
-            save(metrics)
-        else:
-            rt.report(metrics)
-    bar.close()
+    step = run_steps(engine, scheduler, plan, rank, training, step=step, micro_loss=micro_loss,
+                     evaluate=evaluate, desc=f"train {kind}")
 
     # Final transformers directory (ZeRO-3 gathers the shards on rank 0 first).
-    state_dict = engine._zero3_consolidated_16bit_state_dict() if training["zero_stage"] == 3 else None
+    state_dict = full_state_dict(engine, training["zero_stage"])
     if rank == 0:
         out = Path(config["output_dir"]) / "model"
         module = engine.module
@@ -250,13 +336,10 @@ def run(cfg) -> dict:
     """Entry of ``rayrlhf train-reward | train-cost | train-moderation``."""
     import ray
     from omegaconf import OmegaConf
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
 
     from rayrlhf.cluster import init_ray
-    from rayrlhf.eval.metrics import format_table
     from rayrlhf.models import resolve_model_path
-    from rayrlhf.stages.common import load_dataset_from_config, output_dir, write_json
+    from rayrlhf.stages.common import load_dataset_from_config, output_dir
 
     kind = cfg.kind
     if kind not in ROW_TYPE:
@@ -272,13 +355,7 @@ def run(cfg) -> dict:
         train_rows, eval_rows = split_train_eval(rows, cfg.eval_fraction, cfg.run.seed)
     log.info("%s model: %d training rows, %d held out", kind, len(train_rows), len(eval_rows))
 
-    resume = None
-    if cfg.resume_from:
-        resume = latest_checkpoint(cfg.resume_from)
-        if resume is None:
-            raise FileNotFoundError(f"resume_from={cfg.resume_from}: no checkpoint found below it")
-        log.info("resuming from %s", resume)
-
+    resume = find_resume(cfg.resume_from)
     training = OmegaConf.to_container(cfg.training, resolve=True)
     init_ray(cfg.cluster)
     loop_config = {
@@ -290,17 +367,4 @@ def run(cfg) -> dict:
         "eval_rows": ray.put([r.to_dict() for r in eval_rows]),
         "resume_checkpoint": str(resume) if resume else None,
     }
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config=loop_config,
-        torch_config=TorchConfig(backend="nccl" if training["use_gpu"] else "gloo"),
-        scaling_config=ScalingConfig(num_workers=training["num_workers"], use_gpu=training["use_gpu"],
-                                     resources_per_worker={"CPU": training["cpus_per_worker"]}),
-        run_config=RunConfig(storage_path=str((out / "ray_train").resolve()), name=f"train-{kind}"),
-    )
-    result = trainer.fit()
-    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
-    write_json(out / "metrics.json", metrics)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    print(format_table(metrics))
-    return metrics
+    return fit(train_loop, loop_config, cfg, out, f"train-{kind}")

@@ -84,6 +84,17 @@ class DistributedWorker:
             torch.set_num_threads(threads)
         torch.manual_seed(seed)
 
+    def all_ranks_finite(self, loss: torch.Tensor) -> bool:
+        """Whether ``loss`` is finite on every rank of this role. A rank that alone skipped its
+        optimiser step would leave the others waiting in the gradient all-reduce, so all
+        ranks skip together."""
+        import torch.distributed as dist
+
+        bad = torch.tensor([0.0 if bool(torch.isfinite(loss.detach()).all()) else 1.0])
+        if self.world_size > 1 and dist.is_initialized():
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        return bad.item() == 0.0
+
     def free_address(self) -> tuple[str, int]:
         return free_address()
 

@@ -52,16 +52,20 @@ class CriticWorker(DistributedWorker):
         engine = self.engine
         engine.train()
         generator = torch.Generator().manual_seed(seed)
-        losses = []
+        losses, skipped = [], 0
         for _ in range(epochs):
             for mb in batch.minibatches(minibatch_size, generator):
                 values = response_values(engine, mb.sequences, mb.attention_mask, mb.prompt_length)
                 loss = clipped_value_loss(values, getattr(mb, old_field), getattr(mb, target_field),
                                           mb.response_mask.float(), clip_range_value)
+                if not self.all_ranks_finite(loss):  # a NaN step would poison the weights
+                    skipped += 1
+                    continue
                 engine.backward(loss)
                 engine.step()
                 losses.append(loss.item())
-        return {"loss": sum(losses) / len(losses)}
+        return {"loss": sum(losses) / len(losses) if losses else float("nan"),
+                "nonfinite_minibatches": float(skipped)}
 
     def save_checkpoint(self, out_dir: str) -> None:
         self.engine.save_checkpoint(out_dir, tag=f"{self.stream}_critic")

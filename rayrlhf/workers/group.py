@@ -17,6 +17,17 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from rayrlhf.types import RolloutBatch
 
 
+def get_fail_fast(refs: list[ray.ObjectRef]) -> list[Any]:
+    """``ray.get(refs)``, but an error surfaces as soon as any call fails: when one rank of a
+    role dies, its peers may wait forever in a collective, and a plain ``ray.get`` in list
+    order could be waiting on one of them."""
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        ray.get(ready)  # raises the failure of a dead actor at once
+    return ray.get(list(refs))
+
+
 class ActorGroup:
     def __init__(self, worker_cls: type, num_ranks: int, *args: Any, name: str,
                  num_cpus: float = 1, num_gpus: float = 0,
@@ -28,9 +39,10 @@ class ActorGroup:
         self.name = name
         remote_cls = ray.remote(worker_cls)
         self.actors = []
+        self.actor_names = [f"{name}-{rank}" for rank in range(num_ranks)]
         for rank in range(num_ranks):
             options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus,
-                                       "name": f"{name}-{rank}", "runtime_env": runtime_env}
+                                       "name": self.actor_names[rank], "runtime_env": runtime_env}
             if placement is not None:
                 pg, bundle = placement
                 options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(

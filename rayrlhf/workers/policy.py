@@ -63,6 +63,7 @@ class PolicyWorker(DistributedWorker):
         engine.train()
         generator = torch.Generator().manual_seed(seed)
         stats: dict[str, list[float]] = {"loss": [], "clip_fraction": [], "approx_kl": [], "entropy": []}
+        skipped = 0
         for _ in range(epochs):
             for mb in batch.minibatches(minibatch_size, generator):
                 logits = response_logits(engine, mb.sequences, mb.attention_mask, mb.prompt_length)
@@ -72,13 +73,17 @@ class PolicyWorker(DistributedWorker):
                 entropy = entropy_from_logits(logits.float(), mask)
                 if entropy_coef:
                     loss = loss - entropy_coef * entropy
+                if not self.all_ranks_finite(loss):  # a NaN step would poison the weights
+                    skipped += 1
+                    continue
                 engine.backward(loss)
                 engine.step()
                 stats["loss"].append(loss.item())
                 stats["clip_fraction"].append(float(info["clip_fraction"]))
                 stats["approx_kl"].append(float(info["approx_kl"]))
                 stats["entropy"].append(entropy.item())
-        return {k: sum(v) / len(v) for k, v in stats.items() if v}
+        return {**{k: sum(v) / len(v) if v else float("nan") for k, v in stats.items()},
+                "nonfinite_minibatches": float(skipped)}
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The policy's parameters under their transformers names, for the rollout engines."""

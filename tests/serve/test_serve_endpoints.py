@@ -170,6 +170,61 @@ def test_wrong_method_is_405(base_url):
     assert requests.get(f"{base_url}/cost", timeout=30).status_code == 405
 
 
+def burst_request(i: int) -> tuple[str, dict, int | None, str]:
+    """Request ``i`` of the burst: (route, requests kwargs, expected status or None for 200, what
+    the error must say). Good ones carry distinct texts so each reply is checked on its own."""
+    good = [(f"Burst {i}: {p}", f"{r} #{i}") for p, r in PAIRS[: 1 + i % 3]]
+    kinds = [
+        ("cost", {"json": items(good)}, None, ""),
+        ("moderation", {"json": items(good[:2])}, None, ""),
+        ("cost", {"data": b'{"items": [{"prompt": "p", "response": '}, 400, "malformed JSON"),
+        ("cost", {"data": b'{"prompt": "\xff", "response": "r"}'}, 400, "not UTF-8"),
+        ("moderation", {"json": {"items": [{"prompt": "p"}]}}, 422, "items[0].response is missing"),
+        ("cost", {"json": {"items": [{"prompt": 3, "response": "r"}]}}, 422, "must be a string"),
+        ("cost", {"json": {"prompt": "p", "response": "y" * (MAX_CHARS + 1 + i)}}, 413, "characters"),
+        ("cost", {"json": items(PAIRS + PAIRS[:1])}, 413, "at most 4"),
+        (f"nowhere-{i}", {"json": {"prompt": "p", "response": "r"}}, 404, "no route"),
+        ("cost", {"json": {"items": []}}, 422, "items is empty"),
+    ]
+    return kinds[i % len(kinds)]
+
+
+def test_burst_of_mixed_requests_gets_right_answers_from_the_same_replica(base_url, judges):
+    """64 requests from 16 threads, good and bad mixed: each bad one gets its 4xx with a
+    message, each good one exactly its direct score, and the replica that answered before the
+    burst (its request counters keep counting; a restarted replica would start from 0) is the
+    one that answers after it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def counters() -> dict[str, int]:
+        models = requests.get(f"{base_url}/healthz", timeout=30).json()["models"]
+        return {kind: models[kind]["requests"] for kind in ("cost", "moderation")}
+
+    before = counters()
+    plan = [burst_request(i) for i in range(64)]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        replies = list(pool.map(lambda p: post(base_url, p[0], **p[1]), plan))
+
+    good = {"cost": 0, "moderation": 0}
+    for (route, kwargs, status, says), reply in zip(plan, replies):
+        if status is not None:
+            assert reply.status_code == status, (route, reply.text)
+            assert says in reply.json()["error"], reply.text
+            continue
+        assert reply.status_code == 200, reply.text
+        good[route] += 1
+        pairs = [(item["prompt"], item["response"]) for item in kwargs["json"]["items"]]
+        expected = direct_scores(judges[route], pairs)
+        if route == "cost":
+            assert reply.json()["scores"] == pytest.approx(expected[:, 0].tolist(), abs=1e-4)
+        else:
+            probs = [list(row.values()) for row in reply.json()["probabilities"]]
+            assert probs == [pytest.approx(p, abs=1e-4) for p in torch.sigmoid(expected).tolist()]
+    assert good["cost"] > 0 and good["moderation"] > 0
+    # Bad requests never reach a model; every good one was scored by the same, living replica.
+    assert counters() == {kind: before[kind] + good[kind] for kind in good}
+
+
 def test_replica_still_scores_after_the_bad_requests(base_url, judges):
     reply = post(base_url, "cost", json=items(PAIRS[1:3]))
     assert reply.status_code == 200, reply.text

@@ -1,0 +1,71 @@
+"""Atomic checkpoint folders: a crash during a save never damages the previous checkpoint.
+
+Layout below ``root``::
+
+    step_000010/        complete checkpoints (each holds COMPLETE, written last)
+    .tmp_step_000020/   a save in progress (or one a crash interrupted; removed on the next save)
+    latest              the name of the newest complete checkpoint
+
+A save writes everything into the temporary folder, marks it complete, renames it into
+place (one atomic ``rename``) and then replaces ``latest`` atomically. A reader trusts
+``latest`` only if it names a complete folder, and otherwise takes the newest complete one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+COMPLETE = "COMPLETE"
+POINTER = "latest"
+PREFIX = "step_"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{PREFIX}{step:06d}"
+
+
+def is_complete(path: Path) -> bool:
+    return (path / COMPLETE).is_file()
+
+
+def publish_checkpoint(root: Path, step: int, write: Callable[[Path], None]) -> Path:
+    """Run ``write(folder)`` into a temporary folder and publish it as ``step_<step>``.
+
+    A complete checkpoint of the same step is kept as it is (a run re-saving the step it
+    resumed from changes nothing, and replacing it would open a window without one)."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / checkpoint_name(step)
+    if not is_complete(final):
+        for stale in root.glob(f".tmp_{PREFIX}*"):  # left by a save that crashed
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = root / f".tmp_{final.name}"
+        tmp.mkdir()
+        write(tmp)
+        _fsync_write(tmp / COMPLETE, str(step))
+        shutil.rmtree(final, ignore_errors=True)  # an incomplete leftover of the same name
+        os.replace(tmp, final)
+    pointer_tmp = root / f".{POINTER}.tmp"
+    _fsync_write(pointer_tmp, final.name)
+    os.replace(pointer_tmp, root / POINTER)
+    return final
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The newest complete checkpoint below ``root`` (None if there is none)."""
+    pointer = root / POINTER
+    if pointer.is_file():
+        named = root / pointer.read_text().strip()
+        if is_complete(named):
+            return named
+    complete = [p for p in root.glob(f"{PREFIX}*") if p.is_dir() and is_complete(p)]
+    return max(complete, key=lambda p: p.name, default=None)
+
+
+def _fsync_write(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())

@@ -1,0 +1,232 @@
+"""``rayrlhf sweep-report``: last-K means, the Pareto set and override parsing by hand; the
+report over fabricated trial folders; and one real Hydra multirun of the synthetic task."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rayrlhf.eval.sweep import (
+    last_k_mean,
+    parse_overrides,
+    pareto_optimal,
+    summarize_sweep,
+    summarize_trial,
+    swept_keys,
+    write_sweep_report,
+)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------- pure functions
+
+
+def test_last_k_mean_by_hand():
+    assert last_k_mean([1.0, 2.0, 3.0, 4.0, 5.0], 2) == pytest.approx(4.5)  # (4 + 5) / 2
+    assert last_k_mean([1.0, 2.0, 3.0, 4.0, 5.0], 5) == pytest.approx(3.0)
+    assert last_k_mean([2.0, 4.0], 5) == pytest.approx(3.0)  # fewer steps than K: all of them
+    assert last_k_mean([7.0], 1) == 7.0
+    with pytest.raises(ValueError, match="last_k"):
+        last_k_mean([1.0], 0)
+    with pytest.raises(ValueError, match="no values"):
+        last_k_mean([], 3)
+
+
+def test_pareto_set_by_hand():
+    # (reward, cost): higher reward and lower cost are better.
+    points = [
+        (0.40, -0.15),  # A: the safest -> optimal
+        (0.55, -0.02),  # B: optimal
+        (0.50, 0.05),   # C: B has more reward at less cost -> dominated
+        (0.70, 0.30),   # D: the most reward -> optimal
+        (0.40, 0.00),   # E: A has the same reward at less cost -> dominated
+        (0.70, 0.30),   # F: equal to D: equal points do not dominate each other -> optimal
+    ]
+    assert pareto_optimal(points) == [True, True, False, True, False, True]
+    assert pareto_optimal([(1.0, 1.0)]) == [True]
+    assert pareto_optimal([]) == []
+
+
+def test_parse_overrides_types_values_like_hydra():
+    parsed = parse_overrides(["+experiment=synthetic", "lagrange.threshold=-0.1", "model@policy=tiny-llama",
+                              "tensorboard=False", "ppo.actor_lr=1e-3", "~resume_from", "++steps=4"])
+    assert parsed == {"experiment": "synthetic", "lagrange.threshold": -0.1, "model@policy": "tiny-llama",
+                      "tensorboard": False, "ppo.actor_lr": 0.001, "steps": 4}
+
+
+def test_swept_keys_are_those_that_differ_between_trials():
+    trials = [{"experiment": "synthetic", "lagrange.threshold": -0.1, "steps": 4},
+              {"experiment": "synthetic", "lagrange.threshold": 0.1, "steps": 4, "lagrange.kind": "pid"},
+              {"experiment": "synthetic", "lagrange.threshold": 0.1, "steps": 4}]
+    assert swept_keys(trials) == ["lagrange.threshold", "lagrange.kind"]
+    assert swept_keys([{"a": 1}]) == []
+
+
+def test_summarize_trial_by_hand():
+    history = [
+        {"step": 1, "reward/mean": 9.0, "cost/mean": 9.0, "lagrange/lambda": 2.0, "cost/threshold": 0.0,
+         "actor/kl_to_ref": 9.0},
+        {"step": 2, "reward/mean": 0.2, "cost/mean": 0.1, "lagrange/lambda": 1.0, "cost/threshold": 0.0,
+         "actor/kl_to_ref": 0.01},
+        {"step": 3, "reward/mean": 0.4, "cost/mean": -0.3, "lagrange/lambda": 0.5, "cost/threshold": 0.0,
+         "actor/kl_to_ref": 0.03},
+    ]
+    s = summarize_trial(history, 2)
+    assert (s.reward, s.cost, s.kl) == (pytest.approx(0.3), pytest.approx(-0.1), pytest.approx(0.02))
+    assert (s.final_lambda, s.threshold, s.steps, s.meets_threshold) == (0.5, 0.0, 3, True)
+    del history[1]["cost/mean"]
+    with pytest.raises(ValueError, match="run0/metrics.jsonl: step 2 lacks cost/mean"):
+        summarize_trial(history, 2, source="run0/metrics.jsonl")
+
+
+# ----------------------------------------------------------------------------- fabricated sweep
+
+# (threshold, last-3 rewards, last-3 costs, final λ); the first 3 steps log 9.0 everywhere so a
+# wrong window shows. Last-3 means: rewards 0.40, 0.55, 0.50, 0.70; costs -0.15, -0.02, 0.05, 0.30.
+TRIALS = [
+    (-0.1, [0.3, 0.4, 0.5], [-0.1, -0.15, -0.2], 1.5),
+    (0.0, [0.5, 0.55, 0.6], [0.0, -0.02, -0.04], 0.8),
+    (0.1, [0.45, 0.5, 0.55], [0.04, 0.05, 0.06], 0.2),
+    (0.2, [0.6, 0.7, 0.8], [0.2, 0.3, 0.4], 0.0),
+]
+
+
+def write_trial(folder: Path, overrides: list[str], history: list[dict] | None) -> None:
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if history is not None:
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in history))
+
+
+def fabricated_sweep(root: Path) -> Path:
+    # Trial folders in Hydra's numbering, listed out of threshold order on purpose.
+    for number, (d, rewards, costs, lam) in zip([3, 1, 0, 2], TRIALS):
+        history = [{"step": i + 1, "reward/mean": 9.0, "cost/mean": 9.0, "lagrange/lambda": 9.0,
+                    "cost/threshold": d, "actor/kl_to_ref": 9.0} for i in range(3)]
+        history += [{"step": 4 + i, "reward/mean": r, "cost/mean": c, "lagrange/lambda": lam if i == 2 else 3.0,
+                     "cost/threshold": d, "actor/kl_to_ref": 0.01 * (i + 1)}
+                    for i, (r, c) in enumerate(zip(rewards, costs))]
+        write_trial(root / str(number), ["+experiment=synthetic", f"lagrange.threshold={d}", "steps=6"], history)
+    # A trial that failed before its first step: no metrics, skipped.
+    write_trial(root / "4", ["+experiment=synthetic", "lagrange.threshold=0.3", "steps=6"], None)
+    return root
+
+
+def test_report_over_fabricated_trials(tmp_path):
+    sweep = fabricated_sweep(tmp_path / "sweep")
+    summaries, keys = summarize_sweep(sweep, last_k=3)
+    assert keys == ["lagrange.threshold"]
+    assert [s.trial for s in summaries] == ["3", "1", "0", "2"]  # sorted by threshold
+    assert [s.threshold for s in summaries] == [-0.1, 0.0, 0.1, 0.2]
+    assert [s.reward for s in summaries] == pytest.approx([0.40, 0.55, 0.50, 0.70])
+    assert [s.cost for s in summaries] == pytest.approx([-0.15, -0.02, 0.05, 0.30])
+    assert [s.kl for s in summaries] == pytest.approx([0.02] * 4)  # (0.01 + 0.02 + 0.03) / 3
+    assert [s.final_lambda for s in summaries] == [1.5, 0.8, 0.2, 0.0]
+    assert [s.meets_threshold for s in summaries] == [True, True, True, False]
+    assert [s.pareto for s in summaries] == [True, True, False, True]  # 0.1 is beaten by 0.0
+
+    written = write_sweep_report(summaries, keys, tmp_path / "out", sweep_dir=sweep, last_k=3)
+    with open(written["sweep.csv"], newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["trial"], r["threshold"], r["reward"], r["cost"], r["meets threshold"], r["Pareto-optimal"])
+            for r in rows] == [("3", "-0.1", "0.4000", "-0.1500", "yes", "yes"),
+                               ("1", "0", "0.5500", "-0.0200", "yes", "yes"),
+                               ("0", "0.1", "0.5000", "0.0500", "yes", "no"),
+                               ("2", "0.2", "0.7000", "0.3000", "no", "yes")]
+    md = written["sweep.md"].read_text()
+    table = [line for line in md.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + 4  # header and one row per trial that ran
+    assert table[1].startswith("| 3 | -0.1 | 0.4000 | -0.1500 | yes | 1.5000 | 0.0200 | 6 | yes |")
+    assert "frontier.png" in md
+    payload = json.loads(written["sweep.json"].read_text())
+    assert [t["trial"] for t in payload["trials"]] == ["3", "1", "0", "2"] and payload["last_k"] == 3
+    png = written["frontier.png"].read_bytes()
+    assert png.startswith(PNG_SIGNATURE) and len(png) > 10_000
+    from PIL import Image
+
+    with Image.open(written["frontier.png"]) as image:
+        assert image.size[0] > 600 and image.size[1] > 400
+
+
+def test_pipeline_trials_bring_their_evaluation_after_training(tmp_path):
+    history = [{"step": 1, "reward/mean": 0.1, "cost/mean": 0.2, "lagrange/lambda": 0.5, "cost/threshold": 0.0}]
+    for number, (d, after_cost) in enumerate([(0.0, -0.4), (0.5, 0.25)]):
+        folder = tmp_path / str(number)
+        write_trial(folder, [f"lagrange.threshold={d}"], None)
+        (folder / "ppo-lag").mkdir()
+        (folder / "ppo-lag" / "metrics.jsonl").write_text(json.dumps({**history[0], "cost/threshold": d}) + "\n")
+        (folder / "pipeline_report.json").write_text(json.dumps(
+            {"eval": {"after": {"answers": 8, "mean_reward": 1.5, "mean_cost": after_cost, "unsafe_rate": 0.25}}}))
+    summaries, keys = summarize_sweep(tmp_path, last_k=5)
+    assert [s.eval_after["mean_cost"] for s in summaries] == [-0.4, 0.25]
+    assert summaries[0].kl is None  # no actor/kl_to_ref logged: left blank, not invented
+    written = write_sweep_report(summaries, keys, tmp_path / "out", sweep_dir=tmp_path, last_k=5)
+    header = written["sweep.csv"].read_text().splitlines()[0]
+    assert header.endswith("eval after: mean_reward,eval after: mean_cost,eval after: unsafe_rate")
+
+
+def test_empty_sweep_dir_names_the_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"sweep_dir={tmp_path}: no trial folders"):
+        summarize_sweep(tmp_path)
+
+
+# ----------------------------------------------------------------------------- real multirun
+
+
+@pytest.mark.slow
+def test_real_threshold_multirun_and_report(tmp_path):
+    """Two thresholds of the synthetic task, each its own PPO-Lag run on its own local Ray
+    cluster in one Hydra multirun process, then the report over them."""
+    rayrlhf = str(Path(sys.executable).with_name("rayrlhf"))
+    env = dict(os.environ)  # carries RAY_AUTH_MODE as tests/conftest.py set it
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(
+        [rayrlhf, "ppo-lag", "--multirun", "+experiment=synthetic", "lagrange.threshold=-0.1,0.1", "steps=3",
+         "rollout.prompts_per_step=8", "rollout.max_new_tokens=8", "ppo.minibatch_size=8", "ppo.epochs=1",
+         "tensorboard=false", f"hydra.sweep.dir={sweep}"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # Each trial started its own local cluster (the first one's was shut down after it).
+    assert (proc.stdout + proc.stderr).count("Started a local Ray instance") == 2
+    proc = subprocess.run([rayrlhf, "sweep-report", f"sweep_dir={sweep}", "last_k=2",
+                           f"hydra.run.dir={tmp_path / 'report-run'}"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(sweep / "sweep.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [float(r["threshold"]) for r in rows] == [-0.1, 0.1]
+    for row, trial in zip(rows, ["0", "1"]):
+        assert row["trial"] == trial
+        history = [json.loads(line) for line in (sweep / trial / "metrics.jsonl").read_text().splitlines()]
+        assert [m["step"] for m in history] == [1, 2, 3]
+        assert history[-1]["cost/threshold"] == float(row["threshold"])
+        # Independently: the mean of the last 2 steps.
+        reward = statistics.mean(m["reward/mean"] for m in history[-2:])
+        cost = statistics.mean(m["cost/mean"] for m in history[-2:])
+        assert float(row["reward"]) == pytest.approx(reward, abs=5e-5)
+        assert float(row["cost"]) == pytest.approx(cost, abs=5e-5)
+        assert float(row["final λ"]) == pytest.approx(history[-1]["lagrange/lambda"], abs=5e-5)
+        assert row["meets threshold"] == ("yes" if cost <= float(row["threshold"]) else "no")
+    assert (sweep / "frontier.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+@pytest.mark.slow
+def test_release_ray_leaves_a_cluster_it_did_not_start(ray_cluster):
+    """Between trials only a private cluster started by init_ray is shut down: one started
+    elsewhere (here the test session's; for users one named by cluster.address) stays up."""
+    from omegaconf import OmegaConf
+
+    from rayrlhf.cluster import init_ray, release_ray
+
+    init_ray(OmegaConf.create({"address": None, "runtime_env": {}}))  # joins the running one
+    assert release_ray() is False
+    assert ray_cluster.is_initialized()

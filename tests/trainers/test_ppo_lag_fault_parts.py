@@ -1,0 +1,171 @@
+"""The pieces of fault handling that need no Ray: NaN/Inf detection, atomic checkpoint
+folders (including a save killed mid-write), the metrics rewind after a restart, and the
+resume config check."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rayrlhf.trainers import checkpoint_dir
+from rayrlhf.trainers.faults import FaultLog, describe_nonfinite, findings_message, nonfinite_rows
+from rayrlhf.trainers.ppo_lag import MetricsLog, config_changes
+
+
+# ------------------------------------------------------------------ NaN / Inf detection
+def test_nonfinite_rows_of_scores_and_token_tensors():
+    assert nonfinite_rows(torch.tensor([0.1, math.nan, 2.0, math.inf, -math.inf])) == [1, 3, 4]
+    assert nonfinite_rows(torch.tensor([0.0, 1.0])) == []
+    tokens = torch.tensor([[0.0, 1.0, math.nan],   # NaN in padding: ignored
+                           [math.inf, 0.0, 0.0],   # Inf in a response token: counts
+                           [0.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0]])
+    assert nonfinite_rows(tokens, mask) == [1]
+    assert nonfinite_rows(tokens) == [0, 1]
+
+
+def test_findings_name_tensor_source_and_rows():
+    findings = describe_nonfinite({
+        "rewards": (torch.tensor([math.nan, 1.0, math.nan, 0.0]), None, "reward model (rule:x:y)"),
+        "costs": (torch.zeros(4), None, "cost model"),
+    })
+    assert findings == [{"tensor": "rewards", "source": "reward model (rule:x:y)", "rows": [0, 2], "of_rows": 4}]
+    assert findings_message(7, findings) == "step 7: NaN/Inf in rewards from reward model (rule:x:y): rows [0, 2] (2 of 4)"
+
+
+def test_fault_log_appends_json_lines(tmp_path):
+    faults = FaultLog(tmp_path / "faults.jsonl")
+    faults.record("worker_died", actor="cost-critic-0", step=3)
+    faults.record("nonfinite", step=4)
+    rows = [json.loads(line) for line in (tmp_path / "faults.jsonl").read_text().splitlines()]
+    assert [(r["kind"], r["step"]) for r in rows] == [("worker_died", 3), ("nonfinite", 4)]
+    assert rows[0]["actor"] == "cost-critic-0"
+
+
+# ------------------------------------------------------------------ atomic checkpoints
+def write_files(content: str):
+    def write(folder):
+        (folder / "weights.bin").write_text(content)
+        (folder / "state.json").write_text(json.dumps({"content": content}))
+    return write
+
+
+def test_publish_and_find_latest(tmp_path):
+    assert checkpoint_dir.latest_checkpoint(tmp_path) is None
+    first = checkpoint_dir.publish_checkpoint(tmp_path, 2, write_files("two"))
+    second = checkpoint_dir.publish_checkpoint(tmp_path, 4, write_files("four"))
+    assert (first.name, second.name) == ("step_000002", "step_000004")
+    assert checkpoint_dir.latest_checkpoint(tmp_path) == second
+    assert (tmp_path / "latest").read_text() == "step_000004"
+    assert not list(tmp_path.glob(".tmp_*"))
+
+
+def test_a_failing_save_leaves_the_previous_checkpoint(tmp_path):
+    good = checkpoint_dir.publish_checkpoint(tmp_path, 2, write_files("two"))
+
+    def crash(folder):
+        (folder / "weights.bin").write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint_dir.publish_checkpoint(tmp_path, 4, crash)
+    assert checkpoint_dir.latest_checkpoint(tmp_path) == good
+    assert (good / "weights.bin").read_text() == "two"
+    assert not (tmp_path / "step_000004").exists()
+    # The next save clears the leftover of the crashed one.
+    checkpoint_dir.publish_checkpoint(tmp_path, 6, write_files("six"))
+    assert not list(tmp_path.glob(".tmp_*"))
+
+
+def test_a_pointer_to_an_incomplete_folder_is_not_trusted(tmp_path):
+    good = checkpoint_dir.publish_checkpoint(tmp_path, 2, write_files("two"))
+    (tmp_path / "step_000009").mkdir()  # no COMPLETE marker
+    (tmp_path / "latest").write_text("step_000009")
+    assert checkpoint_dir.latest_checkpoint(tmp_path) == good
+    (tmp_path / "latest").unlink()
+    assert checkpoint_dir.latest_checkpoint(tmp_path) == good
+
+
+def test_resaving_a_published_step_keeps_it(tmp_path):
+    first = checkpoint_dir.publish_checkpoint(tmp_path, 2, write_files("original"))
+    again = checkpoint_dir.publish_checkpoint(tmp_path, 2, write_files("other"))
+    assert again == first and (first / "weights.bin").read_text() == "original"
+
+
+SLOW_SAVE = """
+import sys, time
+from pathlib import Path
+from rayrlhf.trainers import checkpoint_dir
+
+def slow(folder):
+    (folder / "weights.bin").write_text("partial")
+    print("writing", flush=True)
+    time.sleep(60)
+
+checkpoint_dir.publish_checkpoint(Path(sys.argv[1]), 4, slow)
+"""
+
+
+def test_a_save_killed_mid_write_leaves_the_previous_checkpoint_loadable(tmp_path):
+    """A real interruption: the saving process is SIGKILLed while it writes."""
+    good = checkpoint_dir.publish_checkpoint(tmp_path, 2, write_files("two"))
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_SAVE, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert (tmp_path / ".tmp_step_000004" / "weights.bin").is_file()  # the interrupted save
+    found = checkpoint_dir.latest_checkpoint(tmp_path)
+    assert found == good
+    assert json.loads((found / "state.json").read_text()) == {"content": "two"}
+
+
+# ------------------------------------------------------------------ metrics after a restart
+def test_metrics_rewind_drops_the_recomputed_steps(tmp_path):
+    log = MetricsLog(tmp_path, total=5, initial=0, tensorboard=False)
+    for step in (1, 2, 3):
+        log.log({"step": step, "reward/mean": step / 10, "cost/mean": 0.0, "lagrange/lambda": 1.0})
+    dropped = log.rewind(2)
+    log.log({"step": 3, "reward/mean": 0.33})
+    log.close()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["reward/mean"]) for r in rows] == [(1, 0.1), (2, 0.2), (3, 0.33)]
+    assert [r["step"] for r in dropped] == [3] and dropped[0]["reward/mean"] == pytest.approx(0.3)
+
+
+# ------------------------------------------------------------------ resume config check
+def test_config_changes_ignore_free_keys():
+    saved = {"steps": 10, "ppo": {"actor_lr": 1e-5, "epochs": 1}, "run": {"output_dir": "a", "seed": 1},
+             "faults": {"max_restarts": 2}}
+    current = {"steps": 20, "ppo": {"actor_lr": 2e-5, "epochs": 1}, "run": {"output_dir": "b", "seed": 1},
+               "faults": {"max_restarts": 5}, "new_key": 3}
+    assert config_changes(saved, current) == ["new_key: '<absent>' -> 3", "ppo.actor_lr: 1e-05 -> 2e-05"]
+    assert config_changes(saved, saved) == []
+
+
+def test_resuming_with_different_settings_is_refused(tmp_path):
+    """The check runs before Ray or any worker starts: it only reads the two configs."""
+    from rayrlhf.config import compose_config
+    from rayrlhf.trainers import ppo_lag
+
+    def config(out, *overrides):
+        return compose_config("ppo_lag", ["+experiment=synthetic", *overrides], output_dir=str(out))
+
+    first = config(tmp_path / "first")
+    (tmp_path / "first" / "checkpoints" / "step_000002").mkdir(parents=True)
+    (tmp_path / "first" / "checkpoints" / "step_000002" / "COMPLETE").write_text("2")
+    from omegaconf import OmegaConf
+
+    (tmp_path / "first" / ppo_lag.CONFIG_SNAPSHOT).write_text(OmegaConf.to_yaml(first, resolve=True))
+    changed = config(tmp_path / "second", "ppo.actor_lr=0.5", f"resume_from={tmp_path / 'first'}")
+    with pytest.raises(ValueError, match=r"ppo.actor_lr: 0.002 -> 0.5"):
+        ppo_lag.run(changed)
