@@ -68,12 +68,6 @@ class RolloutBatch:
         return [self.select(order[i:i + size]) for i in range(0, len(self), size)]
 
 
-def concat_columns(parts: list[torch.Tensor]) -> torch.Tensor:
-    """Stack [b_i, R_i] response-level tensors into [sum b_i, max R_i] (zero-padded right)."""
-    width = max(p.shape[1] for p in parts)
-    return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
-
-
 def build_rollout_batch(prompt_ids: list[list[int]], response_ids: list[list[int]],
                         finished: list[bool], pad_token_id: int,
                         rollout_logprobs: list[list[float]] | None = None) -> RolloutBatch:

@@ -70,11 +70,20 @@ def clipped_value_loss(
     return 0.5 * masked_mean(squared_error, mask)
 
 
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """[B, T] entropies H(p) = −Σ_v p_v log p_v of p = softmax(logits) ([B, T, V])."""
+    return torch.special.entr(torch.softmax(logits, dim=-1)).sum(dim=-1)  # entr(0) = 0: safe for −inf
+
+
 def entropy_from_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over valid tokens of H(p) = −Σ_v p_v log p_v, p = softmax(logits) ([B, T, V])."""
-    probs = torch.softmax(logits, dim=-1)
-    token_entropy = torch.special.entr(probs).sum(dim=-1)  # entr(0) = 0: safe for −inf logits
-    return masked_mean(token_entropy, mask)
+    """Mean entropy over the valid tokens of a batch."""
+    return masked_mean(token_entropy(logits), mask)
+
+
+def mean_entropy_per_row(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B] mean entropy over each row's valid tokens (0 for a row without any)."""
+    mask = mask.to(logits.dtype)
+    return (token_entropy(logits) * mask).sum(-1) / mask.sum(-1).clamp(min=1)
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -326,6 +326,9 @@ class ResourcesConfig:
     cpus_per_worker: float = 1.0
     # Reference policy and both scorers are frozen: fractional CPUs let them share cores.
     cpus_per_frozen_worker: float = 0.5
+    # One actor hosts all three frozen models (saves two processes, ~1 GB each on CPU);
+    # false gives each its own actor (they then score in parallel where cores are plenty).
+    colocate_frozen: bool = True
     # torch threads per actor (None: torch's default).
     threads_per_worker: Optional[int] = 1
     use_gpu: bool = False

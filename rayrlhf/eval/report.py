@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display on servers
@@ -15,9 +15,17 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write the PNG and free the figure (pyplot keeps every open one alive)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+    return path
+
+
 def plot_training(history: list[dict[str, float]], path: Path) -> Path:
     """Reward, episode cost against the threshold, and λ over PPO-Lag steps."""
-    plt = _pyplot()
+    plt = pyplot()
     history = [m for m in history if "reward/mean" in m]  # steps skipped for NaN/Inf have no scores
     steps = [m["step"] for m in history]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -32,15 +40,12 @@ def plot_training(history: list[dict[str, float]], path: Path) -> Path:
     for ax in axes:
         ax.set_xlabel("PPO-Lag step")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_cost_distribution(before: list[float], after: list[float], path: Path) -> Path:
     """Histograms of the cost model's scores of answers before and after training."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     lo, hi = min(before + after), max(before + after)
     bins = [lo + (hi - lo) * i / 24 for i in range(25)] if hi > lo else 10
@@ -52,15 +57,12 @@ def plot_cost_distribution(before: list[float], after: list[float], path: Path) 
     ax.set_ylabel("answers")
     ax.set_title("Cost of answers to evaluation prompts")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_flagged_by_category(before: dict[str, float], after: dict[str, float], path: Path) -> Path:
     """Flagged rate per harm category before and after, side by side."""
-    plt = _pyplot()
+    plt = pyplot()
     categories = sorted(set(before) | set(after))
     y = range(len(categories))
     fig, ax = plt.subplots(figsize=(7.5, 0.35 * len(categories) + 1.5))
@@ -74,10 +76,7 @@ def plot_flagged_by_category(before: dict[str, float], after: dict[str, float], 
     ax.set_xlabel("share of answers flagged by the moderation model")
     ax.set_title("Flagged rate per harm category")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _table(rows: list[tuple[str, Any, Any]]) -> str:

@@ -223,9 +223,9 @@ def plot_frontier(summaries: Sequence[TrialSummary], keys: Sequence[str], path: 
     """Reward (up = better) against cost (left = safer): one point per trial, coloured by its
     threshold (drawn as a dashed line in the same colour), filled if the trial meets it and a
     cross if not; the Pareto frontier joins the trials nothing beats."""
-    from rayrlhf.eval.report import _pyplot
+    from rayrlhf.eval.report import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5.5))
     thresholds = sorted({s.threshold for s in summaries})
     cmap = plt.get_cmap("viridis")
@@ -256,10 +256,7 @@ def plot_frontier(summaries: Sequence[TrialSummary], keys: Sequence[str], path: 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     ax.margins(x=0.2, y=0.15)  # room for the labels
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_sweep_report(summaries: Sequence[TrialSummary], keys: Sequence[str], out: Path, *,

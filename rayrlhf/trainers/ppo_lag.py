@@ -39,6 +39,7 @@ from rayrlhf.trainers.faults import (
 from rayrlhf.types import build_rollout_batch
 from rayrlhf.workers.base import OptimConfig
 from rayrlhf.workers.critic import CriticWorker
+from rayrlhf.workers.frozen import FrozenWorker
 from rayrlhf.workers.group import ActorGroup, get_fail_fast
 from rayrlhf.workers.policy import PolicyWorker
 from rayrlhf.workers.rollout_worker import RolloutWorker, generate_across
@@ -157,11 +158,17 @@ class PPOLagDriver:
                                       num_cpus=res.cpus_per_worker, num_gpus=gpus, distributed=True,
                                       backend=backend, optim=critic_optim, threads=threads, seed=self.seed)
         frozen = {"num_cpus": res.cpus_per_frozen_worker, "num_gpus": gpus * 0.25}
-        self.reference = ActorGroup(PolicyWorker, 1, self.policy_path, name="reference", **frozen,
-                                    dtype=cfg.policy.dtype, threads=threads, seed=self.seed)
-        self.reward_model = ActorGroup(ScorerWorker, 1, cfg.reward, name="reward-model", **frozen,
-                                       threads=threads)
-        self.cost_model = ActorGroup(ScorerWorker, 1, cfg.cost, name="cost-model", **frozen, threads=threads)
+        if res.colocate_frozen:
+            self.frozen = ActorGroup(FrozenWorker, 1, self.policy_path, cfg.reward, cfg.cost, name="frozen",
+                                     **frozen, dtype=cfg.policy.dtype, threads=threads, seed=self.seed)
+            frozen_groups = (self.frozen,)
+        else:
+            self.reference = ActorGroup(PolicyWorker, 1, self.policy_path, name="reference", **frozen,
+                                        dtype=cfg.policy.dtype, threads=threads, seed=self.seed)
+            self.reward_model = ActorGroup(ScorerWorker, 1, cfg.reward, name="reward-model", **frozen,
+                                           threads=threads)
+            self.cost_model = ActorGroup(ScorerWorker, 1, cfg.cost, name="cost-model", **frozen, threads=threads)
+            frozen_groups = (self.reference, self.reward_model, self.cost_model)
         engine_kwargs: dict[str, Any] = {}
         if cfg.rollout.engine == "vllm":
             engine_kwargs = {"max_model_len": cfg.rollout.max_model_len, "seed": self.seed,
@@ -173,8 +180,7 @@ class PPOLagDriver:
                                   **placement).remote(cfg.rollout.engine, self.policy_path, engine_kwargs, threads)
             for i in range(cfg.rollout.num_engines)
         ]
-        self.groups = (self.policy, self.reference, self.reward_critic, self.cost_critic,
-                       self.reward_model, self.cost_model)
+        self.groups = (self.policy, self.reward_critic, self.cost_critic, *frozen_groups)
         get_fail_fast(self.policy.call(PolicyWorker.init_engine) + self.reward_critic.call(CriticWorker.init_engine)
                       + self.cost_critic.call(CriticWorker.init_engine)
                       + [w.ready.remote() for w in self.rollout_workers])
@@ -210,11 +216,9 @@ class PPOLagDriver:
         with timer.phase("score"):
             futures = {
                 "policy": self.policy.call_split(PolicyWorker.logprobs, batch),
-                "reference": self.reference.call_split(PolicyWorker.logprobs, batch),
                 "reward_values": self.reward_critic.call_split(CriticWorker.values, batch),
                 "cost_values": self.cost_critic.call_split(CriticWorker.values, batch),
-                "rewards": self.reward_model.call(ScorerWorker.score, prompts, responses, response_ids),
-                "costs": self.cost_model.call(ScorerWorker.score, prompts, responses, response_ids),
+                **self.frozen_calls(batch, prompts, responses, response_ids),
             }
             got = dict(zip(futures, get_fail_fast_groups(list(futures.values()))))
             batch.old_logprobs = torch.cat([lp for lp, _ in got["policy"]])
@@ -317,6 +321,17 @@ class PPOLagDriver:
         }
         return metrics
 
+    def frozen_calls(self, batch, prompts, responses, response_ids) -> dict[str, list[ray.ObjectRef]]:
+        """Reference log-probs, rewards and costs: from one colocated actor or three."""
+        texts = (prompts, responses, response_ids)
+        if self.cfg.resources.colocate_frozen:
+            return {"reference": self.frozen.call(FrozenWorker.reference_logprobs, batch),
+                    "rewards": self.frozen.call(FrozenWorker.reward_scores, *texts),
+                    "costs": self.frozen.call(FrozenWorker.cost_scores, *texts)}
+        return {"reference": self.reference.call(PolicyWorker.logprobs, batch),
+                "rewards": self.reward_model.call(ScorerWorker.score, *texts),
+                "costs": self.cost_model.call(ScorerWorker.score, *texts)}
+
     def nonfinite_step(self, findings: list[dict], timer: PhaseTimer, step_start: float) -> dict[str, float]:
         """NaN/Inf before any update: stop, or skip the step (no training, λ unchanged,
         the prompts count as used so that the run moves on)."""
@@ -406,8 +421,9 @@ def wait_until_names_free(names: list[str], timeout_s: float = 60.0) -> None:
 def required_cpus(cfg) -> float:
     """Logical CPUs all of a run's actors reserve together."""
     res = cfg.resources
+    frozen_actors = 1 if res.colocate_frozen else 3
     return (res.cpus_per_worker * (res.policy_ranks + 2 * res.critic_ranks)
-            + 3 * res.cpus_per_frozen_worker + cfg.rollout.num_engines * cfg.rollout.cpus_per_engine)
+            + frozen_actors * res.cpus_per_frozen_worker + cfg.rollout.num_engines * cfg.rollout.cpus_per_engine)
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from rayrlhf.algorithms import entropy_from_logits, ppo_actor_loss
+from rayrlhf.algorithms import entropy_from_logits, mean_entropy_per_row, ppo_actor_loss
 from rayrlhf.models.forward import response_logits, token_logprobs
 from rayrlhf.types import RolloutBatch
 from rayrlhf.workers.base import DistributedWorker, OptimConfig, build_engine
@@ -50,10 +50,7 @@ class PolicyWorker(DistributedWorker):
             part = batch.select(slice(start, start + micro_batch_size))
             logits = response_logits(module, part.sequences, part.attention_mask, part.prompt_length)
             logps.append(token_logprobs(logits, part.response_ids))
-            mask = part.response_mask.float()
-            probs = torch.softmax(logits.float(), -1)
-            token_entropy = -(probs * torch.log_softmax(logits.float(), -1)).sum(-1)
-            entropies.append((token_entropy * mask).sum(-1) / mask.sum(-1).clamp(min=1))
+            entropies.append(mean_entropy_per_row(logits.float(), part.response_mask))
         return torch.cat(logps), torch.cat(entropies)
 
     def train(self, batch: RolloutBatch, *, epochs: int, minibatch_size: int, clip_ratio: float,

@@ -12,7 +12,7 @@ from rayrlhf.models.score_model import ScoreModel
 from rayrlhf.rewards import load_rule, make_scorer
 from rayrlhf.rewards.synthetic import forbidden_excess, rewarded_share
 from rayrlhf.trainers.ppo_lag import lagrange_from_config, prompt_order, required_cpus
-from rayrlhf.types import build_rollout_batch, concat_columns
+from rayrlhf.types import build_rollout_batch
 
 
 def test_prompt_order_covers_each_pass_and_depends_only_on_the_step():
@@ -45,7 +45,6 @@ def test_minibatches_partition_rows():
     assert [len(p) for p in parts] == [2, 2, 1]
     rows = sorted(r for p in parts for r in p.advantages[:, 0].tolist())
     assert rows == [0.0, 2.0, 4.0, 6.0, 8.0]
-    assert concat_columns([torch.ones(1, 2), torch.ones(2, 3)]).shape == (3, 3)
 
 
 def test_response_logprobs_match_an_unpadded_forward_pass(tiny_model_dir):
@@ -95,8 +94,12 @@ def test_ppo_lag_config_maps_to_controllers_and_resources():
     constant = compose_config("ppo_lag", ["+experiment=synthetic", "lagrange.kind=constant",
                                           "lagrange.value=2.5"], output_dir="/tmp/o")
     assert lagrange_from_config(constant.lagrange).update(10.0) == 2.5
-    # policy 1 + two critics 2 + three frozen at 0.5 + one engine 1 = 5.5 CPUs
-    assert required_cpus(cfg) == pytest.approx(5.5)
+    # policy 1 + two critics 2 + the colocated frozen actor 0.5 + one engine 1 = 4.5 CPUs;
+    # with one actor per frozen model (3 x 0.5) it is 5.5
+    assert required_cpus(cfg) == pytest.approx(4.5)
+    separate = compose_config("ppo_lag", ["+experiment=synthetic", "resources.colocate_frozen=false"],
+                              output_dir="/tmp/o")
+    assert required_cpus(separate) == pytest.approx(5.5)
     bad = compose_config("ppo_lag", ["+experiment=synthetic", "lagrange.kind=bang"], output_dir="/tmp/o")
     with pytest.raises(ValueError, match="unknown lagrange.kind 'bang'"):
         lagrange_from_config(bad.lagrange)
