@@ -260,6 +260,8 @@ def run_rayrlhf(engine: str, args, reward_dir: str, cost_dir: str, work: Path,
 
 
 def measure_in_system_throughput(driver, args, shared: dict[str, Any]) -> dict[str, Any]:
+    import ray
+
     from rayrlhf.trainers.ppo_lag import prompt_order
 
     index = prompt_order(len(driver.prompts), args.tp_prompts, 1000, args.seed)
@@ -269,7 +271,7 @@ def measure_in_system_throughput(driver, args, shared: dict[str, Any]) -> dict[s
                            "kv_cache_gib": driver.cfg.rollout.kv_cache_gib,
                            "temperature": driver.cfg.rollout.temperature, "top_p": driver.cfg.rollout.top_p,
                            "policy_path": driver.policy_path,
-                           "threads": driver.cfg.resources.threads_per_worker or 1}
+                           "threads": ray.get(driver.rollout_workers[0].ready.remote())["threads"]}
     runs = []
     for repeat in range(args.tp_repeats):
         seconds, tokens = timed_generate_phase(driver, prompt_ids, args.tp_new_tokens, args.seed + repeat)

@@ -250,6 +250,9 @@ class RolloutConfig:
     # Rollout engines (Ray actors); a step's prompts are split evenly across them.
     num_engines: int = 1
     cpus_per_engine: float = 1.0
+    # torch/OpenMP threads per engine. None: the driver node's cores / num_engines, since the
+    # other roles are idle while the engines generate (2 threads: 1.7x the tokens/s of 1 here).
+    threads_per_engine: Optional[int] = None
     # Where the engines go on a multi-node cluster: "default" (Ray's scheduler, which keeps
     # filling a node until it is about half busy) or "spread" (one engine per node where it
     # can: more memory bandwidth and KV cache per engine, more traffic for weight syncs).

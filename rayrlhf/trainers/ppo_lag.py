@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import shlex
 import time
@@ -88,6 +89,12 @@ def rollout_placement_options(placement: str) -> dict[str, Any]:
     if placement not in options:
         raise ValueError(f"unknown rollout.placement {placement!r}; choose one of {sorted(options)}")
     return options[placement]
+
+
+def engine_threads_default(num_engines: int) -> int:
+    """Threads per rollout engine when the config leaves it open: the engines generate while
+    every other role waits, so they may share all of a node's cores."""
+    return max(1, (os.cpu_count() or 1) // num_engines)
 
 
 class PhaseTimer:
@@ -175,9 +182,11 @@ class PPOLagDriver:
                              "dtype": cfg.policy.dtype,
                              "env": {"VLLM_CPU_KVCACHE_SPACE": str(int(cfg.rollout.kv_cache_gib))}}
         placement = rollout_placement_options(cfg.rollout.placement)
+        engine_threads = cfg.rollout.threads_per_engine or engine_threads_default(cfg.rollout.num_engines)
         self.rollout_workers = [
             RolloutWorker.options(num_cpus=cfg.rollout.cpus_per_engine, num_gpus=gpus, name=f"rollout-{i}",
-                                  **placement).remote(cfg.rollout.engine, self.policy_path, engine_kwargs, threads)
+                                  **placement).remote(cfg.rollout.engine, self.policy_path, engine_kwargs,
+                                                      engine_threads)
             for i in range(cfg.rollout.num_engines)
         ]
         self.groups = (self.policy, self.reward_critic, self.cost_critic, *frozen_groups)

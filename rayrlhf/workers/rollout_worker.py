@@ -9,6 +9,7 @@ imports vLLM.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any, Sequence, TypeVar
 
@@ -33,7 +34,10 @@ class _RolloutWorker:
 
             apply_vllm_env((engine_kwargs or {}).get("env"))
         if torch_threads is not None:
+            # vLLM's CPU kernels use OpenMP directly: its pool must match torch's.
+            os.environ["OMP_NUM_THREADS"] = str(torch_threads)
             torch.set_num_threads(torch_threads)
+        self.threads = torch.get_num_threads()
         self.kind = kind
         self.model_path = str(model_path)
         self.engine = make_engine(kind, model_path, **(engine_kwargs or {}))
@@ -41,7 +45,8 @@ class _RolloutWorker:
 
     def ready(self) -> dict[str, Any]:
         """What runs here and how long it took to start (await this before timing anything)."""
-        return {"kind": self.kind, "model_path": self.model_path, "startup_s": self.startup_s}
+        return {"kind": self.kind, "model_path": self.model_path, "startup_s": self.startup_s,
+                "threads": self.threads}
 
     def generate(self, prompt_ids: list[list[int]], spec: SamplingSpec) -> list[Completion]:
         return self.engine.generate(prompt_ids, spec)
