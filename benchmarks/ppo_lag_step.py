@@ -264,6 +264,7 @@ def measure_in_system_throughput(driver, args, shared: dict[str, Any]) -> dict[s
 
     from rayrlhf.trainers.ppo_lag import prompt_order
 
+    engine_info = ray.get(driver.rollout_workers[0].ready.remote())
     index = prompt_order(len(driver.prompts), args.tp_prompts, 1000, args.seed)
     prompt_ids = [driver.prompt_ids[i] for i in index]
     shared["tp_prompt_ids"] = prompt_ids
@@ -271,7 +272,7 @@ def measure_in_system_throughput(driver, args, shared: dict[str, Any]) -> dict[s
                            "kv_cache_gib": driver.cfg.rollout.kv_cache_gib,
                            "temperature": driver.cfg.rollout.temperature, "top_p": driver.cfg.rollout.top_p,
                            "policy_path": driver.policy_path,
-                           "threads": ray.get(driver.rollout_workers[0].ready.remote())["threads"]}
+                           "threads": engine_info["threads"], "dtype": engine_info["dtype"]}
     runs = []
     for repeat in range(args.tp_repeats):
         seconds, tokens = timed_generate_phase(driver, prompt_ids, args.tp_new_tokens, args.seed + repeat)
@@ -314,10 +315,11 @@ print(json.dumps({"runs": runs}))
 
 
 def run_standalone_vllm(args, shared: dict[str, Any], work: Path) -> dict[str, Any]:
-    """Plain vllm.LLM in a subprocess: same model, dtype (VLLMEngine's default bfloat16),
-    sampling, per-prompt seeds and torch threads (resources.threads_per_worker) as the rollout worker."""
+    """Plain vllm.LLM in a subprocess: same model, dtype, sampling, per-prompt seeds and torch
+    threads as the driver's rollout worker (read from the worker itself)."""
     engine = shared["tp_engine"]
-    spec = {"model": engine["policy_path"], "dtype": args.vllm_dtype, "max_model_len": engine["max_model_len"],
+    dtype = args.vllm_dtype or engine["dtype"]
+    spec = {"model": engine["policy_path"], "dtype": dtype, "max_model_len": engine["max_model_len"],
             "kv_cache_gib": engine["kv_cache_gib"], "temperature": engine["temperature"], "top_p": engine["top_p"],
             "seed": args.seed, "threads": engine["threads"], "prompt_ids": shared["tp_prompt_ids"],
             "max_new_tokens": args.tp_new_tokens, "repeats": args.tp_repeats}
@@ -325,7 +327,7 @@ def run_standalone_vllm(args, shared: dict[str, Any], work: Path) -> dict[str, A
     spec_file.write_text(json.dumps(spec))
     script = work / "standalone_vllm.py"
     script.write_text(STANDALONE_VLLM)
-    # Ray gives a 1-CPU actor OMP_NUM_THREADS=1; the standalone run gets the same.
+    # The rollout worker sets OMP_NUM_THREADS to its thread count; the standalone run gets the same.
     env = {**os.environ, "OMP_NUM_THREADS": str(engine["threads"])}
     proc = subprocess.run([sys.executable, str(script), str(spec_file)], capture_output=True, text=True,
                           env=env, timeout=args.tp_timeout)
@@ -333,7 +335,7 @@ def run_standalone_vllm(args, shared: dict[str, Any], work: Path) -> dict[str, A
     if proc.returncode != 0:
         return {"error": f"exit {proc.returncode}: {proc.stderr[-1500:]}"}
     runs = json.loads(proc.stdout.strip().splitlines()[-1])["runs"]
-    return {"runs": runs, "tokens_per_s": median([r["tokens_per_s"] for r in runs]), "dtype": args.vllm_dtype,
+    return {"runs": runs, "tokens_per_s": median([r["tokens_per_s"] for r in runs]), "dtype": dtype,
             "threads": engine["threads"]}
 
 
@@ -489,8 +491,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tp-new-tokens", type=int, default=128)
     p.add_argument("--tp-repeats", type=int, default=2)
     p.add_argument("--tp-timeout", type=int, default=1200)
-    p.add_argument("--vllm-dtype", default="bfloat16",
-                   help="standalone vLLM dtype; VLLMEngine's default, which the driver leaves unchanged")
+    p.add_argument("--vllm-dtype", default=None,
+                   help="standalone vLLM dtype (default: the dtype of the driver's own vLLM engine)")
     p.add_argument("--attempts", type=int, default=2,
                    help="tries per engine when Ray's OOM killer stops a run (shared machines)")
     p.add_argument("--retry-wait", type=float, default=30.0)
@@ -518,8 +520,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {
         "benchmark": "ppo_lag_step", "machine": machine_info(),
         "config": {"model": "smollm2-135m-instruct", "prompts": args.prompts, "new_tokens": args.new_tokens,
-                   "ppo_epochs": 1, "minibatch_size": args.prompts, "dtype": "float32 (torch); vLLM: "
-                   "VLLMEngine default (bfloat16)", "warmup_steps": 1, "measured_steps": args.steps,
+                   "ppo_epochs": 1, "minibatch_size": args.prompts, "dtype": "float32 (torch and the vLLM "
+                   "engine, which follows policy.dtype)", "warmup_steps": 1, "measured_steps": args.steps,
                    "reward_cost": "untrained SmolLM2 score models (critics initialised from them)",
                    "rayrlhf_overrides": rayrlhf_overrides("<engine>", args, "<reward_dir>", "<cost_dir>"),
                    "peer_threads": args.peer_threads},

@@ -48,6 +48,20 @@ def split_train_eval(rows: list, fraction: float, seed: int) -> tuple[list, list
     return [rows[i] for i in order[:-n_eval]], [rows[i] for i in order[-n_eval:]]
 
 
+def train_eval_rows(cfg, what: str) -> tuple[list, list]:
+    """A trainer's rows: ``cfg.dataset`` for training and ``cfg.eval_dataset`` held out, or a
+    seeded ``cfg.eval_fraction`` of ``cfg.dataset`` when no eval set is configured."""
+    from rayrlhf.stages.common import load_dataset_from_config
+
+    rows = load_dataset_from_config(cfg.dataset).rows
+    if cfg.eval_dataset is not None:
+        train_rows, eval_rows = rows, load_dataset_from_config(cfg.eval_dataset).rows
+    else:
+        train_rows, eval_rows = split_train_eval(rows, cfg.eval_fraction, cfg.run.seed)
+    log.info("%s: %d training rows, %d held out", what, len(train_rows), len(eval_rows))
+    return train_rows, eval_rows
+
+
 def lr_multiplier(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
     """Linear warm-up to 1, then cosine / linear decay to 0 (or constant)."""
     if step < warmup_steps:
@@ -339,7 +353,7 @@ def run(cfg) -> dict:
 
     from rayrlhf.cluster import init_ray
     from rayrlhf.models import resolve_model_path
-    from rayrlhf.stages.common import load_dataset_from_config, output_dir
+    from rayrlhf.stages.common import output_dir
 
     kind = cfg.kind
     if kind not in ROW_TYPE:
@@ -348,12 +362,7 @@ def run(cfg) -> dict:
         raise ValueError(f"a {kind} model trains on {SCHEMA[kind]!r} rows, but dataset.schema "
                          f"is {cfg.dataset.schema!r}")
     out = output_dir(cfg)
-    rows = load_dataset_from_config(cfg.dataset).rows
-    if cfg.eval_dataset is not None:
-        train_rows, eval_rows = rows, load_dataset_from_config(cfg.eval_dataset).rows
-    else:
-        train_rows, eval_rows = split_train_eval(rows, cfg.eval_fraction, cfg.run.seed)
-    log.info("%s model: %d training rows, %d held out", kind, len(train_rows), len(eval_rows))
+    train_rows, eval_rows = train_eval_rows(cfg, f"{kind} model")
 
     resume = find_resume(cfg.resume_from)
     training = OmegaConf.to_container(cfg.training, resolve=True)

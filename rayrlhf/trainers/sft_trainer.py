@@ -24,7 +24,7 @@ import torch
 from rayrlhf.algorithms import response_nll
 from rayrlhf.data.templates import format_prompt
 from rayrlhf.trainers.score_trainer import (
-    StepPlan, find_resume, fit, full_state_dict, make_engine, resume_engine, run_steps, split_train_eval,
+    StepPlan, find_resume, fit, full_state_dict, make_engine, resume_engine, run_steps, train_eval_rows,
 )
 
 log = logging.getLogger(__name__)
@@ -175,18 +175,13 @@ def run(cfg) -> dict:
 
     from rayrlhf.cluster import init_ray
     from rayrlhf.models import resolve_model_path
-    from rayrlhf.stages.common import load_dataset_from_config, output_dir
+    from rayrlhf.stages.common import output_dir
 
     if cfg.dataset.schema != "sft":
         raise ValueError(f"train-sft trains on 'sft' rows (instruction, input, output), but dataset.schema "
                          f"is {cfg.dataset.schema!r}")
     out = output_dir(cfg)
-    rows = load_dataset_from_config(cfg.dataset).rows
-    if cfg.eval_dataset is not None:
-        train_rows, eval_rows = rows, load_dataset_from_config(cfg.eval_dataset).rows
-    else:
-        train_rows, eval_rows = split_train_eval(rows, cfg.eval_fraction, cfg.run.seed)
-    log.info("SFT: %d training rows, %d held out", len(train_rows), len(eval_rows))
+    train_rows, eval_rows = train_eval_rows(cfg, "SFT")
 
     resume = find_resume(cfg.resume_from)
     init_ray(cfg.cluster)

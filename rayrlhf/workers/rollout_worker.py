@@ -45,8 +45,9 @@ class _RolloutWorker:
 
     def ready(self) -> dict[str, Any]:
         """What runs here and how long it took to start (await this before timing anything)."""
+        dtype = getattr(self.engine, "dtype", None)
         return {"kind": self.kind, "model_path": self.model_path, "startup_s": self.startup_s,
-                "threads": self.threads}
+                "threads": self.threads, "dtype": str(dtype).removeprefix("torch.") if dtype is not None else None}
 
     def generate(self, prompt_ids: list[list[int]], spec: SamplingSpec) -> list[Completion]:
         return self.engine.generate(prompt_ids, spec)
