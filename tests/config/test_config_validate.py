@@ -61,7 +61,7 @@ def test_every_stage_default_config_is_valid(stage):
     ("ppo_lag", ["resources.policy_ranks=2", "resources.critic_ranks=2", "rollout.num_engines=2"]),
     ("eval", ["num_prompts=0", "judge.temperature=0"]),
     ("ppo_lag", ["lagrange.kind=pid", "lagrange.lambda_init=0"]),
-    ("ppo_lag", ["cluster.num_cpus=8"]),  # the defaults reserve 6.5 CPUs
+    ("ppo_lag", ["cluster.num_cpus=8"]),  # the defaults reserve 4.5 CPUs
 ])
 def test_shipped_presets_and_edge_values_are_valid(stage, overrides):
     assert config_problems(compose(stage, overrides)) == []
@@ -77,6 +77,9 @@ BAD = [
     ("ppo_lag", "lagrange.lambda_lr=inf", "lagrange.lambda_lr=inf", "finite"),
     ("ppo_lag", "ppo.kl_coef=-inf", "ppo.kl_coef=-inf", "finite"),
     ("ppo_lag", "ppo.clip_ratio=0", "ppo.clip_ratio=0.0", "must be > 0"),
+    ("ppo_lag", "rollout.threads_per_engine=0", "rollout.threads_per_engine=0", "must be >= 1"),
+    ("ppo_lag", "faults.nonfinite=ignore", "faults.nonfinite='ignore'", "must be one of skip, stop"),
+    ("ppo_lag", "faults.max_restarts=-1", "faults.max_restarts=-1", "must be >= 0"),
     ("ppo_lag", "ppo.clip_range_value=-1", "ppo.clip_range_value=-1.0", "must be > 0"),
     ("ppo_lag", "ppo.clip_range_score=0", "ppo.clip_range_score=0.0", "must be > 0"),
     ("ppo_lag", "ppo.gamma=1.5", "ppo.gamma=1.5", "[0, 1]"),
@@ -154,8 +157,8 @@ def test_prompts_must_split_evenly_over_the_data_parallel_ranks():
 
 
 @pytest.mark.parametrize(("stage", "overrides", "needed"), [
-    # 1 policy + 2 critics x 1 CPU, 3 frozen x 0.5, 4 engines x 1 (ppo_lag.required_cpus)
-    ("ppo_lag", ["rollout.num_engines=4"], 8.5),
+    # 1 policy + 2 critics x 1 CPU, the colocated frozen actor 0.5, 4 engines x 1 (ppo_lag.required_cpus)
+    ("ppo_lag", ["rollout.num_engines=4"], 7.5),
     ("train_reward", ["training.num_workers=3"], 3),
     ("serve", ["num_cpus=4"], 4),
     ("pipeline", ["score_training.num_workers=6"], 6),
