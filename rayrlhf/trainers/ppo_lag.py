@@ -534,6 +534,11 @@ def write_resume_command(out: Path) -> None:
     (out / RESUME_COMMAND).write_text(" ".join(shlex.quote(w) for w in words) + "\n")
 
 
+def resume_hint(out: Path) -> str:
+    command = out / RESUME_COMMAND
+    return f" Continue with: {command.read_text().strip()}" if command.is_file() else ""
+
+
 def run(cfg) -> list[dict[str, float]]:
     """Entry of ``rayrlhf ppo-lag``: build the workers, run ``cfg.steps`` steps, save.
 
@@ -593,7 +598,7 @@ def run(cfg) -> list[dict[str, float]]:
                     raise WorkerFailedError(
                         f"{dead} died during step {step} ({type(exc).__name__}); gave up after "
                         f"faults.max_restarts={cfg.faults.max_restarts} restarts. Checkpoint: {resume_point}. "
-                        f"Details in {fault_log.path}") from exc
+                        f"Details in {fault_log.path}.{resume_hint(out)}") from exc
                 log.error("%s died during step %s (%s); restart %d/%d from %s", dead, step, type(exc).__name__,
                           restarts, cfg.faults.max_restarts, resume_point or "the start")
             finally:
