@@ -120,6 +120,7 @@ class PPOLagDriver:
 
         self.cfg = cfg
         self.seed = cfg.run.seed
+        check_cluster_capacity(cfg)
         self.policy_path = resolve_model_path(cfg.policy.name_or_path)
         self.tokenizer = load_tokenizer(self.policy_path)
         rows = load_dataset_from_config(cfg.prompts).rows
@@ -433,6 +434,20 @@ def required_cpus(cfg) -> float:
     frozen_actors = 1 if res.colocate_frozen else 3
     return (res.cpus_per_worker * (res.policy_ranks + 2 * res.critic_ranks)
             + frozen_actors * res.cpus_per_frozen_worker + cfg.rollout.num_engines * cfg.rollout.cpus_per_engine)
+
+
+def check_cluster_capacity(cfg) -> None:
+    """Actors that do not fit would wait forever. A local cluster cannot grow: refuse at once.
+    A remote one may autoscale: warn and let Ray wait for new nodes."""
+    need, have = required_cpus(cfg), ray.cluster_resources().get("CPU", 0.0)
+    if have >= need:
+        return
+    message = (f"the Ray cluster has {have:g} CPUs, but this run's actors reserve {need:g} "
+               f"(resources.cpus_per_worker x (policy_ranks + 2 critic_ranks), cpus_per_frozen_worker, "
+               f"rollout.num_engines x rollout.cpus_per_engine)")
+    if cfg.cluster.address is None:
+        raise RuntimeError(message + ": lower those, or start Ray with more logical CPUs")
+    log.warning("%s; the actors wait until the autoscaler adds nodes", message)
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:

@@ -54,25 +54,23 @@ def judges(tmp_path_factory) -> dict[str, tuple[str, ScoreModel, object]]:
 
 
 @pytest.fixture(scope="module")
-def base_url(judges, tmp_path_factory):
-    import ray
+def base_url(ray_cluster, judges, tmp_path_factory):
+    """The endpoints on the session's Ray cluster (token auth on), shut down after the module;
+    the cluster itself outlives it for the tests that follow."""
     from ray import serve
 
     from rayrlhf.serve.app import run
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAY_AUTH_MODE", "disabled")  # Ray 2.60 turns token auth on for local clusters
-        cfg = compose_config("serve", [
-            f"cost_model={judges['cost'][0]}", f"moderation_model={judges['moderation'][0]}",
-            "cluster.num_cpus=2", f"port={free_port()}", "route_prefix=/v1", "block=false",
-            f"max_items={MAX_ITEMS}", f"max_chars={MAX_CHARS}", f"max_length={MAX_LENGTH}",
-            "batch_wait_timeout_s=0.25", "max_batch_size=8",
-        ], output_dir=str(tmp_path_factory.mktemp("run")))
-        try:
-            yield run(cfg)
-        finally:
-            serve.shutdown()
-            ray.shutdown()
+    cfg = compose_config("serve", [
+        f"cost_model={judges['cost'][0]}", f"moderation_model={judges['moderation'][0]}",
+        f"port={free_port()}", "route_prefix=/v1", "block=false",
+        f"max_items={MAX_ITEMS}", f"max_chars={MAX_CHARS}", f"max_length={MAX_LENGTH}",
+        "batch_wait_timeout_s=0.25", "max_batch_size=8",
+    ], output_dir=str(tmp_path_factory.mktemp("run")))
+    try:
+        yield run(cfg)
+    finally:
+        serve.shutdown()
 
 
 def direct_scores(judge, pairs) -> torch.Tensor:

@@ -55,20 +55,32 @@ def undisturbed(ray_cluster, tmp_path_factory) -> list[dict]:
 
 
 def kill_actor_when(run_dir: Path, kills: list[tuple[int, str]], killed: list[str]) -> threading.Thread:
-    """SIGKILL actor ``name``'s process once metrics.jsonl has reached ``step`` (in order)."""
+    """SIGKILL actor ``name``'s process as soon as metrics.jsonl reaches ``step`` (in order).
+
+    The process id comes from Ray's actor table, not from a call to the actor: a busy actor
+    would answer only after its current call, too late to die during that step."""
     import ray
+    from ray._private import state
+
+    def live_pid(name: str) -> int:
+        while True:  # between a death and the rebuild there is no live actor of that name
+            alive = [a["Pid"] for a in state.actors().values() if a.get("Name") == name and a["State"] == "ALIVE"]
+            if alive:
+                return alive[0]
+            time.sleep(0.05)
+
+    def reached(step: int) -> bool:
+        rows = metrics_rows(run_dir) if (run_dir / "metrics.jsonl").exists() else []
+        return bool(rows) and rows[-1]["step"] >= step
 
     def watch():
         for step, name in kills:
-            while True:
-                rows = metrics_rows(run_dir) if (run_dir / "metrics.jsonl").exists() else []
-                if rows and rows[-1]["step"] >= step:
-                    break
-                time.sleep(0.1)
-            pid = ray.get(ray.get_actor(name).__ray_call__.remote(lambda self: os.getpid()))
-            os.kill(pid, signal.SIGKILL)
+            while not reached(step):
+                time.sleep(0.05)
+            os.kill(live_pid(name), signal.SIGKILL)
             killed.append(name)
 
+    assert ray.is_initialized()
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
     return thread
@@ -103,7 +115,7 @@ def test_killed_worker_processes_are_replaced_and_the_run_continues(ray_cluster,
 def test_a_worker_dying_past_max_restarts_stops_with_a_clear_message(ray_cluster, tmp_path):
     killed: list[str] = []
     watcher = kill_actor_when(tmp_path, [(1, "reward-model-0")], killed)
-    with pytest.raises(WorkerFailedError, match=r"reward-model-0 died during step 2 .*faults.max_restarts=0"):
+    with pytest.raises(WorkerFailedError, match=r"reward-model-0 died during step \d .*faults.max_restarts=0"):
         # One actor per frozen model here (the other tests colocate them): both layouts covered.
         ppo_lag.run(config(tmp_path, "faults.max_restarts=0", "steps=4", "save_every=0",
                            "resources.colocate_frozen=false"))
@@ -175,3 +187,11 @@ def test_a_killed_driver_resumes_with_one_command(ray_cluster, tmp_path, undistu
     assert rows[0]["step"] > checkpoint_step and rows[-1]["step"] == 5
     assert_same_trajectory(rows, undisturbed)
 
+
+def test_a_run_that_cannot_fit_on_the_local_cluster_fails_at_once(ray_cluster, tmp_path):
+    """3 engines need 6.5 CPUs; the test cluster has 6: refused before any actor starts,
+    instead of waiting forever for a CPU that never comes."""
+    actors_before = len(ray_cluster.util.list_named_actors())
+    with pytest.raises(RuntimeError, match=r"has 6 CPUs, but this run's actors reserve 6.5"):
+        ppo_lag.PPOLagDriver(config(tmp_path, "rollout.num_engines=3"))
+    assert len(ray_cluster.util.list_named_actors()) == actors_before
