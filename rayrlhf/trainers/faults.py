@@ -68,16 +68,13 @@ def findings_message(step: int, findings: list[dict[str, Any]]) -> str:
 
 
 class FaultLog:
-    """Appends one JSON object per fault to ``faults.jsonl`` (and keeps them in memory;
-    ``path=None`` keeps them only in memory)."""
+    """Appends one JSON object per fault to ``faults.jsonl`` (``path=None``: records nothing)."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self.records: list[dict[str, Any]] = []
 
     def record(self, kind: str, **details: Any) -> dict[str, Any]:
         entry = {"time": time.time(), "kind": kind, **details}
-        self.records.append(entry)
         if self.path is None:
             return entry
         with open(self.path, "a", encoding="utf-8") as fh:

@@ -184,11 +184,12 @@ class PPOLagDriver:
                              "env": {"VLLM_CPU_KVCACHE_SPACE": str(int(cfg.rollout.kv_cache_gib))}}
         placement = rollout_placement_options(cfg.rollout.placement)
         engine_threads = cfg.rollout.threads_per_engine or engine_threads_default(cfg.rollout.num_engines)
+        self.rollout_names = [f"rollout-{i}" for i in range(cfg.rollout.num_engines)]
         self.rollout_workers = [
-            RolloutWorker.options(num_cpus=cfg.rollout.cpus_per_engine, num_gpus=gpus, name=f"rollout-{i}",
+            RolloutWorker.options(num_cpus=cfg.rollout.cpus_per_engine, num_gpus=gpus, name=name,
                                   **placement).remote(cfg.rollout.engine, self.policy_path, engine_kwargs,
                                                       engine_threads)
-            for i in range(cfg.rollout.num_engines)
+            for name in self.rollout_names
         ]
         self.groups = (self.policy, self.reward_critic, self.cost_critic, *frozen_groups)
         get_fail_fast(self.policy.call(PolicyWorker.init_engine) + self.reward_critic.call(CriticWorker.init_engine)
@@ -201,8 +202,8 @@ class PPOLagDriver:
         for group in self.groups:
             for actor, name in zip(group.actors, group.actor_names):
                 names[actor._actor_id.hex()] = name
-        for index, worker in enumerate(self.rollout_workers):
-            names[worker._actor_id.hex()] = f"rollout-{index}"
+        for worker, name in zip(self.rollout_workers, self.rollout_names):
+            names[worker._actor_id.hex()] = name
         return names
 
     # ------------------------------------------------------------------ one step
@@ -398,7 +399,7 @@ class PPOLagDriver:
         """Kill every worker (dead or hung in a collective) and wait until their names are
         free, so that a rebuilt driver can register the same names."""
         names = [name for group in self.groups for name in group.actor_names]
-        names += [f"rollout-{i}" for i in range(len(self.rollout_workers))]
+        names += self.rollout_names
         for group in self.groups:
             group.kill()
         for worker in self.rollout_workers:
