@@ -145,8 +145,9 @@ class TrainingConfig:
     max_grad_norm: float = 1.0
     # ZeRO stage 0-3; 2 shards optimiser states and gradients, what fits 2 CPU workers best.
     zero_stage: int = 2
-    # bf16 weights and activations with fp32 master weights. None (auto): on where bf16 is fast
-    # (GPUs, CPUs with AMX/AVX512-BF16), off where the CPU emulates it (~5x slower than fp32).
+    # bf16 weights and activations with fp32 master weights. None (auto): the model's dtype
+    # decides, so `dtype: auto` trains in bf16 where it is fast (GPUs, CPUs with AMX/AVX512-BF16)
+    # and fp32 where the CPU emulates it (~5x slower), and a float32 model trains in fp32.
     bf16: Optional[bool] = None
     # Recompute activations in the backward pass: far less memory, ~30% more compute.
     gradient_checkpointing: bool = True
@@ -291,7 +292,7 @@ class PPOConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     zero_stage: int = 2
-    # None (auto): bf16 where the hardware runs it fast.
+    # None (auto): follow policy.dtype (bf16 exactly where that resolves to bf16).
     bf16: Optional[bool] = None
     # Recompute activations in the backward pass: ~4x less memory per trainable role for
     # ~30% more train-phase compute (SmolLM2 critics drop from ~6 GB to ~2 GB).

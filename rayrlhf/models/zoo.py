@@ -42,6 +42,12 @@ def resolve_model_path(name_or_path: str | Path) -> str:
     return name
 
 
+def cpu_has_native_bf16(cpuinfo: str) -> bool:
+    """Whether a ``/proc/cpuinfo`` text lists bf16 matrix instructions (AMX or AVX512-BF16)."""
+    flags = cpuinfo.split()
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 def fast_bf16_available() -> bool:
     """Whether bf16 matrix products beat fp32 here.
 
@@ -51,15 +57,30 @@ def fast_bf16_available() -> bool:
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
     try:
-        flags = Path("/proc/cpuinfo").read_text().split()
+        return cpu_has_native_bf16(Path("/proc/cpuinfo").read_text())
     except OSError:
         return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def resolve_bf16(setting: bool | None) -> bool:
-    """A ``bf16`` training switch: an explicit choice, or (None) bf16 exactly where it is fast."""
-    return fast_bf16_available() if setting is None else bool(setting)
+def resolve_bf16(setting: bool | None, model_dtype: str | torch.dtype = "auto") -> bool:
+    """A ``bf16`` training switch: an explicit choice, or (None) the model's own precision.
+
+    None follows ``model_dtype``: a model configured as float32 (the tiny test model) also
+    trains in float32, and ``auto`` trains in bf16 exactly where bf16 is fast. Call it where
+    the model runs (a worker), not on the driver, which may sit on a different machine.
+    """
+    return to_dtype(model_dtype) is torch.bfloat16 if setting is None else bool(setting)
+
+
+# Mean |Δ log p| per token expected between two forward passes of the same weights that agree
+# up to rounding, by the precision they compute in: fp32 differs in summation order only,
+# bf16 keeps 8 mantissa bits (relative error ~4e-3 per product, ~5e-3 measured on log-probs).
+LOGPROB_GAP_TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 3e-2, torch.float16: 1e-2}
+
+
+def logprob_gap_tolerance(*dtypes: str | torch.dtype) -> float:
+    """The tolerance of the least precise of ``dtypes`` (e.g. the engine's and the trainer's)."""
+    return max(LOGPROB_GAP_TOLERANCE[to_dtype(d)] for d in dtypes)
 
 
 def to_dtype(dtype: str | torch.dtype) -> torch.dtype:

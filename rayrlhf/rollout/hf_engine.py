@@ -91,6 +91,7 @@ class HFEngine:
                  stop_token_ids: list[int] | None = None, trust_remote_code: bool = False) -> None:
         self.tokenizer = load_tokenizer(model_path, trust_remote_code=trust_remote_code)
         self.model = load_causal_lm(model_path, dtype=dtype, trust_remote_code=trust_remote_code).eval()
+        self.dtype = self.model.dtype
         self.batch_size = batch_size
         self.stop_ids = sorted({*eos_token_ids(self.model, self.tokenizer), *(stop_token_ids or [])})
         self.pad_id = self.tokenizer.pad_token_id

@@ -114,7 +114,7 @@ class PPOLagDriver:
     def __init__(self, cfg, fault_log: FaultLog | None = None) -> None:
         from rayrlhf.data.templates import format_prompt
         from rayrlhf.models import load_tokenizer, resolve_model_path
-        from rayrlhf.models.zoo import resolve_bf16
+        from rayrlhf.models.zoo import logprob_gap_tolerance
         from rayrlhf.rewards import RULE_PREFIX
         from rayrlhf.stages.common import load_dataset_from_config
 
@@ -137,11 +137,10 @@ class PPOLagDriver:
         self.consecutive_skips = 0
 
         res, ppo = cfg.resources, cfg.ppo
-        bf16 = resolve_bf16(ppo.bf16)
         threads = res.threads_per_worker
         rows_per_rank = cfg.rollout.prompts_per_step // max(res.policy_ranks, res.critic_ranks)
         actor_optim = OptimConfig(lr=ppo.actor_lr, weight_decay=ppo.weight_decay, max_grad_norm=ppo.max_grad_norm,
-                                  zero_stage=ppo.zero_stage, bf16=bf16,
+                                  zero_stage=ppo.zero_stage, bf16=ppo.bf16,
                                   micro_batch_size=min(ppo.minibatch_size, rows_per_rank),
                                   gradient_checkpointing=ppo.gradient_checkpointing)
         critic_optim = OptimConfig(**{**asdict(actor_optim), "lr": ppo.critic_lr})
@@ -160,11 +159,13 @@ class PPOLagDriver:
         self.reward_critic = ActorGroup(CriticWorker, res.critic_ranks, "reward",
                                         critic_init(cfg.reward_critic_init, cfg.reward), name="reward-critic",
                                         num_cpus=res.cpus_per_worker, num_gpus=gpus, distributed=True,
-                                        backend=backend, optim=critic_optim, threads=threads, seed=self.seed)
+                                        backend=backend, optim=critic_optim, dtype=cfg.policy.dtype,
+                                        threads=threads, seed=self.seed)
         self.cost_critic = ActorGroup(CriticWorker, res.critic_ranks, "cost",
                                       critic_init(cfg.cost_critic_init, cfg.cost), name="cost-critic",
                                       num_cpus=res.cpus_per_worker, num_gpus=gpus, distributed=True,
-                                      backend=backend, optim=critic_optim, threads=threads, seed=self.seed)
+                                      backend=backend, optim=critic_optim, dtype=cfg.policy.dtype,
+                                      threads=threads, seed=self.seed)
         frozen = {"num_cpus": res.cpus_per_frozen_worker, "num_gpus": gpus * 0.25}
         if res.colocate_frozen:
             self.frozen = ActorGroup(FrozenWorker, 1, self.policy_path, cfg.reward, cfg.cost, name="frozen",
@@ -192,9 +193,15 @@ class PPOLagDriver:
             for name in self.rollout_names
         ]
         self.groups = (self.policy, self.reward_critic, self.cost_critic, *frozen_groups)
-        get_fail_fast(self.policy.call(PolicyWorker.init_engine) + self.reward_critic.call(CriticWorker.init_engine)
-                      + self.cost_critic.call(CriticWorker.init_engine)
-                      + [w.ready.remote() for w in self.rollout_workers])
+        started = get_fail_fast([w.ready.remote() for w in self.rollout_workers]
+                                + self.policy.call(PolicyWorker.init_engine)
+                                + self.reward_critic.call(CriticWorker.init_engine)
+                                + self.cost_critic.call(CriticWorker.init_engine))
+        # The precision each side really computes in (bf16 "auto" depends on the machine), and
+        # the engine-vs-policy log-prob gap that rounding alone explains at that precision.
+        self.policy_dtype = get_fail_fast([self.policy.call_rank0(PolicyWorker.info)])[0]["compute_dtype"]
+        self.engine_dtype = started[0]["dtype"]
+        self.logprob_gap_tolerance = logprob_gap_tolerance(self.policy_dtype, self.engine_dtype)
 
     def actor_names(self) -> dict[str, str]:
         """Actor id (hex) -> actor name, to say which worker died."""
@@ -311,6 +318,7 @@ class PPOLagDriver:
             "rollout/finished": float(batch.finished.float().mean()),
             # Engine vs trained policy on the sampled tokens: small when weight sync works.
             "rollout/logprob_gap": float(masked_mean((batch.rollout_logprobs - batch.old_logprobs).abs(), mask)),
+            "rollout/logprob_gap_tolerance": self.logprob_gap_tolerance,
             # Engine vs the initial weights (the reference): grows once the policy has moved.
             "rollout/ref_logprob_gap": float(masked_mean((batch.rollout_logprobs - batch.ref_logprobs).abs(), mask)),
             "reward/mean": float(batch.rewards.mean()),

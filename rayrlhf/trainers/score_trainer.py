@@ -131,10 +131,11 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 # ------------------------------------------- shared by the Ray Train trainers (score, SFT)
-def make_engine(model: torch.nn.Module, training: dict[str, Any], total_steps: int):
+def make_engine(model: torch.nn.Module, training: dict[str, Any], total_steps: int, model_dtype: str = "auto"):
     """``model`` inside a DeepSpeed engine with AdamW and the warm-up + decay schedule; in
     train mode (from_pretrained returns eval mode, in which transformers skips gradient
-    checkpointing). Returns the engine and its LR scheduler."""
+    checkpointing). ``training["bf16"]`` None follows ``model_dtype`` (``resolve_bf16``).
+    Returns the engine and its LR scheduler."""
     import deepspeed
 
     if training["gradient_checkpointing"]:
@@ -144,7 +145,8 @@ def make_engine(model: torch.nn.Module, training: dict[str, Any], total_steps: i
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_multiplier(s, total_steps, warmup, training["lr_scheduler"]))
     ds_config = deepspeed_config(training["per_device_batch_size"], training["gradient_accumulation_steps"],
-                                 training["max_grad_norm"], training["zero_stage"], resolve_bf16(training["bf16"]))
+                                 training["max_grad_norm"], training["zero_stage"],
+                                 resolve_bf16(training["bf16"], model_dtype))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config, dist_init_required=False)
     engine.train()
@@ -308,7 +310,7 @@ def train_loop(config: dict[str, Any]) -> None:
     plan = StepPlan(len(train_rows), world, training["per_device_batch_size"],
                     training["gradient_accumulation_steps"], training["epochs"], training["max_steps"],
                     config["seed"])
-    engine, scheduler = make_engine(model, training, plan.total_steps)
+    engine, scheduler = make_engine(model, training, plan.total_steps, config["model_dtype"])
     step = resume_engine(engine, config.get("resume_checkpoint")).get("global_step", 0)
     if step:
         log.info("rank %d resumed at step %d", rank, step)
@@ -369,8 +371,8 @@ def run(cfg) -> dict:
     init_ray(cfg.cluster)
     loop_config = {
         "kind": kind, "training": training, "template": cfg.template.name, "seed": cfg.run.seed,
-        "model": resolve_model_path(cfg.model.name_or_path), "output_dir": str(out.resolve()),
-        "threshold": cfg.moderation_threshold, "score_l2_coef": cfg.score_l2_coef,
+        "model": resolve_model_path(cfg.model.name_or_path), "model_dtype": cfg.model.dtype,
+        "output_dir": str(out.resolve()), "threshold": cfg.moderation_threshold, "score_l2_coef": cfg.score_l2_coef,
         "balance_categories": cfg.moderation_balance_categories,
         "train_rows": ray.put([r.to_dict() for r in train_rows]),
         "eval_rows": ray.put([r.to_dict() for r in eval_rows]),

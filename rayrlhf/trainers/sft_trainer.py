@@ -134,7 +134,7 @@ def train_loop(config: dict[str, Any]) -> None:
     plan = StepPlan(len(train_rows), world, training["per_device_batch_size"],
                     training["gradient_accumulation_steps"], training["epochs"], training["max_steps"],
                     config["seed"])
-    engine, scheduler = make_engine(model, training, plan.total_steps)
+    engine, scheduler = make_engine(model, training, plan.total_steps, config["model_dtype"])
     state = resume_engine(engine, config.get("resume_checkpoint"))
     step = state.get("global_step", 0)
     template, max_length = config["template"], training["max_length"]
@@ -187,7 +187,7 @@ def run(cfg) -> dict:
     init_ray(cfg.cluster)
     loop_config = {
         "training": OmegaConf.to_container(cfg.training, resolve=True), "template": cfg.template.name,
-        "seed": cfg.run.seed, "model": resolve_model_path(cfg.model.name_or_path),
+        "seed": cfg.run.seed, "model": resolve_model_path(cfg.model.name_or_path), "model_dtype": cfg.model.dtype,
         "trust_remote_code": cfg.model.trust_remote_code, "output_dir": str(out.resolve()),
         "eval_at_start": cfg.eval_at_start,
         "train_rows": ray.put([r.to_dict() for r in train_rows]),

@@ -29,7 +29,8 @@ class OptimConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     zero_stage: int = 2
-    bf16: bool = False
+    # None: the model's precision (``resolve_bf16``), decided on the worker's own machine.
+    bf16: bool | None = None
     micro_batch_size: int = 8
     gradient_checkpointing: bool = False
 
@@ -59,15 +60,18 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def build_engine(model: torch.nn.Module, optim: OptimConfig):
+def build_engine(model: torch.nn.Module, optim: OptimConfig, model_dtype: str = "auto"):
     """A DeepSpeed engine around ``model`` with AdamW (fp32 master weights under bf16)."""
     import deepspeed
+
+    from rayrlhf.models.zoo import resolve_bf16
 
     if optim.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=optim.lr,
                                   weight_decay=optim.weight_decay)
-    config = deepspeed_config(optim.micro_batch_size, 1, optim.max_grad_norm, optim.zero_stage, optim.bf16)
+    config = deepspeed_config(optim.micro_batch_size, 1, optim.max_grad_norm, optim.zero_stage,
+                              resolve_bf16(optim.bf16, model_dtype))
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config,
                                       dist_init_required=False)
     return engine

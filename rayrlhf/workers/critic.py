@@ -20,8 +20,8 @@ class CriticWorker(DistributedWorker):
     head that already ranks responses; starting from the policy LM gives a fresh head.
     """
 
-    def __init__(self, stream: str, init_path: str, *, optim: OptimConfig, threads: int | None = None,
-                 seed: int = 0) -> None:
+    def __init__(self, stream: str, init_path: str, *, optim: OptimConfig, dtype: str = "auto",
+                 threads: int | None = None, seed: int = 0) -> None:
         from rayrlhf.models.score_model import ScoreModel
 
         if stream not in CRITIC_FIELDS:
@@ -29,11 +29,12 @@ class CriticWorker(DistributedWorker):
         self.configure(threads, seed)
         self.stream = stream
         self.optim = optim
+        self.dtype = dtype  # the policy's: the critics train in the same precision
         self.model = ScoreModel.from_pretrained(init_path, kind="critic", labels=["value"], dtype="float32")
         self.engine = None
 
     def init_engine(self) -> None:
-        self.engine = build_engine(self.model, self.optim)
+        self.engine = build_engine(self.model, self.optim, self.dtype)
 
     @torch.no_grad()
     def values(self, batch: RolloutBatch, micro_batch_size: int = 16) -> torch.Tensor:

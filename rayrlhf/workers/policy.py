@@ -28,6 +28,7 @@ class PolicyWorker(DistributedWorker):
         # Trainable weights stay fp32 (DeepSpeed keeps bf16 copies when bf16 is on).
         self.model = load_causal_lm(model_path, dtype="float32" if self.trainable else dtype)
         self.optim = optim
+        self.dtype = dtype
         self.engine = None
         if not self.trainable:
             self.model.eval().requires_grad_(False)
@@ -35,7 +36,7 @@ class PolicyWorker(DistributedWorker):
     def init_engine(self) -> None:
         """Build the DeepSpeed engine (after ``setup_distributed``)."""
         if self.trainable:
-            self.engine = build_engine(self.model, self.optim)
+            self.engine = build_engine(self.model, self.optim, self.dtype)
 
     @property
     def module(self) -> torch.nn.Module:
@@ -107,4 +108,5 @@ class PolicyWorker(DistributedWorker):
 
     def info(self) -> dict[str, Any]:
         return {"rank": self.rank, "world_size": self.world_size, "trainable": self.trainable,
-                "parameters": sum(p.numel() for p in self.model.parameters())}
+                "parameters": sum(p.numel() for p in self.model.parameters()),
+                "compute_dtype": str(next(self.module.parameters()).dtype).removeprefix("torch.")}

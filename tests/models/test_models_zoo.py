@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rayrlhf.models import load_causal_lm, load_tokenizer, resolve_model_path, to_dtype
+from rayrlhf.models import zoo
 from rayrlhf.models.zoo import fast_bf16_available
 from rayrlhf.models.tiny import TinyLlamaSpec, build_tiny_llama
 
@@ -84,6 +85,36 @@ def test_to_dtype():
     assert to_dtype("auto") is (torch.bfloat16 if fast_bf16_available() else torch.float32)
     with pytest.raises(ValueError, match="unknown dtype 'int3'"):
         to_dtype("int3")
+
+
+# Flag lines of the three CPUs these machines have had (trimmed): bf16 is native on the first two.
+XEON_AMX = "flags : fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8"
+EPYC_AVX512_BF16 = "flags : fpu avx2 avx512f avx512_bf16 avx512_vnni"
+XEON_NO_BF16 = "flags : fpu avx2 avx512f avx512_vnni"
+
+
+def test_native_bf16_is_read_from_the_cpu_flags():
+    assert zoo.cpu_has_native_bf16(XEON_AMX) and zoo.cpu_has_native_bf16(EPYC_AVX512_BF16)
+    assert not zoo.cpu_has_native_bf16(XEON_NO_BF16)
+    assert not zoo.cpu_has_native_bf16("flags : avx512_bf16x")  # whole flags only
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["native-bf16", "emulated-bf16"])
+def test_precision_choice_on_either_kind_of_cpu(monkeypatch, fast):
+    """Both branches of "auto", whichever CPU runs the suite."""
+    monkeypatch.setattr(zoo, "fast_bf16_available", lambda: fast)
+    assert zoo.to_dtype("auto") is (torch.bfloat16 if fast else torch.float32)
+    # Training precision follows the model's dtype unless set explicitly.
+    assert zoo.resolve_bf16(None, "auto") is fast
+    assert zoo.resolve_bf16(None, "float32") is False and zoo.resolve_bf16(None, "bfloat16") is True
+    assert zoo.resolve_bf16(True, "float32") is True and zoo.resolve_bf16(False, "auto") is False
+    tolerance = zoo.logprob_gap_tolerance("auto", "float32")
+    assert tolerance == (zoo.LOGPROB_GAP_TOLERANCE[torch.bfloat16] if fast else zoo.LOGPROB_GAP_TOLERANCE[torch.float32])
+
+
+def test_logprob_gap_tolerance_takes_the_least_precise_side():
+    assert zoo.logprob_gap_tolerance("float32", "float32") == 1e-3
+    assert zoo.logprob_gap_tolerance("float32", "bfloat16") == zoo.logprob_gap_tolerance(torch.bfloat16) > 1e-2
 
 
 @pytest.mark.slow
