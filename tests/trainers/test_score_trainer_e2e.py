@@ -76,7 +76,9 @@ def test_checkpoint_reloads_with_identical_scores(reward_run, separable_prefs):
 
     assert type(AutoModelForSequenceClassification.from_pretrained(out / "model")).__name__ == \
         "LlamaForSequenceClassification"
-    model = ScoreModel.from_pretrained(out / "model").eval()
+    # float32, pinned: the tiny model trains in fp32 (its configured dtype), and "auto" would
+    # reload it in bf16 on CPUs with native bf16, moving the scores by ~4e-3.
+    model = ScoreModel.from_pretrained(out / "model", dtype="float32").eval()
     assert model.kind == "reward"
     tok = load_tokenizer(out / "model", padding_side="right")
     rows = load_rows(separable_prefs, "preference").rows
@@ -89,7 +91,7 @@ def test_checkpoint_reloads_with_identical_scores(reward_run, separable_prefs):
     assert again["mean_better"] == pytest.approx(metrics["eval/mean_better"], abs=1e-3)
     assert again["mean_worse"] == pytest.approx(metrics["eval/mean_worse"], abs=1e-3)
     # Reloading twice gives bit-identical scores.
-    twice = score_conversations(ScoreModel.from_pretrained(out / "model").eval(), tok, prompts, responses,
+    twice = score_conversations(ScoreModel.from_pretrained(out / "model", dtype="float32").eval(), tok, prompts, responses,
                                 template=cfg.template.name, max_length=cfg.training.max_length)
     assert torch.equal(scores, twice)
 
