@@ -216,9 +216,9 @@ def run_rayrlhf(engine: str, args, reward_dir: str, cost_dir: str, work: Path,
     """Build the driver on a private Ray cluster, 1 warm-up + N measured steps, then tear down."""
     import ray
 
-    from rayrlhf.cluster import init_ray
+    from rayrlhf.cluster import init_ray, required_cpus
     from rayrlhf.config import compose_config
-    from rayrlhf.trainers.ppo_lag import PPOLagDriver, required_cpus
+    from rayrlhf.trainers.ppo_lag import PPOLagDriver
 
     overrides = rayrlhf_overrides(engine, args, reward_dir, cost_dir)
     cfg = compose_config("ppo_lag", overrides, output_dir=str(work / f"rayrlhf_{engine}"))

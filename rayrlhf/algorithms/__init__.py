@@ -32,11 +32,13 @@ from rayrlhf.algorithms.masked import (
     masked_whiten,
 )
 from rayrlhf.algorithms.rewards import shape_rewards_and_costs
+from rayrlhf.algorithms.schedules import LR_SCHEDULES, lr_multiplier
 
 __all__ = [
     "balanced_pos_weight",
     "KL_ESTIMATORS",
     "LAGRANGE_CONTROLLERS",
+    "LR_SCHEDULES",
     "ConstantLagrange",
     "LagrangeController",
     "LogLambdaController",
@@ -49,6 +51,7 @@ __all__ = [
     "gae_advantages",
     "kl_estimate",
     "lm_loss",
+    "lr_multiplier",
     "make_lagrange_controller",
     "masked_count",
     "masked_mean",

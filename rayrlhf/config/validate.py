@@ -79,14 +79,14 @@ PROBABILITY_OPEN = within(0, 1, low_open=True, high_open=True)
 
 # Choices, each matching the code that consumes the value (tests check they agree with the
 # constants where the code has one: rollout.ENGINE_KINDS, data.TEMPLATES, data.SCHEMA_TYPES,
-# models.zoo.DTYPES, trainers.faults.NONFINITE_POLICIES).
+# models.zoo.DTYPES, faults.NONFINITE_POLICIES).
 ENGINES = ("vllm", "hf")
 TEMPLATE_NAMES = ("chat", "safe_rlhf")
 DATA_SCHEMAS = ("preference", "prompt", "qa_classification", "sft")
 DTYPE_NAMES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 LAGRANGE_KINDS = ("log_lambda", "pid", "constant")  # ppo_lag.lagrange_from_config
-PLACEMENTS = ("default", "spread")  # ppo_lag.rollout_placement_options
-LR_SCHEDULERS = ("cosine", "linear", "constant")  # score_trainer.lr_multiplier
+PLACEMENTS = ("default", "spread")  # cluster.rollout_placement_options
+LR_SCHEDULERS = ("cosine", "linear", "constant")  # algorithms.schedules.lr_multiplier
 SCORE_KINDS = ("reward", "cost", "moderation")
 NONFINITE_POLICIES = ("skip", "stop")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -262,23 +262,6 @@ def _vllm_context_fits(cfg: Any) -> list[Problem]:
     return []
 
 
-def required_cpus(cfg: Any) -> tuple[float, str]:
-    """The most logical CPUs the stage's actors hold at once, and what asks for them."""
-    needs: list[tuple[float, str]] = []
-    if _has(cfg, "rollout", "resources"):
-        from rayrlhf.trainers.ppo_lag import required_cpus as ppo_lag_cpus
-
-        needs.append((ppo_lag_cpus(cfg), "the PPO-Lag actors (resources.*, rollout.num_engines x "
-                                         "rollout.cpus_per_engine)"))
-    for section in ("training", "score_training", "sft_training"):
-        workers, each = _get(cfg, f"{section}.num_workers"), _get(cfg, f"{section}.cpus_per_worker")
-        if _number(workers) and _number(each):
-            needs.append((workers * each, f"{section}.num_workers x {section}.cpus_per_worker"))
-    if _number(_get(cfg, "num_cpus")):  # serve: the replica's reservation
-        needs.append((_get(cfg, "num_cpus"), "the Serve replica (num_cpus)"))
-    return max(needs, default=(0.0, "nothing"), key=lambda need: need[0])
-
-
 def _local_cluster_has_the_cpus(cfg: Any) -> list[Problem]:
     """A private cluster smaller than the run would leave actors pending forever."""
     if _get(cfg, "cluster") is None or _get(cfg, "cluster.address") is not None:
@@ -286,7 +269,9 @@ def _local_cluster_has_the_cpus(cfg: Any) -> list[Problem]:
     available = _get(cfg, "cluster.num_cpus")
     if not _number(available) or available <= 0:
         return []
-    needed, what = required_cpus(cfg)
+    from rayrlhf.cluster import stage_cpu_need
+
+    needed, what = stage_cpu_need(cfg)
     if needed > available:
         return [("cluster.num_cpus", available,
                  f"the local Ray cluster needs at least {needed:g} CPUs for {what}; raise "

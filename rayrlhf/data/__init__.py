@@ -8,7 +8,9 @@ from rayrlhf.data.loaders import (
     LoadResult,
     demo_dir,
     iter_raw_records,
+    load_dataset_from_config,
     load_rows,
+    spread,
     schema_type,
     write_rows,
 )
@@ -51,7 +53,9 @@ __all__ = [
     "format_conversation",
     "format_prompt",
     "iter_raw_records",
+    "load_dataset_from_config",
     "load_rows",
     "schema_type",
+    "spread",
     "write_rows",
 ]

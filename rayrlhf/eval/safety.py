@@ -137,8 +137,8 @@ def run(cfg) -> dict[str, Any]:
 
     from rayrlhf.cluster import init_ray
     from rayrlhf.eval.metrics import flatten_scalars, format_table
-    from rayrlhf.stages.common import load_dataset_from_config, output_dir, write_json
-    from rayrlhf.stages.sample import spread
+    from rayrlhf.data import load_dataset_from_config, spread
+    from rayrlhf.runs import output_dir, write_json
 
     out = output_dir(cfg)
     rows = load_dataset_from_config(cfg.prompts).rows

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import random
-import shlex
 import time
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -29,12 +28,15 @@ from typing import Any
 import ray
 import torch
 
+from rayrlhf.cluster import check_cluster_capacity, required_cpus, rollout_placement_options
 from rayrlhf.algorithms import (
     combined_advantage, gae_advantages, make_lagrange_controller, masked_mean, shape_rewards_and_costs,
 )
 from rayrlhf.rollout import SamplingSpec
 from rayrlhf.trainers import checkpoint_dir
-from rayrlhf.trainers.faults import (
+from rayrlhf.trainers.metrics_log import MetricsLog
+from rayrlhf.trainers.resume import CONFIG_SNAPSHOT, check_resume_config, resume_hint, write_resume_command
+from rayrlhf.faults import (
     FaultLog, NonFiniteError, WorkerFailedError, actor_failure_types, describe_nonfinite, findings_message,
 )
 from rayrlhf.types import build_rollout_batch
@@ -48,11 +50,6 @@ from rayrlhf.workers.scorer import ScorerWorker
 
 log = logging.getLogger(__name__)
 DRIVER_STATE = "driver_state.json"
-CONFIG_SNAPSHOT = "ppo_lag_config.yaml"
-RESUME_COMMAND = "resume_command.txt"
-# Keys a resumed run may change without changing what it computes.
-RESUME_FREE_KEYS = ("steps", "save_every", "resume_from", "resume_allow_changes", "tensorboard", "run.output_dir",
-                    "run.log_level", "cluster", "faults")
 
 
 def lagrange_from_config(lag) -> Any:
@@ -82,15 +79,6 @@ def prompt_order(num_prompts: int, prompts_per_step: int, step: int, seed: int) 
     return chosen
 
 
-def rollout_placement_options(placement: str) -> dict[str, Any]:
-    """Ray actor options that place the rollout engines (``rollout.placement``): ``default``
-    leaves it to Ray's scheduler, ``spread`` asks for one engine per node where possible."""
-    options = {"default": {}, "spread": {"scheduling_strategy": "SPREAD"}}
-    if placement not in options:
-        raise ValueError(f"unknown rollout.placement {placement!r}; choose one of {sorted(options)}")
-    return options[placement]
-
-
 def engine_threads_default(num_engines: int) -> int:
     """Threads per rollout engine when the config leaves it open: the engines generate while
     every other role waits, so they may share all of a node's cores."""
@@ -116,7 +104,7 @@ class PPOLagDriver:
         from rayrlhf.models import load_tokenizer, resolve_model_path
         from rayrlhf.models.zoo import logprob_gap_tolerance
         from rayrlhf.rewards import RULE_PREFIX
-        from rayrlhf.stages.common import load_dataset_from_config
+        from rayrlhf.data import load_dataset_from_config
 
         self.cfg = cfg
         self.seed = cfg.run.seed
@@ -437,130 +425,9 @@ def wait_until_names_free(names: list[str], timeout_s: float = 60.0) -> None:
             time.sleep(0.2)
 
 
-def required_cpus(cfg) -> float:
-    """Logical CPUs all of a run's actors reserve together."""
-    res = cfg.resources
-    frozen_actors = 1 if res.colocate_frozen else 3
-    return (res.cpus_per_worker * (res.policy_ranks + 2 * res.critic_ranks)
-            + frozen_actors * res.cpus_per_frozen_worker + cfg.rollout.num_engines * cfg.rollout.cpus_per_engine)
-
-
-def check_cluster_capacity(cfg) -> None:
-    """Actors that do not fit would wait forever. A local cluster cannot grow: refuse at once.
-    A remote one may autoscale: warn and let Ray wait for new nodes."""
-    need, have = required_cpus(cfg), ray.cluster_resources().get("CPU", 0.0)
-    if have >= need:
-        return
-    message = (f"the Ray cluster has {have:g} CPUs, but this run's actors reserve {need:g} "
-               f"(resources.cpus_per_worker x (policy_ranks + 2 critic_ranks), cpus_per_frozen_worker, "
-               f"rollout.num_engines x rollout.cpus_per_engine)")
-    if cfg.cluster.address is None:
-        raise RuntimeError(message + ": lower those, or start Ray with more logical CPUs")
-    log.warning("%s; the actors wait until the autoscaler adds nodes", message)
-
-
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest complete checkpoint of a PPO-Lag run folder."""
     return checkpoint_dir.latest_checkpoint(Path(run_dir) / "checkpoints")
-
-
-class MetricsLog:
-    """metrics.jsonl (always), TensorBoard (optional) and a console progress bar."""
-
-    def __init__(self, out: Path, total: int, initial: int, tensorboard: bool) -> None:
-        from tqdm.auto import tqdm
-
-        self.path = out / "metrics.jsonl"
-        self.file = open(self.path, "a", encoding="utf-8")
-        self.writer = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(out / "tensorboard"))
-        self.bar = tqdm(total=total, initial=initial, desc="ppo-lag")
-
-    def log(self, metrics: dict[str, float]) -> None:
-        self.file.write(json.dumps(metrics) + "\n")
-        self.file.flush()
-        if self.writer is not None:
-            for key, value in metrics.items():
-                if key != "step":
-                    self.writer.add_scalar(key, value, metrics["step"])
-        self.bar.update(1)
-        self.bar.set_postfix({name: f"{metrics[key]:.3f}" for name, key in
-                              (("reward", "reward/mean"), ("cost", "cost/mean"), ("λ", "lagrange/lambda"))
-                              if key in metrics})
-
-    def rewind(self, step: int) -> list[dict]:
-        """Forget the rows after ``step`` (a restart recomputes them from a checkpoint); the
-        dropped rows are returned so the caller can keep them in the fault log."""
-        self.file.close()
-        rows = [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        kept, dropped = [r for r in rows if r["step"] <= step], [r for r in rows if r["step"] > step]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-        tmp.replace(self.path)
-        self.file = open(self.path, "a", encoding="utf-8")
-        self.bar.n = step
-        self.bar.refresh()
-        return dropped
-
-    def close(self) -> None:
-        self.file.close()
-        if self.writer is not None:
-            self.writer.close()
-        self.bar.close()
-
-
-def config_changes(saved: dict, current: dict, free_keys: tuple[str, ...] = RESUME_FREE_KEYS) -> list[str]:
-    """``key: saved -> current`` for every leaf that differs, ignoring ``free_keys`` (and
-    everything below them)."""
-    def leaves(node, prefix=""):
-        if isinstance(node, dict):
-            for key, value in node.items():
-                yield from leaves(value, f"{prefix}{key}.")
-        else:
-            yield prefix[:-1], node
-
-    def free(key: str) -> bool:
-        return any(key == k or key.startswith(k + ".") for k in free_keys)
-
-    old, new = dict(leaves(saved)), dict(leaves(current))
-    return [f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}"
-            for key in sorted(set(old) | set(new)) if not free(key) and old.get(key) != new.get(key)]
-
-
-def check_resume_config(cfg, resume_dir: Path) -> None:
-    """A resumed run must compute what the interrupted one would have: same settings."""
-    from omegaconf import OmegaConf
-
-    snapshot = resume_dir / CONFIG_SNAPSHOT
-    if not snapshot.is_file() or cfg.resume_allow_changes:
-        return
-    saved = OmegaConf.to_container(OmegaConf.load(snapshot), resolve=False)
-    changes = config_changes(saved, OmegaConf.to_container(cfg, resolve=True))
-    if changes:
-        raise ValueError(
-            f"resume_from={resume_dir}: this run's config differs from the one it resumes "
-            f"({snapshot}):\n  " + "\n  ".join(changes)
-            + f"\nRun the command in {resume_dir / RESUME_COMMAND} to continue the same run, or pass "
-              "resume_allow_changes=true to change these settings on purpose.")
-
-
-def write_resume_command(out: Path) -> None:
-    """``<run>/resume_command.txt``: the one command that continues this run after a crash."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized() or HydraConfig.get().job.name != "ppo-lag":
-        return  # composed in code (tests, the pipeline): no command line to repeat
-    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("resume_from=", "hydra."))]
-    words = ["rayrlhf", "ppo-lag", *overrides, f"resume_from={out}"]
-    (out / RESUME_COMMAND).write_text(" ".join(shlex.quote(w) for w in words) + "\n")
-
-
-def resume_hint(out: Path) -> str:
-    command = out / RESUME_COMMAND
-    return f" Continue with: {command.read_text().strip()}" if command.is_file() else ""
 
 
 def run(cfg) -> list[dict[str, float]]:
@@ -571,7 +438,7 @@ def run(cfg) -> list[dict[str, float]]:
     from omegaconf import OmegaConf
 
     from rayrlhf.cluster import init_ray
-    from rayrlhf.stages.common import output_dir
+    from rayrlhf.runs import output_dir
 
     out = output_dir(cfg)
     resume_point = None

@@ -6,7 +6,7 @@ next-token NLL over the *response* tokens only: the prompt part of each sequence
 Held-out loss and perplexity are measured before training and every ``eval_every`` steps.
 
 Step plan, LR schedule, train/eval split, DeepSpeed engine, checkpoints and resume are the
-score trainer's (``rayrlhf.trainers.score_trainer``). Rank 0 writes the final policy as a
+Ray Train loop the score trainer uses too (``rayrlhf.trainers.ray_train``). Rank 0 writes the final policy as a
 plain transformers directory (safetensors + tokenizer) that transformers and vLLM load.
 """
 
@@ -23,7 +23,7 @@ import torch
 
 from rayrlhf.algorithms import response_nll
 from rayrlhf.data.templates import format_prompt
-from rayrlhf.trainers.score_trainer import (
+from rayrlhf.trainers.ray_train import (
     StepPlan, find_resume, fit, full_state_dict, make_engine, resume_engine, run_steps, train_eval_rows,
 )
 
@@ -175,7 +175,7 @@ def run(cfg) -> dict:
 
     from rayrlhf.cluster import init_ray
     from rayrlhf.models import resolve_model_path
-    from rayrlhf.stages.common import output_dir
+    from rayrlhf.runs import output_dir
 
     if cfg.dataset.schema != "sft":
         raise ValueError(f"train-sft trains on 'sft' rows (instruction, input, output), but dataset.schema "

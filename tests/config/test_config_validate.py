@@ -157,7 +157,7 @@ def test_prompts_must_split_evenly_over_the_data_parallel_ranks():
 
 
 @pytest.mark.parametrize(("stage", "overrides", "needed"), [
-    # 1 policy + 2 critics x 1 CPU, the colocated frozen actor 0.5, 4 engines x 1 (ppo_lag.required_cpus)
+    # 1 policy + 2 critics x 1 CPU, the colocated frozen actor 0.5, 4 engines x 1 (cluster.required_cpus)
     ("ppo_lag", ["rollout.num_engines=4"], 7.5),
     ("train_reward", ["training.num_workers=3"], 3),
     ("serve", ["num_cpus=4"], 4),
@@ -189,8 +189,9 @@ def test_choices_match_the_code_that_consumes_them():
     from rayrlhf.data import SCHEMA_TYPES, TEMPLATES
     from rayrlhf.models.zoo import DTYPES
     from rayrlhf.rollout import ENGINE_KINDS
-    from rayrlhf.trainers.ppo_lag import lagrange_from_config, rollout_placement_options
-    from rayrlhf.trainers.score_trainer import lr_multiplier
+    from rayrlhf.cluster import rollout_placement_options
+    from rayrlhf.trainers.ppo_lag import lagrange_from_config
+    from rayrlhf.algorithms.schedules import lr_multiplier
 
     assert set(ENGINES) == set(ENGINE_KINDS) and set(TEMPLATE_NAMES) == set(TEMPLATES)
     assert set(DATA_SCHEMAS) == set(SCHEMA_TYPES) and set(DTYPE_NAMES) == {"auto", *DTYPES}
@@ -201,7 +202,7 @@ def test_choices_match_the_code_that_consumes_them():
     for schedule in LR_SCHEDULERS:
         lr_multiplier(1, 10, 1, schedule)
     try:
-        from rayrlhf.trainers.faults import NONFINITE_POLICIES as used
+        from rayrlhf.faults import NONFINITE_POLICIES as used
     except ImportError:  # the faults module is not part of every checkout
         return
     assert set(NONFINITE_POLICIES) == set(used)

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from rayrlhf.trainers import checkpoint_dir
-from rayrlhf.trainers.faults import FaultLog, describe_nonfinite, findings_message, nonfinite_rows
-from rayrlhf.trainers.ppo_lag import MetricsLog, config_changes
+from rayrlhf.faults import FaultLog, describe_nonfinite, findings_message, nonfinite_rows
+from rayrlhf.trainers.metrics_log import MetricsLog
+from rayrlhf.trainers.resume import config_changes
 
 
 # ------------------------------------------------------------------ NaN / Inf detection

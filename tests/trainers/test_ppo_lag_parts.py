@@ -11,7 +11,8 @@ from rayrlhf.models.forward import response_logits, response_values, token_logpr
 from rayrlhf.models.score_model import ScoreModel
 from rayrlhf.rewards import load_rule, make_scorer
 from rayrlhf.rewards.synthetic import forbidden_excess, rewarded_share
-from rayrlhf.trainers.ppo_lag import lagrange_from_config, prompt_order, required_cpus
+from rayrlhf.cluster import required_cpus
+from rayrlhf.trainers.ppo_lag import lagrange_from_config, prompt_order
 from rayrlhf.types import build_rollout_batch
 
 
