@@ -28,6 +28,7 @@ from rayrlhf.data.schemas import (
 from rayrlhf.data.templates import (
     SAFE_RLHF_TEMPLATE,
     TEMPLATES,
+    encode_prompts,
     format_conversation,
     format_prompt,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "SFTRow",
     "TEMPLATES",
     "demo_dir",
+    "encode_prompts",
     "format_conversation",
     "format_prompt",
     "iter_raw_records",

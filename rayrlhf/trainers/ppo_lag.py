@@ -100,7 +100,7 @@ class PPOLagDriver:
     """Builds the role groups from a ``ppo_lag`` config and runs steps."""
 
     def __init__(self, cfg, fault_log: FaultLog | None = None) -> None:
-        from rayrlhf.data.templates import format_prompt
+        from rayrlhf.data.templates import encode_prompts
         from rayrlhf.models import load_tokenizer, resolve_model_path
         from rayrlhf.models.zoo import logprob_gap_tolerance
         from rayrlhf.rewards import RULE_PREFIX
@@ -113,12 +113,7 @@ class PPOLagDriver:
         self.tokenizer = load_tokenizer(self.policy_path)
         rows = load_dataset_from_config(cfg.prompts).rows
         self.prompts = [row.prompt for row in rows]
-        max_tokens = cfg.rollout.max_prompt_tokens
-        self.prompt_ids = [
-            self.tokenizer(format_prompt(p, cfg.template.name, self.tokenizer),
-                           add_special_tokens=False)["input_ids"][-max_tokens:]
-            for p in self.prompts
-        ]
+        self.prompt_ids = encode_prompts(self.tokenizer, self.prompts, cfg.template.name, cfg.rollout.max_prompt_tokens)
         self.lagrange = lagrange_from_config(cfg.lagrange)
         self.step_index = 0
         self.fault_log = fault_log or FaultLog(None)
@@ -425,11 +420,6 @@ def wait_until_names_free(names: list[str], timeout_s: float = 60.0) -> None:
             time.sleep(0.2)
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint of a PPO-Lag run folder."""
-    return checkpoint_dir.latest_checkpoint(Path(run_dir) / "checkpoints")
-
-
 def run(cfg) -> list[dict[str, float]]:
     """Entry of ``rayrlhf ppo-lag``: build the workers, run ``cfg.steps`` steps, save.
 
@@ -443,10 +433,9 @@ def run(cfg) -> list[dict[str, float]]:
     out = output_dir(cfg)
     resume_point = None
     if cfg.resume_from:
-        resume_point = latest_checkpoint(cfg.resume_from)
+        resume_point = checkpoint_dir.latest_checkpoint(cfg.resume_from)
         if resume_point is None:
-            raise FileNotFoundError(f"resume_from={cfg.resume_from}: no complete checkpoint in "
-                                    f"{Path(cfg.resume_from) / 'checkpoints'}")
+            raise FileNotFoundError(f"resume_from={cfg.resume_from}: no complete checkpoint below it")
         check_resume_config(cfg, Path(cfg.resume_from))
     (out / CONFIG_SNAPSHOT).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     write_resume_command(out)
@@ -480,7 +469,7 @@ def run(cfg) -> list[dict[str, float]]:
                 dead = driver.actor_names().get(getattr(exc, "actor_id", None) or "", "a worker") if driver else \
                     "a worker (while starting)"
                 restarts += 1
-                resume_point = latest_checkpoint(out) or resume_point
+                resume_point = checkpoint_dir.latest_checkpoint(out) or resume_point
                 step = driver.step_index + 1 if driver else None  # the step in progress
                 fault_log.record("worker_died", actor=dead, step=step, restart=restarts,
                                  resume_from=str(resume_point) if resume_point else "the start",

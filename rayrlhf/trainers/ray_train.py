@@ -17,13 +17,13 @@ import random
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from rayrlhf.algorithms.schedules import lr_multiplier
-from rayrlhf.models.zoo import resolve_bf16
-from rayrlhf.workers.base import deepspeed_config, enable_gradient_checkpointing
+from rayrlhf.trainers.checkpoint_dir import latest_checkpoint, mark_complete
+from rayrlhf.workers.base import OptimConfig
 
 log = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.json"
@@ -99,37 +99,16 @@ class StepPlan:
         return [mine[i:i + self.micro_batch] for i in range(0, len(mine), self.micro_batch)]
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The checkpoint with the highest step below ``run_dir`` (a previous output_dir)."""
-    best, best_step = None, -1
-    for state in Path(run_dir).glob(f"**/{STATE_FILE}"):
-        step = json.loads(state.read_text())["global_step"]
-        if step > best_step:
-            best, best_step = state.parent, step
-    return best
-
-
-# ------------------------------------------- shared by the Ray Train trainers (score, SFT)
-def make_engine(model: torch.nn.Module, training: dict[str, Any], total_steps: int, model_dtype: str = "auto"):
-    """``model`` inside a DeepSpeed engine with AdamW and the warm-up + decay schedule; in
-    train mode (from_pretrained returns eval mode, in which transformers skips gradient
-    checkpointing). ``training["bf16"]`` None follows ``model_dtype`` (``resolve_bf16``).
-    Returns the engine and its LR scheduler."""
-    import deepspeed
-
-    if training["gradient_checkpointing"]:
-        enable_gradient_checkpointing(model)
+def training_optim(training: dict[str, Any], total_steps: int) -> tuple[OptimConfig, Callable[[int], float]]:
+    """A ``training`` section as the engine builder's optimiser settings and LR schedule
+    (linear warm-up over ``warmup_ratio`` of the steps, then ``lr_scheduler`` decay)."""
+    optim = OptimConfig(lr=training["lr"], weight_decay=training["weight_decay"],
+                        max_grad_norm=training["max_grad_norm"], zero_stage=training["zero_stage"],
+                        bf16=training["bf16"], micro_batch_size=training["per_device_batch_size"],
+                        gradient_checkpointing=training["gradient_checkpointing"],
+                        accumulation=training["gradient_accumulation_steps"])
     warmup = int(training["warmup_ratio"] * total_steps)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=training["lr"], weight_decay=training["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_multiplier(s, total_steps, warmup, training["lr_scheduler"]))
-    ds_config = deepspeed_config(training["per_device_batch_size"], training["gradient_accumulation_steps"],
-                                 training["max_grad_norm"], training["zero_stage"],
-                                 resolve_bf16(training["bf16"], model_dtype))
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=ds_config, dist_init_required=False)
-    engine.train()
-    return engine, scheduler
+    return optim, lambda step: lr_multiplier(step, total_steps, warmup, training["lr_scheduler"])
 
 
 def resume_engine(engine, checkpoint: str | None) -> dict[str, Any]:
@@ -148,10 +127,11 @@ def save_and_report(engine, rank: int, metrics: dict[str, Any]) -> None:
         engine.save_checkpoint(tmp, tag=DS_TAG)
         if rank == 0:
             Path(tmp, STATE_FILE).write_text(json.dumps({"global_step": metrics["step"], **metrics}))
+            mark_complete(Path(tmp), metrics["step"])
         rt.report(metrics, checkpoint=rt.Checkpoint.from_directory(tmp))
 
 
-def run_steps(engine, scheduler, plan: StepPlan, rank: int, training: dict[str, Any], *, step: int,
+def run_steps(engine, plan: StepPlan, rank: int, training: dict[str, Any], *, step: int,
               micro_loss, evaluate, desc: str, carry: dict[str, Any] | None = None) -> int:
     """The optimiser steps from ``step`` to the end (or ``stop_at_step``); returns the last.
 
@@ -175,7 +155,7 @@ def run_steps(engine, scheduler, plan: StepPlan, rank: int, training: dict[str, 
         step += 1
         bar.update(1)
         metrics = {"step": step, "train/loss": sum(losses) / len(losses),
-                   "train/lr": scheduler.get_last_lr()[0], **(carry or {})}
+                   "train/lr": engine.lr_scheduler.get_last_lr()[0], **(carry or {})}
         if step % training["eval_every"] == 0 or step == last_step:
             metrics.update(evaluate())
         if step % training["log_every"] == 0 and rank == 0:

@@ -20,11 +20,12 @@ import torch
 from rayrlhf.algorithms import balanced_pos_weight
 from rayrlhf.eval.metrics import flatten_scalars
 from rayrlhf.trainers.ray_train import (
-    StepPlan, find_resume, fit, full_state_dict, make_engine, resume_engine, run_steps, train_eval_rows,
+    StepPlan, find_resume, fit, full_state_dict, resume_engine, run_steps, train_eval_rows, training_optim,
 )
 from rayrlhf.trainers.score_objectives import (
     ROW_TYPE, SCHEMA, harm_targets, labels_for, loss_from_scores, metrics_from_scores, pairs_to_score,
 )
+from rayrlhf.workers.base import build_engine
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,8 @@ def train_loop(config: dict[str, Any]) -> None:
     plan = StepPlan(len(train_rows), world, training["per_device_batch_size"],
                     training["gradient_accumulation_steps"], training["epochs"], training["max_steps"],
                     config["seed"])
-    engine, scheduler = make_engine(model, training, plan.total_steps, config["model_dtype"])
+    optim, lr_schedule = training_optim(training, plan.total_steps)
+    engine = build_engine(model, optim, config["model_dtype"], lr_schedule)
     step = resume_engine(engine, config.get("resume_checkpoint")).get("global_step", 0)
     if step:
         log.info("rank %d resumed at step %d", rank, step)
@@ -105,7 +107,7 @@ def train_loop(config: dict[str, Any]) -> None:
         return {f"eval/{k}": float(v) for k, v in flatten_scalars(evaluated).items()}
 
     start_time = time.perf_counter()
-    step = run_steps(engine, scheduler, plan, rank, training, step=step, micro_loss=micro_loss,
+    step = run_steps(engine, plan, rank, training, step=step, micro_loss=micro_loss,
                      evaluate=evaluate, desc=f"train {kind}")
 
     # Final transformers directory (ZeRO-3 gathers the shards on rank 0 first).

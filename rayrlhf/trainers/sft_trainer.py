@@ -24,8 +24,9 @@ import torch
 from rayrlhf.algorithms import response_nll
 from rayrlhf.data.templates import format_prompt
 from rayrlhf.trainers.ray_train import (
-    StepPlan, find_resume, fit, full_state_dict, make_engine, resume_engine, run_steps, train_eval_rows,
+    StepPlan, find_resume, fit, full_state_dict, resume_engine, run_steps, train_eval_rows, training_optim,
 )
+from rayrlhf.workers.base import build_engine
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,8 @@ def train_loop(config: dict[str, Any]) -> None:
     plan = StepPlan(len(train_rows), world, training["per_device_batch_size"],
                     training["gradient_accumulation_steps"], training["epochs"], training["max_steps"],
                     config["seed"])
-    engine, scheduler = make_engine(model, training, plan.total_steps, config["model_dtype"])
+    optim, lr_schedule = training_optim(training, plan.total_steps)
+    engine = build_engine(model, optim, config["model_dtype"], lr_schedule)
     state = resume_engine(engine, config.get("resume_checkpoint"))
     step = state.get("global_step", 0)
     template, max_length = config["template"], training["max_length"]
@@ -155,7 +157,7 @@ def train_loop(config: dict[str, Any]) -> None:
         initial = evaluate()
         carry = {"eval/initial_loss": initial["eval/loss"], "eval/initial_perplexity": initial["eval/perplexity"]}
     start_time = time.perf_counter()
-    step = run_steps(engine, scheduler, plan, rank, training, step=step, micro_loss=micro_loss,
+    step = run_steps(engine, plan, rank, training, step=step, micro_loss=micro_loss,
                      evaluate=evaluate, desc="train sft", carry=carry)
 
     state_dict = full_state_dict(engine, training["zero_stage"])
