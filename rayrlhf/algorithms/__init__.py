@@ -1,5 +1,6 @@
 """Pure algorithm math of Safe RLHF / PPO-Lagrangian: tensors and numbers in and out."""
 
+from rayrlhf.algorithms.advantages import PPOLagAdvantages, ppo_lag_advantages
 from rayrlhf.algorithms.gae import gae_advantages
 from rayrlhf.algorithms.kl import KL_ESTIMATORS, kl_estimate
 from rayrlhf.algorithms.lagrange import (
@@ -38,6 +39,7 @@ __all__ = [
     "KL_ESTIMATORS",
     "LAGRANGE_CONTROLLERS",
     "LR_SCHEDULES",
+    "PPOLagAdvantages",
     "ConstantLagrange",
     "LagrangeController",
     "LogLambdaController",
@@ -59,6 +61,7 @@ __all__ = [
     "masked_whiten",
     "moderation_loss",
     "ppo_actor_loss",
+    "ppo_lag_advantages",
     "response_nll",
     "reward_pairwise_loss",
     "shape_rewards_and_costs",
