@@ -39,7 +39,7 @@ def run_stage(name: str, argv: list[str]) -> None:
     """Run stage ``name`` as a Hydra app over the overrides in ``argv``."""
     import hydra
 
-    from rayrlhf.config import register_configs
+    from rayrlhf.config import register_configs, to_object
 
     stage = STAGES[name]
     register_configs()
@@ -52,7 +52,7 @@ def run_stage(name: str, argv: list[str]) -> None:
 
         validate_config(cfg)  # impossible values fail here, before any Ray worker starts
         try:
-            run(cfg)
+            run(to_object(cfg))  # the stage's typed dataclass
         finally:
             # A multirun runs its trials in this process: each starts its own local cluster.
             release_ray()

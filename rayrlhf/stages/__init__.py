@@ -16,7 +16,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Stage:
     config_name: str  # conf/<config_name>.yaml
-    target: str  # "module:function" taking the composed DictConfig
+    target: str  # "module:function" taking the stage's config (its schema dataclass)
     summary: str
 
 

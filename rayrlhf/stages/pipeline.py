@@ -28,7 +28,7 @@ def score_model_config(cfg, kind: str, out_dir):
 
     return OmegaConf.merge(OmegaConf.structured(ScoreTrainConfig), {
         "run": {"seed": cfg.run.seed, "output_dir": str(out_dir), "log_level": cfg.run.log_level},
-        "cluster": cfg.cluster, "kind": kind, "model": cfg.model, "dataset": cfg[SCORE_DATASET[kind]],
+        "cluster": cfg.cluster, "kind": kind, "model": cfg.model, "dataset": getattr(cfg, SCORE_DATASET[kind]),
         "eval_fraction": cfg.eval_fraction, "template": cfg.template, "training": cfg.score_training,
         "moderation_threshold": cfg.moderation_threshold,
     })
@@ -77,7 +77,7 @@ def run(cfg) -> dict:
 
     report["models"] = timed("prepare", lambda: prepare_models([cfg.model.name_or_path]))
     report["datasets"] = timed("data_check", lambda: {
-        name: check_dataset(cfg[name]) for name in ("preferences", "prompts", "qa_classification", "sft")
+        name: check_dataset(getattr(cfg, name)) for name in ("preferences", "prompts", "qa_classification", "sft")
     })
     init_ray(cfg.cluster, required_cpus=required_cpus(cfg))
     # The policy PPO-Lag starts from and the evaluation's "before": the SFT'd one when asked.

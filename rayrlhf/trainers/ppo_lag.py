@@ -29,9 +29,10 @@ from pathlib import Path
 import torch
 
 from rayrlhf.algorithms import (
-    LagrangeController, PPOLagAdvantages, make_lagrange_controller, masked_mean, ppo_lag_advantages,
+    LAGRANGE_CONTROLLERS, LagrangeController, PPOLagAdvantages, masked_mean, ppo_lag_advantages,
 )
 from rayrlhf.cluster import check_cluster_capacity, required_cpus
+from rayrlhf.config import to_object
 from rayrlhf.faults import FaultLog, NonFiniteError, WorkerFailedError, actor_failure_types, describe_nonfinite, \
     findings_message
 from rayrlhf.rollout import SamplingSpec
@@ -49,18 +50,16 @@ log = logging.getLogger(__name__)
 DRIVER_STATE = "driver_state.json"
 
 
-def lagrange_from_config(lag) -> LagrangeController:
-    """The λ controller a ``lagrange`` config section describes."""
-    if lag.kind == "log_lambda":
-        return make_lagrange_controller("log_lambda", threshold=lag.threshold, lambda_init=lag.lambda_init,
-                                        lambda_lr=lag.lambda_lr, lambda_max=lag.lambda_max,
-                                        update_delay=lag.update_delay, window=lag.window)
-    if lag.kind == "pid":
-        return make_lagrange_controller("pid", threshold=lag.threshold, kp=lag.kp, ki=lag.ki, kd=lag.kd,
-                                        lambda_init=lag.lambda_init, lambda_max=lag.lambda_max)
-    if lag.kind == "constant":
-        return make_lagrange_controller("constant", value=lag.value)
-    raise ValueError(f"unknown lagrange.kind {lag.kind!r}; choose log_lambda, pid or constant")
+def lagrange_from_config(node) -> LagrangeController:
+    """The λ controller a ``lagrange`` group node describes: its ``_target_`` class built with
+    the node's other keys as arguments (conf/lagrange/, rayrlhf.config.schema)."""
+    from hydra.utils import instantiate
+
+    controller = instantiate(node)
+    if not isinstance(controller, LagrangeController):
+        raise TypeError(f"lagrange._target_={node._target_!r} is not a Lagrange controller; choose "
+                        f"lagrange={' | '.join(LAGRANGE_CONTROLLERS)}")
+    return controller
 
 
 def prompt_order(num_prompts: int, prompts_per_step: int, step: int, seed: int) -> list[int]:
@@ -104,7 +103,7 @@ class PPOLagDriver:
         from rayrlhf.models import load_tokenizer, resolve_model_path
         from rayrlhf.models.zoo import logprob_gap_tolerance
 
-        self.cfg = cfg
+        self.cfg = cfg = to_object(cfg)
         self.seed = cfg.run.seed
         check_cluster_capacity(cfg)
         self.policy_path = resolve_model_path(cfg.policy.name_or_path)
@@ -149,7 +148,7 @@ class PPOLagDriver:
         self.step_index += 1
         self.consecutive_skips = 0
         return step_metrics(self.step_index, batch, stats, lambda_used=lambda_used, lambda_new=lambda_new,
-                            threshold=self.cfg.lagrange.threshold, logprob_gap_tolerance=self.logprob_gap_tolerance,
+                            threshold=self.lagrange.threshold, logprob_gap_tolerance=self.logprob_gap_tolerance,
                             timer=timer)
 
     def sampling_spec(self) -> SamplingSpec:
@@ -332,6 +331,7 @@ def run(cfg) -> list[dict[str, float]]:
     from rayrlhf.cluster import init_ray
     from rayrlhf.runs import output_dir
 
+    cfg = to_object(cfg)
     out = output_dir(cfg)
     resume_point = None
     if cfg.resume_from:
@@ -339,7 +339,7 @@ def run(cfg) -> list[dict[str, float]]:
         if resume_point is None:
             raise FileNotFoundError(f"resume_from={cfg.resume_from}: no complete checkpoint below it")
         check_resume_config(cfg, Path(cfg.resume_from))
-    (out / CONFIG_SNAPSHOT).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (out / CONFIG_SNAPSHOT).write_text(OmegaConf.to_yaml(cfg))
     write_resume_command(out)
     init_ray(cfg.cluster, required_cpus=required_cpus(cfg))
     fault_log = FaultLog(out / "faults.jsonl")

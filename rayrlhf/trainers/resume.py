@@ -44,7 +44,7 @@ def check_resume_config(cfg, resume_dir: Path) -> None:
     if not snapshot.is_file() or cfg.resume_allow_changes:
         return
     saved = OmegaConf.to_container(OmegaConf.load(snapshot), resolve=False)
-    changes = config_changes(saved, OmegaConf.to_container(cfg, resolve=True))
+    changes = config_changes(saved, OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True))
     if changes:
         raise ValueError(
             f"resume_from={resume_dir}: this run's config differs from the one it resumes "

@@ -10,6 +10,7 @@ backbone + head, tokenizer) with the config and metrics beside it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -127,12 +128,13 @@ def train_loop(config: dict[str, Any]) -> None:
 def run(cfg) -> dict:
     """Entry of ``rayrlhf train-reward | train-cost | train-moderation``."""
     import ray
-    from omegaconf import OmegaConf
 
     from rayrlhf.cluster import init_ray
+    from rayrlhf.config import to_object
     from rayrlhf.models import resolve_model_path
     from rayrlhf.runs import output_dir
 
+    cfg = to_object(cfg)
     kind = cfg.kind
     if kind not in ROW_TYPE:
         raise ValueError(f"unknown score model kind {kind!r}; choose reward, cost or moderation")
@@ -143,7 +145,7 @@ def run(cfg) -> dict:
     train_rows, eval_rows = train_eval_rows(cfg, f"{kind} model")
 
     resume = find_resume(cfg.resume_from)
-    training = OmegaConf.to_container(cfg.training, resolve=True)
+    training = dataclasses.asdict(cfg.training)
     init_ray(cfg.cluster)
     loop_config = {
         "kind": kind, "training": training, "template": cfg.template.name, "seed": cfg.run.seed,

@@ -12,10 +12,10 @@ plain transformers directory (safetensors + tokenizer) that transformers and vLL
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ def response_mask_from_offsets(offsets: list[tuple[int, int]], prompt_chars: int
     return [1 if start >= prompt_chars else 0 for start, _ in offsets]
 
 
-@dataclass
+@dataclasses.dataclass
 class SFTBatch:
     input_ids: torch.Tensor  # [B, T] right-padded
     attention_mask: torch.Tensor  # [B, T] 1 on real tokens
@@ -173,12 +173,13 @@ def train_loop(config: dict[str, Any]) -> None:
 def run(cfg) -> dict:
     """Entry of ``rayrlhf train-sft``."""
     import ray
-    from omegaconf import OmegaConf
 
     from rayrlhf.cluster import init_ray
+    from rayrlhf.config import to_object
     from rayrlhf.models import resolve_model_path
     from rayrlhf.runs import output_dir
 
+    cfg = to_object(cfg)
     if cfg.dataset.schema != "sft":
         raise ValueError(f"train-sft trains on 'sft' rows (instruction, input, output), but dataset.schema "
                          f"is {cfg.dataset.schema!r}")
@@ -188,7 +189,7 @@ def run(cfg) -> dict:
     resume = find_resume(cfg.resume_from)
     init_ray(cfg.cluster)
     loop_config = {
-        "training": OmegaConf.to_container(cfg.training, resolve=True), "template": cfg.template.name,
+        "training": dataclasses.asdict(cfg.training), "template": cfg.template.name,
         "seed": cfg.run.seed, "model": resolve_model_path(cfg.model.name_or_path), "model_dtype": cfg.model.dtype,
         "trust_remote_code": cfg.model.trust_remote_code, "output_dir": str(out.resolve()),
         "eval_at_start": cfg.eval_at_start,
