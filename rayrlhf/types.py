@@ -1,9 +1,12 @@
-"""Typed batches that travel between the PPO-Lag driver and its workers.
+"""Typed data between the phases of a PPO-Lag step and between the driver and its workers.
 
 A rollout of B responses is stored as one token matrix: prompts left-padded to P tokens,
 then responses right-padded to R tokens, so every response starts at column P and
-response-level tensors are [B, R]. Fields fill in as the step goes on (generate -> score ->
-advantages); a worker receives only the slice of rows it owns (``split``).
+response-level tensors are [B, R]. The phases hand each other typed results: generate ->
+``Rollout``, score -> ``Scores``, advantages -> ``rayrlhf.algorithms.PPOLagAdvantages``,
+train -> ``TrainStats``. Before training, the scores and advantages join the
+``RolloutBatch`` (their field names match), and a worker receives only the slice of rows it
+owns (``split``).
 """
 
 from __future__ import annotations
@@ -95,3 +98,55 @@ def build_rollout_batch(prompt_ids: list[list[int]], response_ids: list[list[int
                         response_mask=response_mask, prompt_length=p_len,
                         finished=torch.tensor(finished, dtype=torch.bool),
                         rollout_logprobs=logprobs)
+
+
+@dataclass
+class Rollout:
+    """What the generate phase produced: B prompts, their responses, and the packed batch."""
+
+    prompts: list[str]  # B prompt texts (before the template)
+    responses: list[str]  # B response texts, as the judges read them
+    response_ids: list[list[int]]  # B response token ids, unpadded (rule-based judges read them)
+    batch: RolloutBatch
+
+
+@dataclass
+class Scores:
+    """What the score phase measures on a rollout. Field names match ``RolloutBatch``."""
+
+    old_logprobs: torch.Tensor  # [B, R] the policy's log-probs of the sampled tokens, before this update
+    ref_logprobs: torch.Tensor  # [B, R] the frozen reference policy's
+    reward_values: torch.Tensor  # [B, R] reward critic V_r
+    cost_values: torch.Tensor  # [B, R] cost critic V_c
+    rewards: torch.Tensor  # [B] reward-model scores
+    costs: torch.Tensor  # [B] cost-model scores (> 0 means unsafe)
+
+
+@dataclass
+class ActorStats:
+    """One policy rank's train phase: means over the mini-batches it applied."""
+
+    loss: float  # PPO-clip surrogate (minus the entropy bonus)
+    clip_fraction: float  # share of tokens whose ratio left [1 - ε, 1 + ε]
+    approx_kl: float  # k3 estimate of KL(π_old ‖ π)
+    entropy: float  # mean token entropy of the policy
+    nonfinite_minibatches: float  # mini-batches skipped for a NaN/Inf loss
+
+
+@dataclass
+class CriticStats:
+    """One critic rank's train phase: means over the mini-batches it applied."""
+
+    loss: float  # value-clipped regression loss
+    nonfinite_minibatches: float  # mini-batches skipped for a NaN/Inf loss
+
+
+@dataclass
+class TrainStats:
+    """What the train phase reports: rank 0 of each role, and per role the mini-batches all
+    its ranks skipped together for a NaN/Inf loss (summed over ranks)."""
+
+    actor: ActorStats
+    reward_critic: CriticStats
+    cost_critic: CriticStats
+    skipped_minibatches: dict[str, float]  # "policy" | "reward critic" | "cost critic" -> count

@@ -1,5 +1,6 @@
 """Pure algorithm math of Safe RLHF / PPO-Lagrangian: tensors and numbers in and out."""
 
+from rayrlhf.algorithms.advantages import PPOLagAdvantages, ppo_lag_advantages
 from rayrlhf.algorithms.gae import gae_advantages
 from rayrlhf.algorithms.kl import KL_ESTIMATORS, kl_estimate
 from rayrlhf.algorithms.lagrange import (
@@ -19,7 +20,6 @@ from rayrlhf.algorithms.losses import (
     mean_entropy_per_row,
     lm_loss,
     moderation_loss,
-    pairwise_accuracy,
     ppo_actor_loss,
     response_nll,
     reward_pairwise_loss,
@@ -32,11 +32,14 @@ from rayrlhf.algorithms.masked import (
     masked_whiten,
 )
 from rayrlhf.algorithms.rewards import shape_rewards_and_costs
+from rayrlhf.algorithms.schedules import LR_SCHEDULES, lr_multiplier
 
 __all__ = [
     "balanced_pos_weight",
     "KL_ESTIMATORS",
     "LAGRANGE_CONTROLLERS",
+    "LR_SCHEDULES",
+    "PPOLagAdvantages",
     "ConstantLagrange",
     "LagrangeController",
     "LogLambdaController",
@@ -49,6 +52,7 @@ __all__ = [
     "gae_advantages",
     "kl_estimate",
     "lm_loss",
+    "lr_multiplier",
     "make_lagrange_controller",
     "masked_count",
     "masked_mean",
@@ -56,8 +60,8 @@ __all__ = [
     "masked_var",
     "masked_whiten",
     "moderation_loss",
-    "pairwise_accuracy",
     "ppo_actor_loss",
+    "ppo_lag_advantages",
     "response_nll",
     "reward_pairwise_loss",
     "shape_rewards_and_costs",

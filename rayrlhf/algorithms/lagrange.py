@@ -41,6 +41,7 @@ class LagrangeController(ABC):
     """One interface for every λ schedule: read ``value``, ``update`` once per rollout."""
 
     kind: ClassVar[str]
+    threshold: float  # d in E[cost] <= d
 
     @property
     @abstractmethod
@@ -222,14 +223,17 @@ class PIDLagrangeController(LagrangeController):
 
 
 class ConstantLagrange(LagrangeController):
-    """A fixed λ: 0 is plain PPO on the reward, λ > 0 a fixed cost penalty (reward shaping)."""
+    """A fixed λ: 0 is plain PPO on the reward, λ > 0 a fixed cost penalty (reward shaping).
+    ``threshold`` is only the limit d that violations are reported against (λ ignores it), so
+    that a plain-PPO run reads on the same scale as the PPO-Lag runs it is compared with."""
 
     kind: ClassVar[str] = "constant"
 
-    def __init__(self, value: float = 0.0) -> None:
+    def __init__(self, value: float = 0.0, threshold: float = 0.0) -> None:
         if value < 0:
             raise ValueError(f"a Lagrange multiplier must be >= 0, got {value}")
         self._value = float(value)
+        self.threshold = float(threshold)
 
     @property
     def value(self) -> float:

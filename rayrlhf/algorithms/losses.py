@@ -171,8 +171,3 @@ def balanced_pos_weight(targets: torch.Tensor, max_weight: float = 20.0) -> torc
     negatives = targets.shape[0] - positives
     weight = torch.where(positives > 0, negatives / positives.clamp(min=1), torch.ones_like(positives))
     return weight.clamp(min=1.0, max=max_weight)
-
-
-def pairwise_accuracy(higher: torch.Tensor, lower: torch.Tensor) -> torch.Tensor:
-    """Share of pairs ordered correctly (strictly higher > lower; ties count as wrong)."""
-    return (higher > lower).to(torch.float32).mean()

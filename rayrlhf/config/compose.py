@@ -27,9 +27,10 @@ def compose_config(stage_config: str, overrides: list[str] | None = None, *,
         return compose(config_name=stage_config, overrides=overrides)
 
 
-def to_object(cfg: DictConfig) -> Any:
-    """The config as its typed dataclass (every interpolation resolved, types checked)."""
-    return OmegaConf.to_object(cfg)
+def to_object(cfg: Any) -> Any:
+    """The config as its typed dataclass (every interpolation resolved, types checked); a
+    config that already is one passes through, so entry points accept either."""
+    return OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg
 
 
 def config_error_message(exc: BaseException) -> str:

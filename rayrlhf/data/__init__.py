@@ -8,7 +8,9 @@ from rayrlhf.data.loaders import (
     LoadResult,
     demo_dir,
     iter_raw_records,
+    load_dataset_from_config,
     load_rows,
+    spread,
     schema_type,
     write_rows,
 )
@@ -26,6 +28,7 @@ from rayrlhf.data.schemas import (
 from rayrlhf.data.templates import (
     SAFE_RLHF_TEMPLATE,
     TEMPLATES,
+    encode_prompts,
     format_conversation,
     format_prompt,
 )
@@ -48,10 +51,13 @@ __all__ = [
     "SFTRow",
     "TEMPLATES",
     "demo_dir",
+    "encode_prompts",
     "format_conversation",
     "format_prompt",
     "iter_raw_records",
+    "load_dataset_from_config",
     "load_rows",
     "schema_type",
+    "spread",
     "write_rows",
 ]

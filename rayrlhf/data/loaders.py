@@ -160,6 +160,28 @@ def load_rows(
     return LoadResult(rows=rows, skipped=skipped, source=label, skipped_errors=kept_errors)
 
 
+def load_dataset_from_config(ds_cfg) -> LoadResult:
+    """``load_rows`` with the keyword arguments of a ``DatasetConfig`` section."""
+    return load_rows(
+        ds_cfg.source,
+        ds_cfg.schema,
+        split=ds_cfg.split,
+        revision=ds_cfg.revision,
+        skip_bad_rows=ds_cfg.skip_bad_rows,
+        max_chars=ds_cfg.max_chars,
+        limit=ds_cfg.limit,
+        field_map=dict(ds_cfg.field_map),
+    )
+
+
+def spread(rows: list, n: int) -> list:
+    """``n`` rows evenly spaced over the dataset, so a sorted set shows every category."""
+    if n >= len(rows):
+        return list(rows)
+    step = len(rows) / n
+    return [rows[int(i * step)] for i in range(n)]
+
+
 def _row_key(row: Any) -> tuple:
     """Hashable identity of a typed row (its field values; the QA flags as a tuple)."""
     return tuple(

@@ -50,6 +50,14 @@ def format_prompt(prompt: str, template: str, tokenizer: Any = None) -> str:
     )
 
 
+def encode_prompts(tokenizer: Any, prompts: list[str], template: str, max_tokens: int) -> list[list[int]]:
+    """The token ids a policy continues, one list per prompt: ``format_prompt`` text without
+    added special tokens (the template already holds them); a prompt longer than
+    ``max_tokens`` keeps its end, where the answer starts."""
+    return [tokenizer(format_prompt(prompt, template, tokenizer), add_special_tokens=False)["input_ids"][-max_tokens:]
+            for prompt in prompts]
+
+
 def format_conversation(prompt: str, response: str, template: str, tokenizer: Any = None) -> str:
     """The whole exchange a reward or cost model scores: prompt, then ``response``."""
     _check_template(template)

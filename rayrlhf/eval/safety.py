@@ -113,15 +113,13 @@ def generate_answers(policy: str, prompts: list[str], *, template: str, engine: 
     """Answers from a rollout engine running in a Ray actor (vLLM needs its own process)."""
     import ray
 
-    from rayrlhf.data.templates import format_prompt
+    from rayrlhf.data.templates import encode_prompts
     from rayrlhf.models import load_tokenizer, resolve_model_path
     from rayrlhf.rollout import SamplingSpec
     from rayrlhf.workers.rollout_worker import RolloutWorker
 
     path = resolve_model_path(policy)
-    tokenizer = load_tokenizer(path)
-    prompt_ids = [tokenizer(format_prompt(p, template, tokenizer), add_special_tokens=False)["input_ids"]
-                  [-max_prompt_tokens:] for p in prompts]
+    prompt_ids = encode_prompts(load_tokenizer(path), prompts, template, max_prompt_tokens)
     worker = RolloutWorker.options(num_cpus=1).remote(engine, path, engine_kwargs or {}, None)
     try:
         spec = SamplingSpec(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
@@ -137,8 +135,8 @@ def run(cfg) -> dict[str, Any]:
 
     from rayrlhf.cluster import init_ray
     from rayrlhf.eval.metrics import flatten_scalars, format_table
-    from rayrlhf.stages.common import load_dataset_from_config, output_dir, write_json
-    from rayrlhf.stages.sample import spread
+    from rayrlhf.data import load_dataset_from_config, spread
+    from rayrlhf.runs import output_dir, write_json
 
     out = output_dir(cfg)
     rows = load_dataset_from_config(cfg.prompts).rows

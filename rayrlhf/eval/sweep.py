@@ -261,7 +261,7 @@ def plot_frontier(summaries: Sequence[TrialSummary], keys: Sequence[str], path: 
 
 def write_sweep_report(summaries: Sequence[TrialSummary], keys: Sequence[str], out: Path, *,
                        sweep_dir: Path, last_k: int) -> dict[str, Path]:
-    from rayrlhf.stages.common import write_json
+    from rayrlhf.runs import write_json
 
     out.mkdir(parents=True, exist_ok=True)
     header, rows = table_rows(summaries, keys)

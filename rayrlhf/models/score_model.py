@@ -25,7 +25,9 @@ from torch import nn
 
 from rayrlhf.models.zoo import resolve_model_path, to_dtype
 
-SCORE_KINDS = ("reward", "cost", "moderation", "critic")
+# The judges of Safe RLHF (what the score trainer trains and Serve serves), and the critics.
+JUDGE_KINDS = ("reward", "cost", "moderation")
+SCORE_KINDS = (*JUDGE_KINDS, "critic")
 METADATA_FILE = "rayrlhf_score_model.json"
 
 

@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from rayrlhf.cluster import init_ray
+from rayrlhf.config.schema import ServeConfig
 from rayrlhf.models.score_model import ScoreModel, read_metadata
 from rayrlhf.models.scoring import score_conversations
 from rayrlhf.models.zoo import load_tokenizer
@@ -44,19 +45,24 @@ APP_NAME = "rayrlhf-score"
 FORWARD_BATCH_SIZE = 16
 
 
+# The one source of the service's defaults (and the reason for each): the `rayrlhf serve`
+# schema. ServiceSettings and build_app's keywords read them from here.
+DEFAULTS = ServeConfig()
+
+
 @dataclass(frozen=True)
 class ServiceSettings:
     """Everything a replica needs besides the model folders (see build_app for each meaning)."""
 
-    template: str = "chat"
-    max_length: int = 1024
-    max_items: int = 64
-    max_chars: int = 8000
-    max_batch_size: int = 16
-    batch_wait_timeout_s: float = 0.05
-    moderation_threshold: float = 0.5
-    dtype: str = "float32"
-    torch_threads: int = 1
+    template: str = DEFAULTS.template.name
+    max_length: int = DEFAULTS.max_length
+    max_items: int = DEFAULTS.max_items
+    max_chars: int = DEFAULTS.max_chars
+    max_batch_size: int = DEFAULTS.max_batch_size
+    batch_wait_timeout_s: float = DEFAULTS.batch_wait_timeout_s
+    moderation_threshold: float = DEFAULTS.moderation_threshold
+    dtype: str = DEFAULTS.dtype
+    torch_threads: int = max(1, int(DEFAULTS.num_cpus))
 
 
 @dataclass
@@ -210,10 +216,12 @@ class ScoreService:
 
 
 def build_app(reward_dir: str | Path | None = None, cost_dir: str | Path | None = None,
-              moderation_dir: str | Path | None = None, *, template: str = "chat",
-              max_length: int = 1024, max_items: int = 64, max_chars: int = 8000,
-              max_batch_size: int = 16, batch_wait_timeout_s: float = 0.05,
-              moderation_threshold: float = 0.5, dtype: str = "float32", num_cpus: float = 1.0):
+              moderation_dir: str | Path | None = None, *, template: str = DEFAULTS.template.name,
+              max_length: int = DEFAULTS.max_length, max_items: int = DEFAULTS.max_items,
+              max_chars: int = DEFAULTS.max_chars, max_batch_size: int = DEFAULTS.max_batch_size,
+              batch_wait_timeout_s: float = DEFAULTS.batch_wait_timeout_s,
+              moderation_threshold: float = DEFAULTS.moderation_threshold, dtype: str = DEFAULTS.dtype,
+              num_cpus: float = DEFAULTS.num_cpus):
     """The bound Serve application scoring with the given judges (at least one).
 
     ``max_batch_size`` counts requests merged into one scoring call (each may hold up to

@@ -5,8 +5,8 @@ from __future__ import annotations
 import collections
 import logging
 
-from rayrlhf.data import PreferenceRow, PromptRow, QAClassificationRow, SFTRow
-from rayrlhf.stages.common import load_dataset_from_config, output_dir, write_json
+from rayrlhf.data import PreferenceRow, PromptRow, QAClassificationRow, SFTRow, load_dataset_from_config
+from rayrlhf.runs import output_dir, write_json
 
 log = logging.getLogger(__name__)
 

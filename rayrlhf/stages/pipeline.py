@@ -12,7 +12,8 @@ import time
 
 from omegaconf import OmegaConf
 
-from rayrlhf.stages.common import load_dataset_from_config, output_dir, seed_everything, write_json
+from rayrlhf.data import load_dataset_from_config, spread
+from rayrlhf.runs import output_dir, seed_everything, write_json
 from rayrlhf.stages.data_check import check_dataset
 from rayrlhf.stages.prepare import prepare_models
 
@@ -27,7 +28,7 @@ def score_model_config(cfg, kind: str, out_dir):
 
     return OmegaConf.merge(OmegaConf.structured(ScoreTrainConfig), {
         "run": {"seed": cfg.run.seed, "output_dir": str(out_dir), "log_level": cfg.run.log_level},
-        "cluster": cfg.cluster, "kind": kind, "model": cfg.model, "dataset": cfg[SCORE_DATASET[kind]],
+        "cluster": cfg.cluster, "kind": kind, "model": cfg.model, "dataset": getattr(cfg, SCORE_DATASET[kind]),
         "eval_fraction": cfg.eval_fraction, "template": cfg.template, "training": cfg.score_training,
         "moderation_threshold": cfg.moderation_threshold,
     })
@@ -58,10 +59,9 @@ def ppo_lag_config(cfg, reward: str, cost: str, out_dir, policy=None):
 
 
 def run(cfg) -> dict:
-    from rayrlhf.cluster import init_ray
+    from rayrlhf.cluster import init_ray, required_cpus
     from rayrlhf.eval.report import write_report
     from rayrlhf.eval.safety import generate_answers, judge_answers, summarize, win_rates
-    from rayrlhf.stages.sample import spread
     from rayrlhf.trainers import ppo_lag, score_trainer, sft_trainer
 
     seed_everything(cfg.run.seed)
@@ -77,9 +77,9 @@ def run(cfg) -> dict:
 
     report["models"] = timed("prepare", lambda: prepare_models([cfg.model.name_or_path]))
     report["datasets"] = timed("data_check", lambda: {
-        name: check_dataset(cfg[name]) for name in ("preferences", "prompts", "qa_classification", "sft")
+        name: check_dataset(getattr(cfg, name)) for name in ("preferences", "prompts", "qa_classification", "sft")
     })
-    init_ray(cfg.cluster, required_cpus=ppo_lag.required_cpus(cfg))
+    init_ray(cfg.cluster, required_cpus=required_cpus(cfg))
     # The policy PPO-Lag starts from and the evaluation's "before": the SFT'd one when asked.
     policy = cfg.model
     if cfg.run_sft:

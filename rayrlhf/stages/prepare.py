@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from rayrlhf.models import resolve_model_path
-from rayrlhf.stages.common import output_dir, write_json
+from rayrlhf.runs import output_dir, write_json
 
 log = logging.getLogger(__name__)
 

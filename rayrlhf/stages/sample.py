@@ -8,20 +8,12 @@ import time
 
 import torch
 
-from rayrlhf.data import format_prompt
+from rayrlhf.data import format_prompt, load_dataset_from_config, spread
 from rayrlhf.models import load_causal_lm, load_tokenizer
 from rayrlhf.rollout import hf_generate
-from rayrlhf.stages.common import load_dataset_from_config, output_dir, seed_everything
+from rayrlhf.runs import output_dir, seed_everything
 
 log = logging.getLogger(__name__)
-
-
-def spread(rows: list, n: int) -> list:
-    """``n`` rows evenly spaced over the dataset, so a sorted set shows every category."""
-    if n >= len(rows):
-        return list(rows)
-    step = len(rows) / n
-    return [rows[int(i * step)] for i in range(n)]
 
 
 def sample_answers(model_cfg, prompt_rows: list, template: str, gen_cfg, batch_size: int) -> list[dict]:

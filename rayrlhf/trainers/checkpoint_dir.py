@@ -1,6 +1,13 @@
-"""Atomic checkpoint folders: a crash during a save never damages the previous checkpoint.
+"""Checkpoint folders: one convention for every trainer, and atomic saves.
 
-Layout below ``root``::
+**Convention.** A checkpoint folder is complete once it holds ``COMPLETE``, a file with its
+step, written last. ``latest_checkpoint(run_dir)`` is the complete checkpoint with the highest
+step anywhere below a run folder: PPO-Lag's ``checkpoints/step_*`` (published here) and the
+Ray Train checkpoints of the score-model and SFT trainers (``rayrlhf.trainers.ray_train``
+marks them) are found the same way, so ``resume_from=<run dir>`` means the same for every
+stage.
+
+**Atomic saves** (PPO-Lag), below ``root``::
 
     step_000010/        complete checkpoints (each holds COMPLETE, written last)
     .tmp_step_000020/   a save in progress (or one a crash interrupted; removed on the next save)
@@ -8,7 +15,8 @@ Layout below ``root``::
 
 A save writes everything into the temporary folder, marks it complete, renames it into
 place (one atomic ``rename``) and then replaces ``latest`` atomically. A reader trusts
-``latest`` only if it names a complete folder, and otherwise takes the newest complete one.
+``latest`` only if it names a complete folder, and otherwise takes the newest complete one;
+a temporary folder never counts, even when its marker was written before the crash.
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ def publish_checkpoint(root: Path, step: int, write: Callable[[Path], None]) -> 
         tmp = root / f".tmp_{final.name}"
         tmp.mkdir()
         write(tmp)
-        _fsync_write(tmp / COMPLETE, str(step))
+        mark_complete(tmp, step)
         shutil.rmtree(final, ignore_errors=True)  # an incomplete leftover of the same name
         os.replace(tmp, final)
     pointer_tmp = root / f".{POINTER}.tmp"
@@ -53,15 +61,29 @@ def publish_checkpoint(root: Path, step: int, write: Callable[[Path], None]) -> 
     return final
 
 
-def latest_checkpoint(root: Path) -> Path | None:
-    """The newest complete checkpoint below ``root`` (None if there is none)."""
+def mark_complete(folder: Path, step: int) -> None:
+    """Mark ``folder`` as a complete checkpoint of ``step`` (the last thing a save writes)."""
+    _fsync_write(Path(folder) / COMPLETE, str(step))
+
+
+def checkpoint_step(folder: Path) -> int:
+    """The step a complete checkpoint folder holds (from its marker)."""
+    return int((Path(folder) / COMPLETE).read_text().strip())
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The newest complete checkpoint below ``root``, a run folder or its checkpoints folder
+    (None if there is none): the one ``root/latest`` names when that is complete, else the
+    complete one with the highest step."""
+    root = Path(root)
     pointer = root / POINTER
     if pointer.is_file():
         named = root / pointer.read_text().strip()
         if is_complete(named):
             return named
-    complete = [p for p in root.glob(f"{PREFIX}*") if p.is_dir() and is_complete(p)]
-    return max(complete, key=lambda p: p.name, default=None)
+    complete = [marker.parent for marker in root.rglob(COMPLETE)
+                if marker.is_file() and not any(part.startswith(".tmp_") for part in marker.relative_to(root).parts)]
+    return max(complete, key=lambda folder: (checkpoint_step(folder), folder.name), default=None)
 
 
 def _fsync_write(path: Path, text: str) -> None:

@@ -6,16 +6,16 @@ next-token NLL over the *response* tokens only: the prompt part of each sequence
 Held-out loss and perplexity are measured before training and every ``eval_every`` steps.
 
 Step plan, LR schedule, train/eval split, DeepSpeed engine, checkpoints and resume are the
-score trainer's (``rayrlhf.trainers.score_trainer``). Rank 0 writes the final policy as a
+Ray Train loop the score trainer uses too (``rayrlhf.trainers.ray_train``). Rank 0 writes the final policy as a
 plain transformers directory (safetensors + tokenizer) that transformers and vLLM load.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,10 @@ import torch
 
 from rayrlhf.algorithms import response_nll
 from rayrlhf.data.templates import format_prompt
-from rayrlhf.trainers.score_trainer import (
-    StepPlan, find_resume, fit, full_state_dict, make_engine, resume_engine, run_steps, train_eval_rows,
+from rayrlhf.trainers.ray_train import (
+    StepPlan, find_resume, fit, full_state_dict, resume_engine, run_steps, train_eval_rows, training_optim,
 )
+from rayrlhf.workers.base import build_engine
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def response_mask_from_offsets(offsets: list[tuple[int, int]], prompt_chars: int
     return [1 if start >= prompt_chars else 0 for start, _ in offsets]
 
 
-@dataclass
+@dataclasses.dataclass
 class SFTBatch:
     input_ids: torch.Tensor  # [B, T] right-padded
     attention_mask: torch.Tensor  # [B, T] 1 on real tokens
@@ -134,7 +135,8 @@ def train_loop(config: dict[str, Any]) -> None:
     plan = StepPlan(len(train_rows), world, training["per_device_batch_size"],
                     training["gradient_accumulation_steps"], training["epochs"], training["max_steps"],
                     config["seed"])
-    engine, scheduler = make_engine(model, training, plan.total_steps, config["model_dtype"])
+    optim, lr_schedule = training_optim(training, plan.total_steps)
+    engine = build_engine(model, optim, config["model_dtype"], lr_schedule)
     state = resume_engine(engine, config.get("resume_checkpoint"))
     step = state.get("global_step", 0)
     template, max_length = config["template"], training["max_length"]
@@ -155,7 +157,7 @@ def train_loop(config: dict[str, Any]) -> None:
         initial = evaluate()
         carry = {"eval/initial_loss": initial["eval/loss"], "eval/initial_perplexity": initial["eval/perplexity"]}
     start_time = time.perf_counter()
-    step = run_steps(engine, scheduler, plan, rank, training, step=step, micro_loss=micro_loss,
+    step = run_steps(engine, plan, rank, training, step=step, micro_loss=micro_loss,
                      evaluate=evaluate, desc="train sft", carry=carry)
 
     state_dict = full_state_dict(engine, training["zero_stage"])
@@ -171,12 +173,13 @@ def train_loop(config: dict[str, Any]) -> None:
 def run(cfg) -> dict:
     """Entry of ``rayrlhf train-sft``."""
     import ray
-    from omegaconf import OmegaConf
 
     from rayrlhf.cluster import init_ray
+    from rayrlhf.config import to_object
     from rayrlhf.models import resolve_model_path
-    from rayrlhf.stages.common import output_dir
+    from rayrlhf.runs import output_dir
 
+    cfg = to_object(cfg)
     if cfg.dataset.schema != "sft":
         raise ValueError(f"train-sft trains on 'sft' rows (instruction, input, output), but dataset.schema "
                          f"is {cfg.dataset.schema!r}")
@@ -186,7 +189,7 @@ def run(cfg) -> dict:
     resume = find_resume(cfg.resume_from)
     init_ray(cfg.cluster)
     loop_config = {
-        "training": OmegaConf.to_container(cfg.training, resolve=True), "template": cfg.template.name,
+        "training": dataclasses.asdict(cfg.training), "template": cfg.template.name,
         "seed": cfg.run.seed, "model": resolve_model_path(cfg.model.name_or_path), "model_dtype": cfg.model.dtype,
         "trust_remote_code": cfg.model.trust_remote_code, "output_dir": str(out.resolve()),
         "eval_at_start": cfg.eval_at_start,

@@ -1,12 +1,16 @@
 """What every model-holding PPO-Lag worker shares: threads, the torch.distributed group
-between the ranks of one role, and a DeepSpeed engine for the trainable roles."""
+between the ranks of one role, and a DeepSpeed engine for the trainable roles.
+
+``build_engine`` is the one DeepSpeed engine builder of rayrlhf: the PPO-Lag policy and
+critics use it, and so does the Ray Train loop of the score-model and SFT trainers
+(``rayrlhf.trainers.ray_train``), which adds a learning-rate schedule."""
 
 from __future__ import annotations
 
 import os
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -33,6 +37,8 @@ class OptimConfig:
     bf16: bool | None = None
     micro_batch_size: int = 8
     gradient_checkpointing: bool = False
+    # Micro-batches whose gradients DeepSpeed sums before each optimiser step.
+    accumulation: int = 1
 
 
 def deepspeed_config(micro_batch_size: int, accumulation: int, max_grad_norm: float, zero_stage: int,
@@ -60,8 +66,13 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def build_engine(model: torch.nn.Module, optim: OptimConfig, model_dtype: str = "auto"):
-    """A DeepSpeed engine around ``model`` with AdamW (fp32 master weights under bf16)."""
+def build_engine(model: torch.nn.Module, optim: OptimConfig, model_dtype: str = "auto",
+                 lr_schedule: Callable[[int], float] | None = None):
+    """A DeepSpeed engine around ``model`` with AdamW (fp32 master weights under bf16), in
+    train mode (from_pretrained returns eval mode, in which transformers skips gradient
+    checkpointing). ``lr_schedule(step)`` multiplies the learning rate at each optimiser step
+    (the engine's ``lr_scheduler``); None keeps it constant. ``optim.bf16`` None follows
+    ``model_dtype`` (``resolve_bf16``)."""
     import deepspeed
 
     from rayrlhf.models.zoo import resolve_bf16
@@ -70,10 +81,12 @@ def build_engine(model: torch.nn.Module, optim: OptimConfig, model_dtype: str = 
         enable_gradient_checkpointing(model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=optim.lr,
                                   weight_decay=optim.weight_decay)
-    config = deepspeed_config(optim.micro_batch_size, 1, optim.max_grad_norm, optim.zero_stage,
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule) if lr_schedule is not None else None
+    config = deepspeed_config(optim.micro_batch_size, optim.accumulation, optim.max_grad_norm, optim.zero_stage,
                               resolve_bf16(optim.bf16, model_dtype))
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config,
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config,
                                       dist_init_required=False)
+    engine.train()
     return engine
 
 

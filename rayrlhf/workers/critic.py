@@ -6,7 +6,7 @@ import torch
 
 from rayrlhf.algorithms import clipped_value_loss
 from rayrlhf.models.forward import response_values
-from rayrlhf.types import RolloutBatch
+from rayrlhf.types import CriticStats, RolloutBatch
 from rayrlhf.workers.base import DistributedWorker, OptimConfig, build_engine
 
 # Which RolloutBatch fields a critic reads: (its old values, its value targets).
@@ -47,7 +47,7 @@ class CriticWorker(DistributedWorker):
         return torch.cat(parts)
 
     def train(self, batch: RolloutBatch, *, epochs: int, minibatch_size: int, clip_range_value: float,
-              seed: int = 0) -> dict[str, float]:
+              seed: int = 0) -> CriticStats:
         """Value-clipped regression onto this critic's GAE returns."""
         old_field, target_field = CRITIC_FIELDS[self.stream]
         engine = self.engine
@@ -65,8 +65,8 @@ class CriticWorker(DistributedWorker):
                 engine.backward(loss)
                 engine.step()
                 losses.append(loss.item())
-        return {"loss": sum(losses) / len(losses) if losses else float("nan"),
-                "nonfinite_minibatches": float(skipped)}
+        return CriticStats(loss=sum(losses) / len(losses) if losses else float("nan"),
+                           nonfinite_minibatches=float(skipped))
 
     def save_checkpoint(self, out_dir: str) -> None:
         self.engine.save_checkpoint(out_dir, tag=f"{self.stream}_critic")

@@ -28,6 +28,16 @@ def get_fail_fast(refs: list[ray.ObjectRef]) -> list[Any]:
     return ray.get(list(refs))
 
 
+def get_fail_fast_groups(groups: list[list[ray.ObjectRef]]) -> list[list[Any]]:
+    """``get_fail_fast`` over several groups' futures at once, results per group."""
+    flat = get_fail_fast([ref for refs in groups for ref in refs])
+    out, start = [], 0
+    for refs in groups:
+        out.append(flat[start:start + len(refs)])
+        start += len(refs)
+    return out
+
+
 class ActorGroup:
     def __init__(self, worker_cls: type, num_ranks: int, *args: Any, name: str,
                  num_cpus: float = 1, num_gpus: float = 0,

@@ -9,7 +9,7 @@ import torch
 
 from rayrlhf.algorithms import entropy_from_logits, mean_entropy_per_row, ppo_actor_loss
 from rayrlhf.models.forward import response_logits, token_logprobs
-from rayrlhf.types import RolloutBatch
+from rayrlhf.types import ActorStats, RolloutBatch
 from rayrlhf.workers.base import DistributedWorker, OptimConfig, build_engine
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class PolicyWorker(DistributedWorker):
         return torch.cat(logps), torch.cat(entropies)
 
     def train(self, batch: RolloutBatch, *, epochs: int, minibatch_size: int, clip_ratio: float,
-              entropy_coef: float = 0.0, seed: int = 0) -> dict[str, float]:
+              entropy_coef: float = 0.0, seed: int = 0) -> ActorStats:
         """PPO epochs over this rank's rows: clipped surrogate on ``batch.advantages``."""
         engine = self.engine
         engine.train()
@@ -80,8 +80,8 @@ class PolicyWorker(DistributedWorker):
                 stats["clip_fraction"].append(float(info["clip_fraction"]))
                 stats["approx_kl"].append(float(info["approx_kl"]))
                 stats["entropy"].append(entropy.item())
-        return {**{k: sum(v) / len(v) if v else float("nan") for k, v in stats.items()},
-                "nonfinite_minibatches": float(skipped)}
+        return ActorStats(**{k: sum(v) / len(v) if v else float("nan") for k, v in stats.items()},
+                          nonfinite_minibatches=float(skipped))
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The policy's parameters under their transformers names, for the rollout engines."""

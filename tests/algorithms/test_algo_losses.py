@@ -13,7 +13,6 @@ from rayrlhf.algorithms import (
     mean_entropy_per_row,
     lm_loss,
     moderation_loss,
-    pairwise_accuracy,
     ppo_actor_loss,
     reward_pairwise_loss,
 )
@@ -166,12 +165,6 @@ def test_pairwise_losses_are_stable_for_large_margins():
     assert torch.isfinite(reward_pairwise_loss(huge, -huge))
     safe, unsafe = torch.tensor([True]), torch.tensor([False])
     assert torch.isfinite(cost_pairwise_loss(-huge, huge, unsafe, safe))
-
-
-def test_pairwise_accuracy_counts_ties_as_wrong():
-    higher = torch.tensor([1.0, 2.0, 3.0])
-    lower = torch.tensor([0.0, 2.0, 4.0])
-    assert pairwise_accuracy(higher, lower).item() == pytest.approx(1 / 3)
 
 
 # --- moderation ----------------------------------------------------------------------------

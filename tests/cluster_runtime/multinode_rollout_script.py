@@ -28,7 +28,7 @@ def main(work_dir: Path) -> dict:
     from rayrlhf.models import load_causal_lm, resolve_model_path
     from rayrlhf.models.tiny import TinyLlamaSpec, build_tiny_llama
     from rayrlhf.rollout import HFEngine, SamplingSpec, shard_spec
-    from rayrlhf.trainers.ppo_lag import rollout_placement_options
+    from rayrlhf.cluster import rollout_placement_options
     from rayrlhf.workers.rollout_worker import RolloutWorker, generate_across, split_evenly
 
     torch.set_num_threads(1)

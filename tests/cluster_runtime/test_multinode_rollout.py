@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from rayrlhf.trainers.ppo_lag import rollout_placement_options
+from rayrlhf.cluster import rollout_placement_options
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 

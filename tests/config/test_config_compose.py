@@ -109,3 +109,48 @@ def test_ppo_lag_without_judges_says_what_is_missing():
 def test_smoke_profile_switches_the_pipeline_to_the_tiny_model():
     obj = to_object(compose_config("pipeline", ["+profile=smoke"], output_dir="/tmp/o"))
     assert obj.model.name_or_path == "tiny-llama" and obj.rollout.engine == "hf" and obj.ppo_steps == 3
+
+
+@pytest.mark.parametrize("option", options("lagrange"))
+def test_every_lagrange_option_instantiates_its_controller_with_every_argument(option):
+    """A node of the lagrange group holds exactly its controller's constructor arguments
+    (besides _target_), so each can be set from the command line, and builds that controller
+    from the composed config and from its typed form alike."""
+    import inspect
+
+    from hydra.utils import instantiate
+
+    from rayrlhf.algorithms import LAGRANGE_CONTROLLERS
+    from rayrlhf.trainers.ppo_lag import lagrange_from_config
+
+    cfg = compose_config("ppo_lag", [*REQUIRED["ppo_lag"], f"lagrange={option}"], output_dir="/tmp/o")
+    controller = instantiate(cfg.lagrange)
+    assert type(controller) in LAGRANGE_CONTROLLERS.values()
+    arguments = set(inspect.signature(type(controller)).parameters)
+    assert set(cfg.lagrange) - {"_target_"} == arguments
+    typed = lagrange_from_config(to_object(cfg).lagrange)
+    assert typed.state_dict() == controller.state_dict() and typed.threshold == controller.threshold
+
+
+def test_lagrange_overrides_reach_the_controller():
+    from rayrlhf.trainers.ppo_lag import lagrange_from_config
+
+    pid = lagrange_from_config(compose_config("ppo_lag", [*REQUIRED["ppo_lag"], "lagrange=pid", "lagrange.kp=0.5",
+                                                          "lagrange.integral_max=2", "lagrange.threshold=-0.1",
+                                                          "lagrange.derivative_ema_alpha=0.9"],
+                                              output_dir="/tmp/o").lagrange)
+    assert (pid.kp, pid.integral_max, pid.threshold, pid.derivative_ema_alpha) == (0.5, 2.0, -0.1, 0.9)
+    # +experiment=synthetic picks the fast log-λ, and a lagrange=... choice replaces it whole.
+    synthetic = compose_config("ppo_lag", ["+experiment=synthetic"], output_dir="/tmp/o")
+    assert lagrange_from_config(synthetic.lagrange).value == 0.5
+    plain = compose_config("ppo_lag", ["+experiment=synthetic", "lagrange=constant", "lagrange.value=0"],
+                           output_dir="/tmp/o")
+    assert lagrange_from_config(plain.lagrange).value == 0.0 and "lambda_lr" not in plain.lagrange
+
+
+def test_an_unknown_lagrange_option_names_the_options():
+    with pytest.raises(Exception) as info:
+        compose_config("ppo_lag", [*REQUIRED["ppo_lag"], "lagrange=lagrangian"], output_dir="/tmp/o")
+    message = config_error_message(info.value)
+    assert "lagrange/lagrangian" in message
+    assert all(option in message for option in options("lagrange"))

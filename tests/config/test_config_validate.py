@@ -14,19 +14,7 @@ from omegaconf import OmegaConf
 
 from rayrlhf.cli import STAGES
 from rayrlhf.config import compose_config, to_object
-from rayrlhf.config.validate import (
-    DATA_SCHEMAS,
-    DTYPE_NAMES,
-    ENGINES,
-    LAGRANGE_KINDS,
-    LR_SCHEDULERS,
-    NONFINITE_POLICIES,
-    PLACEMENTS,
-    TEMPLATE_NAMES,
-    ConfigValueError,
-    config_problems,
-    validate_config,
-)
+from rayrlhf.config.validate import ConfigValueError, config_problems, validate_config
 
 JUDGES = ["reward=rule:rayrlhf.rewards.synthetic:rewarded_share",
           "cost=rule:rayrlhf.rewards.synthetic:forbidden_excess"]
@@ -39,11 +27,16 @@ def _composed(stage_config: str, overrides: tuple[str, ...] = ()):
                           output_dir="/tmp/rayrlhf-validate-test")
 
 
+def _chooses_a_group(override: str) -> bool:
+    return override.startswith("+") or override.split("=", 1)[0] in ("lagrange",)
+
+
 def compose(stage_config: str, overrides: list[str] | None = None):
     """The stage's config with ``key=value`` overrides merged in (the schema checks their
-    types as Hydra does); composing each stage once keeps these tests quick."""
-    plain = [o for o in overrides or [] if not o.startswith("+")]
-    base = _composed(stage_config, tuple(o for o in overrides or [] if o.startswith("+")))
+    types as Hydra does); composing each stage once keeps these tests quick. Overrides that
+    choose a config group option are composed by Hydra."""
+    plain = [o for o in overrides or [] if not _chooses_a_group(o)]
+    base = _composed(stage_config, tuple(o for o in overrides or [] if _chooses_a_group(o)))
     return OmegaConf.merge(base, OmegaConf.from_dotlist(plain)) if plain else base.copy()
 
 
@@ -60,7 +53,9 @@ def test_every_stage_default_config_is_valid(stage):
     ("pipeline", ["+profile=smoke"]),
     ("ppo_lag", ["resources.policy_ranks=2", "resources.critic_ranks=2", "rollout.num_engines=2"]),
     ("eval", ["num_prompts=0", "judge.temperature=0"]),
-    ("ppo_lag", ["lagrange.kind=pid", "lagrange.lambda_init=0"]),
+    ("ppo_lag", ["lagrange=pid", "lagrange.lambda_init=0"]),
+    ("ppo_lag", ["lagrange=pid", "lagrange.integral_max=0", "lagrange.derivative_ema_alpha=0.9"]),
+    ("ppo_lag", ["lagrange=constant", "lagrange.value=0"]),
     ("ppo_lag", ["cluster.num_cpus=8"]),  # the defaults reserve 4.5 CPUs
 ])
 def test_shipped_presets_and_edge_values_are_valid(stage, overrides):
@@ -104,7 +99,7 @@ BAD = [
     ("pipeline", "eval_fraction=-0.1", "eval_fraction=-0.1", "[0, 1)"),
     ("data_check", "dataset.max_chars=0", "dataset.max_chars=0", "must be >= 1"),
     ("data_check", "dataset.limit=0", "dataset.limit=0", "must be >= 1"),
-    ("ppo_lag", "lagrange.kind=lagrangian", "lagrange.kind='lagrangian'", "log_lambda, pid, constant"),
+    ("ppo_lag", "lagrange._target_=os.system", "lagrange._target_='os.system'", "LogLambdaController, "),
     ("ppo_lag", "rollout.engine=tgi", "rollout.engine='tgi'", "vllm, hf"),
     ("pipeline", "eval_engine=tgi", "eval_engine='tgi'", "vllm, hf"),
     ("ppo_lag", "rollout.placement=pack", "rollout.placement='pack'", "default, spread"),
@@ -119,10 +114,20 @@ BAD = [
     ("serve", "max_items=0", "max_items=0", "must be >= 1"),
     ("sample", "run.seed=-1", "run.seed=-1", "[0, 4.29497e+09]"),
     ("ppo_lag", "faults.nonfinite=ignore", "faults.nonfinite='ignore'", "skip, stop"),
+    ("ppo_lag", "lagrange.window=0", "lagrange.window=0", "must be >= 1"),
     # rules across fields
-    ("ppo_lag", "lagrange.lambda_init=0", "lagrange.lambda_init=0.0", "kind=log_lambda"),
+    ("ppo_lag", "lagrange.lambda_init=0", "lagrange.lambda_init=0.0", "lagrange=log_lambda"),
     ("ppo_lag", "lagrange.lambda_max=0.5", "lagrange.lambda_max=0.5", ">= lagrange.lambda_init=1.0"),
     ("ppo_lag", "rollout.max_model_len=100", "rollout.max_model_len=100", "max_new_tokens = 320"),
+]
+# Options of the lagrange group with a bad value of their own: (options, key, what it must say).
+BAD_CONTROLLER = [
+    (["lagrange=pid", "lagrange.kp=-1"], "lagrange.kp=-1.0", "must be >= 0"),
+    (["lagrange=pid", "lagrange.derivative_ema_alpha=1"], "lagrange.derivative_ema_alpha=1.0", "[0, 1)"),
+    (["lagrange=pid", "lagrange.integral_max=-2"], "lagrange.integral_max=-2.0", "must be >= 0"),
+    (["lagrange=pid", "lagrange.lambda_max=0.5"], "lagrange.lambda_max=0.5", ">= lagrange.lambda_init=1.0"),
+    (["lagrange=constant", "lagrange.value=-0.1"], "lagrange.value=-0.1", "must be >= 0"),
+    (["lagrange=constant", "lagrange.threshold=inf"], "lagrange.threshold=inf", "finite"),
 ]
 
 
@@ -135,13 +140,22 @@ def test_each_rule_names_the_key_its_value_and_why(stage, override, key, says):
     assert len(info.value.problems) == 1, message
 
 
+@pytest.mark.parametrize(("overrides", "key", "says"), BAD_CONTROLLER, ids=[" ".join(b[0]) for b in BAD_CONTROLLER])
+def test_each_controllers_rules_name_the_key(overrides, key, says):
+    with pytest.raises(ConfigValueError) as info:
+        validate_config(compose("ppo_lag", overrides))
+    message = str(info.value)
+    assert f"{key}: " in message and says in message, message
+    assert len(info.value.problems) == 1, message
+
+
 def test_every_problem_is_listed_at_once():
     cfg = compose("ppo_lag", ["ppo.actor_lr=-1e-5", "lagrange.threshold=nan", "rollout.top_p=1.5",
-                              "lagrange.kind=foo", "steps=0"])
+                              "lagrange.window=0", "steps=0"])
     with pytest.raises(ConfigValueError) as info:
         validate_config(cfg)
     keys = [key for key, _, _ in info.value.problems]
-    assert sorted(keys) == ["lagrange.kind", "lagrange.threshold", "ppo.actor_lr", "rollout.top_p", "steps"]
+    assert sorted(keys) == ["lagrange.threshold", "lagrange.window", "ppo.actor_lr", "rollout.top_p", "steps"]
     assert str(info.value).startswith("5 invalid config value(s):")
     assert math.isnan(dict((k, v) for k, v, _ in info.value.problems)["lagrange.threshold"])
 
@@ -157,7 +171,7 @@ def test_prompts_must_split_evenly_over_the_data_parallel_ranks():
 
 
 @pytest.mark.parametrize(("stage", "overrides", "needed"), [
-    # 1 policy + 2 critics x 1 CPU, the colocated frozen actor 0.5, 4 engines x 1 (ppo_lag.required_cpus)
+    # 1 policy + 2 critics x 1 CPU, the colocated frozen actor 0.5, 4 engines x 1 (cluster.required_cpus)
     ("ppo_lag", ["rollout.num_engines=4"], 7.5),
     ("train_reward", ["training.num_workers=3"], 3),
     ("serve", ["num_cpus=4"], 4),
@@ -185,26 +199,40 @@ def test_pipeline_sub_configs_of_a_valid_pipeline_are_valid():
         validate_config(compose("pipeline", ["ppo.actor_lr=-1"]))
 
 
-def test_choices_match_the_code_that_consumes_them():
+# (stage, key, the consumer's own constant of the values it accepts)
+def _consumer_choices():
+    from rayrlhf.algorithms import LAGRANGE_CONTROLLERS
+    from rayrlhf.algorithms.schedules import LR_SCHEDULES
+    from rayrlhf.cluster import ROLLOUT_PLACEMENTS
     from rayrlhf.data import SCHEMA_TYPES, TEMPLATES
+    from rayrlhf.faults import NONFINITE_POLICIES
+    from rayrlhf.models.score_model import JUDGE_KINDS
     from rayrlhf.models.zoo import DTYPES
     from rayrlhf.rollout import ENGINE_KINDS
-    from rayrlhf.trainers.ppo_lag import lagrange_from_config, rollout_placement_options
-    from rayrlhf.trainers.score_trainer import lr_multiplier
 
-    assert set(ENGINES) == set(ENGINE_KINDS) and set(TEMPLATE_NAMES) == set(TEMPLATES)
-    assert set(DATA_SCHEMAS) == set(SCHEMA_TYPES) and set(DTYPE_NAMES) == {"auto", *DTYPES}
-    for kind in LAGRANGE_KINDS:
-        lagrange_from_config(compose("ppo_lag", [f"lagrange.kind={kind}"]).lagrange)
-    for placement in PLACEMENTS:
-        rollout_placement_options(placement)
-    for schedule in LR_SCHEDULERS:
+    targets = [f"{cls.__module__}.{cls.__qualname__}" for cls in LAGRANGE_CONTROLLERS.values()]
+    return [("ppo_lag", "rollout.engine", ENGINE_KINDS), ("pipeline", "eval_engine", ENGINE_KINDS),
+            ("ppo_lag", "rollout.placement", ROLLOUT_PLACEMENTS), ("ppo_lag", "faults.nonfinite", NONFINITE_POLICIES),
+            ("ppo_lag", "lagrange._target_", targets), ("sample", "template.name", TEMPLATES),
+            ("data_check", "dataset.schema", SCHEMA_TYPES), ("sample", "model.dtype", ["auto", *DTYPES]),
+            ("train_reward", "training.lr_scheduler", LR_SCHEDULES), ("train_reward", "kind", JUDGE_KINDS)]
+
+
+def test_choices_are_the_constants_of_the_code_that_consumes_them():
+    """Every value the consumer knows passes; anything else fails, naming the consumer's choices."""
+    for stage, key, choices in _consumer_choices():
+        for choice in choices:
+            assert config_problems(compose(stage, [f"{key}={choice}"])) == [], (key, choice)
+        (problem,) = config_problems(compose(stage, [f"{key}=not-a-choice"]))
+        assert problem[0] == key and all(str(choice) in problem[2] for choice in choices), problem
+    # The consumers accept them all, too.
+    from rayrlhf.algorithms.schedules import LR_SCHEDULES, lr_multiplier
+    from rayrlhf.cluster import ROLLOUT_PLACEMENTS, rollout_placement_options
+
+    for schedule in LR_SCHEDULES:
         lr_multiplier(1, 10, 1, schedule)
-    try:
-        from rayrlhf.trainers.faults import NONFINITE_POLICIES as used
-    except ImportError:  # the faults module is not part of every checkout
-        return
-    assert set(NONFINITE_POLICIES) == set(used)
+    for placement in ROLLOUT_PLACEMENTS:
+        rollout_placement_options(placement)
 
 
 def test_cli_fails_fast_before_ray_starts_naming_the_key(tmp_path):

@@ -68,3 +68,17 @@ def test_chat_conversation_appends_the_answer_to_the_prompt(tiny_tokenizer):
     assert text == "<|im_start|>user\nHow are you?<|im_end|>\n<|im_start|>assistant\nFine.<|im_end|>\n"
     # a score model's response tokens start right where the policy's prompt ended
     assert text.startswith(prompt)
+
+
+def test_encoded_prompts_are_the_template_text_and_long_ones_keep_their_end(tiny_tokenizer):
+    from rayrlhf.data import encode_prompts
+
+    short, long = "How are you?", "Tell me about " + "the weather " * 40 + "today."
+    full_short, full_long = encode_prompts(tiny_tokenizer, [short, long], "chat", max_tokens=10_000)
+    # The chat template already holds the special tokens: nothing is added in front of them.
+    assert tiny_tokenizer.decode(full_short) == format_prompt(short, "chat", tiny_tokenizer)
+    assert tiny_tokenizer.decode(full_long) == format_prompt(long, "chat", tiny_tokenizer)
+    (cut,) = encode_prompts(tiny_tokenizer, [long], "chat", max_tokens=12)
+    assert len(full_long) > 12 and cut == full_long[-12:]  # the end, where the answer starts
+    assert tiny_tokenizer.decode(cut).endswith("today.<|im_end|>\n<|im_start|>assistant\n")
+    assert encode_prompts(tiny_tokenizer, [short], "chat", max_tokens=len(full_short)) == [full_short]

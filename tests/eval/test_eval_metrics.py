@@ -31,6 +31,8 @@ def auroc_by_counting_pairs(scores, positive) -> float:
 def test_pairwise_accuracy_counts_ties_as_half():
     # pairs: 3>1 win, 1=1 tie, 2<4 loss, 5>0 win -> (1 + 0.5 + 0 + 1) / 4
     assert pairwise_accuracy([3, 1, 2, 5], [1, 1, 4, 0]) == pytest.approx(0.625)
+    # torch scores (what the trainers pass): 1>0 win, 2=2 tie, 3<4 loss -> (1 + 0.5 + 0) / 3
+    assert pairwise_accuracy(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.0, 2.0, 4.0])) == pytest.approx(0.5)
 
 
 def test_pairwise_accuracy_rejects_mismatched_or_empty_input():

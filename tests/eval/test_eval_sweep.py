@@ -65,9 +65,9 @@ def test_parse_overrides_types_values_like_hydra():
 
 def test_swept_keys_are_those_that_differ_between_trials():
     trials = [{"experiment": "synthetic", "lagrange.threshold": -0.1, "steps": 4},
-              {"experiment": "synthetic", "lagrange.threshold": 0.1, "steps": 4, "lagrange.kind": "pid"},
+              {"experiment": "synthetic", "lagrange.threshold": 0.1, "steps": 4, "lagrange": "pid"},
               {"experiment": "synthetic", "lagrange.threshold": 0.1, "steps": 4}]
-    assert swept_keys(trials) == ["lagrange.threshold", "lagrange.kind"]
+    assert swept_keys(trials) == ["lagrange.threshold", "lagrange"]
     assert swept_keys([{"a": 1}]) == []
 
 

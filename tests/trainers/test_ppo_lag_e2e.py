@@ -28,7 +28,7 @@ def last(history, key, n=10):
 
 def test_ppo_lag_meets_the_cost_limit_where_plain_ppo_does_not(ray_cluster, tmp_path):
     lag = run_ppo(tmp_path, "lag")
-    plain = run_ppo(tmp_path, "plain", "lagrange.kind=constant", "lagrange.value=0")
+    plain = run_ppo(tmp_path, "plain", "lagrange=constant", "lagrange.value=0")
     assert len(lag) == len(plain) == 40
     threshold = lag[0]["cost/threshold"]
     # Both start above the limit (about 25% forbidden tokens against an allowance of 20%).

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from rayrlhf.trainers import checkpoint_dir
-from rayrlhf.trainers.faults import FaultLog, describe_nonfinite, findings_message, nonfinite_rows
-from rayrlhf.trainers.ppo_lag import MetricsLog, config_changes
+from rayrlhf.faults import FaultLog, describe_nonfinite, findings_message, nonfinite_rows
+from rayrlhf.trainers.metrics_log import MetricsLog
+from rayrlhf.trainers.resume import config_changes
 
 
 # ------------------------------------------------------------------ NaN / Inf detection
@@ -96,6 +97,29 @@ def test_resaving_a_published_step_keeps_it(tmp_path):
     first = checkpoint_dir.publish_checkpoint(tmp_path, 2, write_files("original"))
     again = checkpoint_dir.publish_checkpoint(tmp_path, 2, write_files("other"))
     assert again == first and (first / "weights.bin").read_text() == "original"
+
+
+def test_one_convention_finds_the_newest_checkpoint_of_any_run_folder(tmp_path):
+    """PPO-Lag's published folders and Ray Train's checkpoints (score and SFT trainers) are
+    both found below their run folder by their COMPLETE marker; the highest step wins, and
+    neither an unmarked folder nor a crashed save's temporary folder counts."""
+    ppo_run = tmp_path / "ppo"
+    checkpoint_dir.publish_checkpoint(ppo_run / "checkpoints", 2, write_files("two"))
+    four = checkpoint_dir.publish_checkpoint(ppo_run / "checkpoints", 4, write_files("four"))
+    crashed = ppo_run / "checkpoints" / ".tmp_step_000006"
+    crashed.mkdir()
+    checkpoint_dir.mark_complete(crashed, 6)  # marked, but the rename never happened
+    assert checkpoint_dir.latest_checkpoint(ppo_run) == four
+
+    score_run = tmp_path / "score"
+    trials = score_run / "ray_train" / "train-reward"
+    for name, step in (("checkpoint_2026-01-01_00-00-09", 3), ("checkpoint_2026-01-01_00-00-01", 9)):
+        (trials / name).mkdir(parents=True)
+        checkpoint_dir.mark_complete(trials / name, step)
+    (trials / "checkpoint_2026-01-01_00-00-20").mkdir()  # an upload that never finished
+    assert checkpoint_dir.latest_checkpoint(score_run) == trials / "checkpoint_2026-01-01_00-00-01"
+    assert checkpoint_dir.checkpoint_step(trials / "checkpoint_2026-01-01_00-00-01") == 9
+    assert checkpoint_dir.latest_checkpoint(tmp_path / "empty") is None
 
 
 SLOW_SAVE = """

@@ -18,7 +18,7 @@ import pytest
 
 from rayrlhf.config import compose_config
 from rayrlhf.trainers import ppo_lag
-from rayrlhf.trainers.faults import FaultLog, NonFiniteError, WorkerFailedError
+from rayrlhf.faults import FaultLog, NonFiniteError, WorkerFailedError
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 

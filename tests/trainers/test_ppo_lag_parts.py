@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hydra.errors import ConfigCompositionException
 
-from rayrlhf.config import compose_config, to_object
+from rayrlhf.cluster import required_cpus
+from rayrlhf.config import compose_config, config_error_message, to_object
 from rayrlhf.models import load_causal_lm, load_tokenizer
 from rayrlhf.models.forward import response_logits, response_values, token_logprobs
 from rayrlhf.models.score_model import ScoreModel
 from rayrlhf.rewards import load_rule, make_scorer
 from rayrlhf.rewards.synthetic import forbidden_excess, rewarded_share
-from rayrlhf.trainers.ppo_lag import lagrange_from_config, prompt_order, required_cpus
+from rayrlhf.trainers.ppo_lag import lagrange_from_config, prompt_order
 from rayrlhf.types import build_rollout_batch
 
 
@@ -91,15 +93,22 @@ def test_ppo_lag_config_maps_to_controllers_and_resources():
     obj = to_object(cfg)
     assert obj.policy.name_or_path == "tiny-llama" and obj.reward.startswith("rule:")
     assert lagrange_from_config(cfg.lagrange).value == pytest.approx(0.5)
-    constant = compose_config("ppo_lag", ["+experiment=synthetic", "lagrange.kind=constant",
+    constant = compose_config("ppo_lag", ["+experiment=synthetic", "lagrange=constant",
                                           "lagrange.value=2.5"], output_dir="/tmp/o")
     assert lagrange_from_config(constant.lagrange).update(10.0) == 2.5
+    assert lagrange_from_config(to_object(constant).lagrange).value == 2.5  # the typed node too
     # policy 1 + two critics 2 + the colocated frozen actor 0.5 + one engine 1 = 4.5 CPUs;
     # with one actor per frozen model (3 x 0.5) it is 5.5
     assert required_cpus(cfg) == pytest.approx(4.5)
     separate = compose_config("ppo_lag", ["+experiment=synthetic", "resources.colocate_frozen=false"],
                               output_dir="/tmp/o")
     assert required_cpus(separate) == pytest.approx(5.5)
-    bad = compose_config("ppo_lag", ["+experiment=synthetic", "lagrange.kind=bang"], output_dir="/tmp/o")
-    with pytest.raises(ValueError, match="unknown lagrange.kind 'bang'"):
-        lagrange_from_config(bad.lagrange)
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_config("ppo_lag", ["+experiment=synthetic", "lagrange=bang"], output_dir="/tmp/o")
+    message = config_error_message(info.value)
+    assert "lagrange/bang" in message and all(option in message for option in ("log_lambda", "pid", "constant"))
+    # A _target_ that is no controller is refused even where the config checks were skipped.
+    other = compose_config("ppo_lag", ["+experiment=synthetic", "lagrange._target_=collections.OrderedDict"],
+                           output_dir="/tmp/o")
+    with pytest.raises(TypeError, match="collections.OrderedDict' is not a Lagrange controller"):
+        lagrange_from_config(other.lagrange)

@@ -9,7 +9,8 @@ import torch
 
 from rayrlhf.data import HARM_CATEGORIES, PreferenceRow, QAClassificationRow
 from rayrlhf.trainers.score_objectives import loss_from_scores, metrics_from_scores, pairs_to_score
-from rayrlhf.trainers.score_trainer import StepPlan, lr_multiplier, split_train_eval
+from rayrlhf.algorithms.schedules import lr_multiplier
+from rayrlhf.trainers.ray_train import StepPlan, split_train_eval
 from rayrlhf.workers.base import deepspeed_config
 
 

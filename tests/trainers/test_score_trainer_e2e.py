@@ -18,6 +18,7 @@ from rayrlhf.models import load_tokenizer
 from rayrlhf.models.score_model import ScoreModel
 from rayrlhf.models.scoring import score_conversations
 from rayrlhf.trainers import score_trainer
+from rayrlhf.trainers.ray_train import split_train_eval
 from rayrlhf.trainers.score_objectives import metrics_from_scores, pairs_to_score
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -82,7 +83,7 @@ def test_checkpoint_reloads_with_identical_scores(reward_run, separable_prefs):
     assert model.kind == "reward"
     tok = load_tokenizer(out / "model", padding_side="right")
     rows = load_rows(separable_prefs, "preference").rows
-    _, held_out = score_trainer.split_train_eval(rows, cfg.eval_fraction, cfg.run.seed)
+    _, held_out = split_train_eval(rows, cfg.eval_fraction, cfg.run.seed)
     prompts, responses = pairs_to_score("reward", held_out)
     scores = score_conversations(model, tok, prompts, responses, template=cfg.template.name,
                                  max_length=cfg.training.max_length)

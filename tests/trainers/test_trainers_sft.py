@@ -113,7 +113,8 @@ def test_sft_run_learns_and_saves_a_plain_transformers_policy(sft_run, sft_data)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rayrlhf.data import load_rows
-    from rayrlhf.trainers.score_trainer import latest_checkpoint, split_train_eval
+    from rayrlhf.trainers.checkpoint_dir import latest_checkpoint
+    from rayrlhf.trainers.ray_train import split_train_eval
     from rayrlhf.trainers.sft_trainer import batch_loss
 
     out, metrics, cfg = sft_run

@@ -1,18 +1,20 @@
-"""Small things every stage does: find its output folder, seed, load a configured dataset."""
+"""A stage's run folder and seed: the small things every stage does first.
+
+Low in the layers on purpose (nothing here imports the rest of rayrlhf): trainers,
+evaluation and the stages all write their outputs through these.
+"""
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import random
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
-
 
 def output_dir(cfg) -> Path:
+    """``cfg.run.output_dir``, created if it does not exist yet."""
     path = Path(cfg.run.output_dir)
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -33,19 +35,3 @@ def write_json(path: Path, payload: Any) -> Path:
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
     os.replace(tmp, path)
     return path
-
-
-def load_dataset_from_config(ds_cfg):
-    """``load_rows`` with the keyword arguments of a DatasetConfig node."""
-    from rayrlhf.data import load_rows
-
-    return load_rows(
-        ds_cfg.source,
-        ds_cfg.schema,
-        split=ds_cfg.split,
-        revision=ds_cfg.revision,
-        skip_bad_rows=ds_cfg.skip_bad_rows,
-        max_chars=ds_cfg.max_chars,
-        limit=ds_cfg.limit,
-        field_map=dict(ds_cfg.field_map),
-    )

@@ -9,6 +9,7 @@ Two kinds of faults are handled by the driver (rayrlhf.trainers.ppo_lag):
   source and the rows.
 
 Every fault becomes one JSON line in ``<run>/faults.jsonl``, so nothing is lost silently.
+This module imports nothing else of rayrlhf, so the config schema can name its policies.
 """
 
 from __future__ import annotations

@@ -1,0 +1,68 @@
+"""The whole PPO-Lagrangian advantage of one rollout: from scores and values to what the
+actor and the two critics learn from (Safe RLHF, Dai et al. 2023, §3.3).
+
+Composed of the pieces beside it, in the paper's order:
+
+1. token rewards and costs: the per-token KL penalty to the reference, half on each stream,
+   plus the clipped score on the last response token (``shape_rewards_and_costs``);
+2. GAE on each stream with its own critic (``gae_advantages``): A_r and the reward critic's
+   targets R_r, A_c and the cost critic's targets R_c;
+3. the actor's advantage (A_r − λ A_c) / (1 + λ) (``combined_advantage``), 0 on padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rayrlhf.algorithms.gae import gae_advantages
+from rayrlhf.algorithms.losses import combined_advantage
+from rayrlhf.algorithms.rewards import shape_rewards_and_costs
+
+
+@dataclass
+class PPOLagAdvantages:
+    """What one rollout's advantages give each trainable role. Field names match
+    ``rayrlhf.types.RolloutBatch``, which carries them to the workers."""
+
+    advantages: torch.Tensor  # [B, T] (A_r − λ A_c) / (1 + λ): the actor's signal, 0 on padding
+    reward_returns: torch.Tensor  # [B, T] R_r = A_r + V_r: the reward critic's targets
+    cost_returns: torch.Tensor  # [B, T] R_c = A_c + V_c: the cost critic's targets
+
+
+def ppo_lag_advantages(
+    rewards: torch.Tensor,
+    costs: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    reward_values: torch.Tensor,
+    cost_values: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    lagrange_multiplier: float,
+    kl_coef: float,
+    clip_range_score: float,
+    gamma: float,
+    gae_lambda: float,
+) -> PPOLagAdvantages:
+    """Advantages and value targets of a rollout of B responses (T = the longest one).
+
+    Args:
+        rewards, costs: [B] reward- and cost-model scores of the whole responses (cost > 0
+            means unsafe).
+        logprobs, ref_logprobs: [B, T] log-probs of the sampled tokens under the policy that
+            sampled them and under the frozen reference.
+        reward_values, cost_values: [B, T] the two critics' values of the same tokens.
+        mask: [B, T] 1 for real response tokens (a prefix of each row), 0 for padding.
+        lagrange_multiplier: λ ≥ 0 of this step (the value before this step's λ update).
+        kl_coef: β of the KL penalty; clip_range_score: scores are clipped to ±this.
+        gamma, gae_lambda: the discount γ and GAE's λ.
+    """
+    valid = mask.float()
+    token_rewards, token_costs = shape_rewards_and_costs(rewards, costs, logprobs, ref_logprobs, valid,
+                                                         kl_coef, clip_range_score)
+    reward_advantages, reward_returns = gae_advantages(token_rewards, reward_values, valid, gamma, gae_lambda)
+    cost_advantages, cost_returns = gae_advantages(token_costs, cost_values, valid, gamma, gae_lambda)
+    advantages = combined_advantage(reward_advantages, cost_advantages, lagrange_multiplier) * valid
+    return PPOLagAdvantages(advantages=advantages, reward_returns=reward_returns, cost_returns=cost_returns)

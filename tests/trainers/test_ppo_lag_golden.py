@@ -1,0 +1,205 @@
+"""Golden losses of one PPO-Lag step on a fixed tiny batch, against a NumPy reference.
+
+The reference below is written from the formulas (Safe RLHF's KL-shaped token rewards and
+costs, GAE in its sum form, (A_r − λ A_c)/(1 + λ), PPO's clipped surrogate, the clipped value
+loss), row by row in plain Python/NumPy, sharing no code with rayrlhf. It checks
+- the torch functions a step is made of, on fixed synthetic logits (fast), and
+- the real workers (a DeepSpeed policy rank and both critics, as Ray actors on the tiny
+  model): the losses they report for the step's single mini-batch (computed before their
+  optimiser step) are the reference's, with log-probs and values read from a plain
+  transformers forward of each unpadded sequence (slow).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from rayrlhf.algorithms import clipped_value_loss, ppo_actor_loss, ppo_lag_advantages
+from rayrlhf.models.forward import token_logprobs
+from rayrlhf.types import build_rollout_batch
+
+# The step's settings (deliberately unlike the defaults, so every term matters).
+SETTINGS = dict(lagrange_multiplier=0.7, kl_coef=0.05, clip_range_score=1.0, gamma=0.99, gae_lambda=0.9)
+CLIP_RATIO, CLIP_VALUE = 0.2, 0.1
+
+
+# ------------------------------------------------------------------ the NumPy reference
+def np_log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def np_gae(rewards: list[float], values: list[float], gamma: float, lam: float) -> list[float]:
+    """Â_t = Σ_l (γλ)^l δ_{t+l}, δ_t = r_t + γ V_{t+1} − V_t, V after the last token = 0."""
+    n = len(rewards)
+    deltas = [rewards[t] + gamma * (values[t + 1] if t + 1 < n else 0.0) - values[t] for t in range(n)]
+    return [sum((gamma * lam) ** k * deltas[t + k] for k in range(n - t)) for t in range(n)]
+
+
+def np_step_losses(*, logp, old_logp, ref_logp, old_reward_values, old_cost_values, reward_values, cost_values,
+                   reward_scores, cost_scores, lengths, lagrange_multiplier, kl_coef, clip_range_score, gamma,
+                   gae_lambda, clip_ratio, clip_value) -> dict[str, float]:
+    """One step's actor and critic losses; every [B, R] input is read up to each row's length."""
+    lam = lagrange_multiplier
+    surrogate, clipped, k3, reward_sq, cost_sq = [], [], [], [], []
+    for b, n in enumerate(lengths):
+        kl = [-kl_coef * (old_logp[b][t] - ref_logp[b][t]) for t in range(n)]
+        token_rewards = [0.5 * kl[t] for t in range(n)]
+        token_costs = [-0.5 * kl[t] for t in range(n)]
+        token_rewards[-1] += min(max(reward_scores[b], -clip_range_score), clip_range_score)
+        token_costs[-1] += min(max(cost_scores[b], -clip_range_score), clip_range_score)
+        adv_r = np_gae(token_rewards, list(old_reward_values[b][:n]), gamma, gae_lambda)
+        adv_c = np_gae(token_costs, list(old_cost_values[b][:n]), gamma, gae_lambda)
+        for t in range(n):
+            advantage = (adv_r[t] - lam * adv_c[t]) / (1 + lam)
+            ratio = math.exp(logp[b][t] - old_logp[b][t])
+            bounded = min(max(ratio, 1 - clip_ratio), 1 + clip_ratio)
+            surrogate.append(min(ratio * advantage, bounded * advantage))
+            clipped.append(abs(ratio - 1) > clip_ratio)
+            k3.append((ratio - 1) - math.log(ratio))
+            for values, old_values, adv, out in ((reward_values, old_reward_values, adv_r, reward_sq),
+                                                 (cost_values, old_cost_values, adv_c, cost_sq)):
+                target = adv[t] + old_values[b][t]
+                moved = old_values[b][t] + min(max(values[b][t] - old_values[b][t], -clip_value), clip_value)
+                out.append(max((values[b][t] - target) ** 2, (moved - target) ** 2))
+    return {"actor_loss": -float(np.mean(surrogate)), "clip_fraction": float(np.mean(clipped)),
+            "approx_kl": float(np.mean(k3)), "reward_critic_loss": 0.5 * float(np.mean(reward_sq)),
+            "cost_critic_loss": 0.5 * float(np.mean(cost_sq))}
+
+
+# ------------------------------------------------------------------ fixed inputs
+LENGTHS = [3, 2]
+MASK = torch.tensor([[1, 1, 1], [1, 1, 0]])
+# How far the rollout-time policy, the reference and the old values sit from the current
+# ones: some tokens' ratios leave [0.8, 1.2] (clipped) and some value moves exceed ±0.1.
+OLD_SHIFT = torch.tensor([[0.3, -0.05, -0.25], [0.1, -0.4, 0.0]], dtype=torch.float64)
+REF_SHIFT = torch.tensor([[0.8, -0.6, 0.2], [-1.1, 0.5, 0.0]], dtype=torch.float64)
+VALUE_SHIFT = torch.tensor([[0.05, -0.3, 0.2], [-0.15, 0.02, 0.0]], dtype=torch.float64)
+REWARD_SCORES, COST_SCORES = [2.5, -0.3], [0.4, -1.7]  # 2.5 and -1.7 are clipped to ±1
+
+
+def torch_step_losses(logp, reward_values, cost_values) -> dict[str, float]:
+    """The same step through the torch functions the driver and the workers call."""
+    old_logp, ref_logp = logp + OLD_SHIFT * MASK, logp + REF_SHIFT * MASK
+    old_reward_values, old_cost_values = reward_values + VALUE_SHIFT * MASK, cost_values - VALUE_SHIFT * MASK
+    adv = ppo_lag_advantages(torch.tensor(REWARD_SCORES, dtype=torch.float64),
+                             torch.tensor(COST_SCORES, dtype=torch.float64), old_logp, ref_logp,
+                             old_reward_values, old_cost_values, MASK, **SETTINGS)
+    mask = MASK.double()
+    actor_loss, info = ppo_actor_loss(logp, old_logp, adv.advantages, mask, CLIP_RATIO)
+    return {"actor_loss": actor_loss.item(), "clip_fraction": info["clip_fraction"].item(),
+            "approx_kl": info["approx_kl"].item(),
+            "reward_critic_loss": clipped_value_loss(reward_values, old_reward_values, adv.reward_returns, mask,
+                                                     CLIP_VALUE).item(),
+            "cost_critic_loss": clipped_value_loss(cost_values, old_cost_values, adv.cost_returns, mask,
+                                                   CLIP_VALUE).item()}
+
+
+def reference_losses(logp: np.ndarray, reward_values: np.ndarray, cost_values: np.ndarray) -> dict[str, float]:
+    old, value_shift = OLD_SHIFT.numpy(), VALUE_SHIFT.numpy()
+    return np_step_losses(logp=logp, old_logp=logp + old, ref_logp=logp + REF_SHIFT.numpy(),
+                          old_reward_values=reward_values + value_shift, old_cost_values=cost_values - value_shift,
+                          reward_values=reward_values, cost_values=cost_values, reward_scores=REWARD_SCORES,
+                          cost_scores=COST_SCORES, lengths=LENGTHS, clip_ratio=CLIP_RATIO, clip_value=CLIP_VALUE,
+                          **SETTINGS)
+
+
+def test_the_steps_torch_functions_give_the_reference_losses():
+    generator = torch.Generator().manual_seed(7)
+    logits = torch.randn(2, 3, 11, generator=generator, dtype=torch.float64) * 2
+    tokens = torch.tensor([[4, 0, 9], [7, 2, 0]])
+    reward_values = torch.randn(2, 3, generator=generator, dtype=torch.float64) * MASK
+    cost_values = torch.randn(2, 3, generator=generator, dtype=torch.float64) * MASK
+    logp = token_logprobs(logits, tokens).double() * MASK
+
+    picked = np.take_along_axis(np_log_softmax(logits.numpy()), tokens.numpy()[..., None], axis=-1)[..., 0]
+    expected = reference_losses(picked * MASK.numpy(), reward_values.numpy(), cost_values.numpy())
+    got = torch_step_losses(logp, reward_values, cost_values)
+    assert 0 < expected["clip_fraction"] < 1  # both branches of the clip are exercised
+    assert got == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_the_workers_losses_of_one_step_are_the_reference_losses(ray_cluster, tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from rayrlhf.models import load_tokenizer
+    from rayrlhf.models.score_model import ScoreModel
+    from rayrlhf.workers.base import OptimConfig
+    from rayrlhf.workers.critic import CriticWorker
+    from rayrlhf.workers.group import ActorGroup, get_fail_fast
+    from rayrlhf.workers.policy import PolicyWorker
+
+    # Critics start from saved score models, so their heads are the same weights here.
+    critic_dirs = {}
+    for seed, stream in enumerate(("reward", "cost")):
+        torch.manual_seed(seed)
+        critic_dirs[stream] = ScoreModel.from_pretrained(tiny_model_dir, kind=stream, dtype="float32") \
+            .save_pretrained(tmp_path / stream)
+    prompts, responses = [[5, 6, 7, 8], [9, 10]], [[11, 12, 13], [14, 15]]
+    pad = load_tokenizer(tiny_model_dir).pad_token_id
+    batch = build_rollout_batch(prompts, responses, [False, True], pad)
+
+    # The reference reads every sequence unpadded, through plain transformers models.
+    lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    logp = np.zeros((2, 3))
+    values = {stream: np.zeros((2, 3)) for stream in critic_dirs}
+    with torch.no_grad():
+        for b, (prompt, response) in enumerate(zip(prompts, responses)):
+            ids = torch.tensor([prompt + response])
+            logits = lm(ids).logits[0].double().numpy()
+            for t, token in enumerate(response):  # position len(prompt) - 1 + t predicts token t
+                logp[b, t] = np_log_softmax(logits[len(prompt) - 1 + t])[token]
+            for stream, folder in critic_dirs.items():
+                head = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32).eval()
+                scores = head.score(head.base_model(ids).last_hidden_state)[0, :, 0].double().numpy()
+                values[stream][b, :len(response)] = scores[len(prompt) - 1:len(prompt) - 1 + len(response)]
+    expected = reference_losses(logp, values["reward"], values["cost"])
+
+    optim = OptimConfig(lr=1e-3, bf16=False, micro_batch_size=2, gradient_checkpointing=False)
+    common = {"num_cpus": 1, "distributed": True, "dtype": "float32", "optim": optim, "threads": 1, "seed": 0}
+    groups = [ActorGroup(PolicyWorker, 1, tiny_model_dir, name="golden-policy", **common),
+              ActorGroup(CriticWorker, 1, "reward", str(critic_dirs["reward"]), name="golden-reward-critic", **common),
+              ActorGroup(CriticWorker, 1, "cost", str(critic_dirs["cost"]), name="golden-cost-critic", **common)]
+    policy, reward_critic, cost_critic = groups
+    try:
+        get_fail_fast([ref for group, method in zip(groups, (PolicyWorker, CriticWorker, CriticWorker))
+                       for ref in group.call(method.init_engine)])
+        (policy_logp, _), = get_fail_fast(policy.call(PolicyWorker.logprobs, batch))
+        (reward_values,), (cost_values,) = (get_fail_fast(group.call(CriticWorker.values, batch))
+                                            for group in (reward_critic, cost_critic))
+        # What the score phase would hand on, shifted as the reference's inputs are.
+        old_logp = policy_logp.double() + OLD_SHIFT * MASK
+        old_reward_values = reward_values.double() + VALUE_SHIFT * MASK
+        old_cost_values = cost_values.double() - VALUE_SHIFT * MASK
+        adv = ppo_lag_advantages(torch.tensor(REWARD_SCORES), torch.tensor(COST_SCORES), old_logp,
+                                 policy_logp.double() + REF_SHIFT * MASK, old_reward_values, old_cost_values,
+                                 MASK, **SETTINGS)
+        trained = replace(batch, old_logprobs=old_logp.float(), advantages=adv.advantages.float(),
+                          reward_values=old_reward_values.float(), reward_returns=adv.reward_returns.float(),
+                          cost_values=old_cost_values.float(), cost_returns=adv.cost_returns.float())
+        one_minibatch = {"epochs": 1, "minibatch_size": 2, "seed": 0}
+        (actor,), (reward,), (cost,) = (
+            get_fail_fast(policy.call(PolicyWorker.train, trained, clip_ratio=CLIP_RATIO, **one_minibatch)),
+            get_fail_fast(reward_critic.call(CriticWorker.train, trained, clip_range_value=CLIP_VALUE,
+                                             **one_minibatch)),
+            get_fail_fast(cost_critic.call(CriticWorker.train, trained, clip_range_value=CLIP_VALUE,
+                                           **one_minibatch)))
+    finally:
+        for group in groups:
+            group.kill()
+    # The workers read the same log-probs and values as the plain transformers forward ...
+    np.testing.assert_allclose(policy_logp.numpy() * MASK.numpy(), logp, atol=1e-5)
+    np.testing.assert_allclose(reward_values.numpy(), values["reward"], atol=1e-5)
+    # ... and report the reference's losses for the step.
+    got = {"actor_loss": actor.loss, "clip_fraction": actor.clip_fraction, "approx_kl": actor.approx_kl,
+           "reward_critic_loss": reward.loss, "cost_critic_loss": cost.loss}
+    assert 0 < expected["clip_fraction"] < 1
+    assert got == pytest.approx(expected, abs=1e-5)
+    assert actor.nonfinite_minibatches == reward.nonfinite_minibatches == cost.nonfinite_minibatches == 0
