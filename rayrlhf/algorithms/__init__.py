@@ -3,6 +3,7 @@
 from rayrlhf.algorithms.gae import gae_advantages
 from rayrlhf.algorithms.kl import KL_ESTIMATORS, kl_estimate
 from rayrlhf.algorithms.lagrange import (
+    DEFAULT_LAMBDA_MAX,
     LAGRANGE_CONTROLLERS,
     ConstantLagrange,
     LagrangeController,
@@ -36,6 +37,7 @@ from rayrlhf.algorithms.rewards import shape_rewards_and_costs
 __all__ = [
     "balanced_pos_weight",
     "KL_ESTIMATORS",
+    "DEFAULT_LAMBDA_MAX",
     "LAGRANGE_CONTROLLERS",
     "ConstantLagrange",
     "LagrangeController",

@@ -309,7 +309,13 @@ class LagrangeConfig:
     threshold: float = 0.0
     lambda_init: float = 1.0
     lambda_lr: float = 0.1
-    lambda_max: Optional[float] = None
+    # λ never exceeds this (log_lambda and pid): 5 is the Safe RLHF reference recipe's cap;
+    # a finite cap keeps ln λ from overflowing when the threshold cannot be met.
+    lambda_max: float = 5.0
+    # λ at lambda_max this many steps in a row: the run reports the threshold as not reachable
+    # with this policy/budget (metrics lagrange/threshold_unreachable, faults.jsonl, the log,
+    # sweep-report) and keeps training at the cap. 10 steps rule out a passing cost spike.
+    unreachable_after: int = 10
     # Steps before λ starts moving (lets the critics warm up).
     update_delay: int = 0
     # λ reacts to the mean episode cost of this many recent steps.

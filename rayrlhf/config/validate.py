@@ -103,7 +103,7 @@ RULES: dict[str, Check] = {
     "gamma": UNIT, "gae_lambda": UNIT,
     # the Lagrange multiplier (threshold may be any finite number)
     "LagrangeConfig.kind": one_of(*LAGRANGE_KINDS), "lambda_init": NON_NEGATIVE,
-    "lambda_max": POSITIVE, "update_delay": NON_NEGATIVE, "window": COUNT,
+    "lambda_max": POSITIVE, "update_delay": NON_NEGATIVE, "window": COUNT, "unreachable_after": COUNT,
     "kp": NON_NEGATIVE, "ki": NON_NEGATIVE, "kd": NON_NEGATIVE, "LagrangeConfig.value": NON_NEGATIVE,
     # sampling
     "temperature": NON_NEGATIVE,  # 0 = greedy where a value is only passed through (LLM judge)

@@ -36,6 +36,7 @@ from rayrlhf.rollout import SamplingSpec
 from rayrlhf.trainers import checkpoint_dir
 from rayrlhf.trainers.faults import (
     FaultLog, NonFiniteError, WorkerFailedError, actor_failure_types, describe_nonfinite, findings_message,
+    note_unreachable_threshold,
 )
 from rayrlhf.types import build_rollout_batch
 from rayrlhf.workers.base import OptimConfig
@@ -327,6 +328,7 @@ class PPOLagDriver:
             "cost/violation_rate": float((batch.costs > 0).float().mean()),
             "lagrange/lambda": float(new_lambda),
             "lagrange/lambda_used": float(lam),
+            "lagrange/at_cap_steps": float(self.lagrange.at_cap_steps),
             "actor/kl_to_ref": float(kl),
             "actor/entropy": float(entropy.mean()),
             **{f"actor/{k}": v for k, v in actor_stats.items()},
@@ -602,6 +604,7 @@ def run(cfg) -> list[dict[str, float]]:
                     fault_log.record("recomputed_steps", steps=[m["step"] for m in dropped], rows=dropped)
                 while driver.step_index < cfg.steps:
                     metrics = driver.step()
+                    note_unreachable_threshold(metrics, cfg.lagrange, fault_log)
                     history.append(metrics)
                     metrics_log.log(metrics)
                     if cfg.save_every and driver.step_index % cfg.save_every == 0:

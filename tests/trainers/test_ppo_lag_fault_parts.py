@@ -14,8 +14,29 @@ import pytest
 import torch
 
 from rayrlhf.trainers import checkpoint_dir
-from rayrlhf.trainers.faults import FaultLog, describe_nonfinite, findings_message, nonfinite_rows
+from rayrlhf.trainers.faults import (
+    FaultLog, describe_nonfinite, findings_message, nonfinite_rows, note_unreachable_threshold,
+)
 from rayrlhf.trainers.ppo_lag import MetricsLog, config_changes
+
+
+# ------------------------------------------------------------------ λ held at its cap
+def test_unreachable_threshold_is_flagged_from_the_nth_step_at_the_cap_and_recorded_once(tmp_path, caplog):
+    from omegaconf import OmegaConf
+
+    lagrange = OmegaConf.create({"lambda_max": 5.0, "threshold": -0.1, "unreachable_after": 3})
+    fault_log = FaultLog(tmp_path / "faults.jsonl")
+    streaks = [0, 1, 2, 3, 4, 0, 1]
+    rows = [{"step": i + 1, "cost/mean": 0.02, "lagrange/at_cap_steps": float(n)} for i, n in enumerate(streaks)]
+    rows.append({"step": 8, "faults/skipped_nonfinite": 1.0})  # a skipped step logs no streak
+    with caplog.at_level("WARNING"):
+        for row in rows:
+            note_unreachable_threshold(row, lagrange, fault_log)
+    assert [row["lagrange/threshold_unreachable"] for row in rows] == [0, 0, 0, 1, 1, 0, 0, 0]
+    entries = [json.loads(line) for line in (tmp_path / "faults.jsonl").read_text().splitlines()]
+    assert [(e["kind"], e["step"], e["at_cap_steps"]) for e in entries] == [("threshold_unreachable", 4, 3)]
+    assert "not reachable with this policy/budget" in entries[0]["message"]
+    assert caplog.text.count("not reachable with this policy/budget") == 1
 
 
 # ------------------------------------------------------------------ NaN / Inf detection
