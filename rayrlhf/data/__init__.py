@@ -26,8 +26,14 @@ from rayrlhf.data.schemas import (
 from rayrlhf.data.templates import (
     SAFE_RLHF_TEMPLATE,
     TEMPLATES,
+    RenderedText,
+    control_tokens,
+    encode_prompt,
+    encode_rendered,
     format_conversation,
     format_prompt,
+    render_conversation,
+    render_prompt,
 )
 
 __all__ = [
@@ -42,16 +48,22 @@ __all__ = [
     "PromptRow",
     "QAClassificationRow",
     "ROW_SCHEMAS",
+    "RenderedText",
     "Row",
     "SAFE_RLHF_TEMPLATE",
     "SCHEMA_TYPES",
     "SFTRow",
     "TEMPLATES",
+    "control_tokens",
     "demo_dir",
+    "encode_prompt",
+    "encode_rendered",
     "format_conversation",
     "format_prompt",
     "iter_raw_records",
     "load_rows",
+    "render_conversation",
+    "render_prompt",
     "schema_type",
     "write_rows",
 ]

@@ -113,7 +113,7 @@ class PPOLagDriver:
     """Builds the role groups from a ``ppo_lag`` config and runs steps."""
 
     def __init__(self, cfg, fault_log: FaultLog | None = None) -> None:
-        from rayrlhf.data.templates import format_prompt
+        from rayrlhf.data.templates import encode_prompt
         from rayrlhf.models import load_tokenizer, resolve_model_path
         from rayrlhf.models.zoo import logprob_gap_tolerance
         from rayrlhf.rewards import RULE_PREFIX
@@ -127,11 +127,7 @@ class PPOLagDriver:
         rows = load_dataset_from_config(cfg.prompts).rows
         self.prompts = [row.prompt for row in rows]
         max_tokens = cfg.rollout.max_prompt_tokens
-        self.prompt_ids = [
-            self.tokenizer(format_prompt(p, cfg.template.name, self.tokenizer),
-                           add_special_tokens=False)["input_ids"][-max_tokens:]
-            for p in self.prompts
-        ]
+        self.prompt_ids = [encode_prompt(self.tokenizer, p, cfg.template.name)[-max_tokens:] for p in self.prompts]
         self.lagrange = lagrange_from_config(cfg.lagrange)
         self.step_index = 0
         self.fault_log = fault_log or FaultLog(None)
