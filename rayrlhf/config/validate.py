@@ -119,7 +119,8 @@ RULES: dict[str, Check] = {
     "max_length": COUNT, "kv_cache_gib": COUNT, "max_items": COUNT, "max_chars": COUNT,
     "max_batch_size": COUNT, "limit": COUNT, "max_steps": COUNT, "stop_at_step": COUNT,
     "threads_per_worker": COUNT, "threads_per_engine": COUNT, "num_eval_prompts": COUNT, "last_k": COUNT,
-    "max_concurrency": COUNT, "max_consecutive_skips": COUNT,
+    "max_concurrency": COUNT, "max_consecutive_skips": COUNT, "max_queued_requests": COUNT,
+    "request_timeout_s": POSITIVE,
     "num_prompts": NON_NEGATIVE, "SampleConfig.num_prompts": COUNT,  # eval: 0 = every prompt
     "ppo_steps": NON_NEGATIVE, "save_every": NON_NEGATIVE,  # ppo-lag: 0 = only at the end
     "max_restarts": NON_NEGATIVE, "max_retries": NON_NEGATIVE,
