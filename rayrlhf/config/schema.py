@@ -153,6 +153,9 @@ class TrainingConfig:
     gradient_checkpointing: bool = True
     eval_every: int = 50
     save_every: int = 50
+    # Checkpoints kept on disk (the newest; older ones are deleted as new ones arrive): 3
+    # survive a corrupt newest save and bound the disk a long run fills. None keeps all.
+    keep_last_checkpoints: Optional[int] = 3
     log_every: int = 5
     # Tokens per conversation; longer ones keep their end, where the score is read.
     max_length: int = 512
@@ -388,9 +391,14 @@ class PPOLagConfig:
     # Checkpoint every N steps (0: only at the end); resume_from=<earlier output_dir> continues
     # from its newest complete checkpoint (the command is in that folder's resume_command.txt).
     save_every: int = 10
+    # Checkpoints kept on disk (the newest; older ones are deleted as new ones arrive): 3
+    # survive a corrupt newest save, and 200 steps saved every 20 no longer fill the volume
+    # with 10 copies of every model. None keeps all.
+    keep_last_checkpoints: Optional[int] = 3
     resume_from: Optional[str] = None
     # A resumed run must use the interrupted run's settings (checked against its
-    # ppo_lag_config.yaml); true allows deliberate changes (e.g. a new learning rate).
+    # ppo_lag_config.yaml) and the same data files and judge folders (by SHA-256, in
+    # input_fingerprints.json); true allows deliberate changes (e.g. a new learning rate).
     resume_allow_changes: bool = False
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     tensorboard: bool = True

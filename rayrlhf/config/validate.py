@@ -123,7 +123,7 @@ RULES: dict[str, Check] = {
     "request_timeout_s": POSITIVE,
     "num_prompts": NON_NEGATIVE, "SampleConfig.num_prompts": COUNT,  # eval: 0 = every prompt
     "ppo_steps": NON_NEGATIVE, "save_every": NON_NEGATIVE,  # ppo-lag: 0 = only at the end
-    "max_restarts": NON_NEGATIVE, "max_retries": NON_NEGATIVE,
+    "max_restarts": NON_NEGATIVE, "max_retries": NON_NEGATIVE, "keep_last_checkpoints": COUNT,
     # score training divides by these (step % every)
     "TrainingConfig.save_every": COUNT, "TrainingConfig.eval_every": COUNT,
     "TrainingConfig.log_every": COUNT,

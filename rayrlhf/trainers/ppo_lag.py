@@ -38,6 +38,7 @@ from rayrlhf.trainers.faults import (
     FaultLog, NonFiniteError, WorkerFailedError, actor_failure_types, describe_nonfinite, findings_message,
     note_unreachable_threshold,
 )
+from rayrlhf.trainers.fingerprints import fingerprint_changes, ppo_lag_inputs, write_fingerprints
 from rayrlhf.types import build_rollout_batch
 from rayrlhf.workers.base import OptimConfig
 from rayrlhf.workers.critic import CriticWorker
@@ -53,7 +54,7 @@ CONFIG_SNAPSHOT = "ppo_lag_config.yaml"
 RESUME_COMMAND = "resume_command.txt"
 # Keys a resumed run may change without changing what it computes.
 RESUME_FREE_KEYS = ("steps", "save_every", "resume_from", "resume_allow_changes", "tensorboard", "run.output_dir",
-                    "run.log_level", "cluster", "faults")
+                    "run.log_level", "cluster", "faults", "keep_last_checkpoints")
 
 
 def lagrange_from_config(lag) -> Any:
@@ -386,7 +387,7 @@ class PPOLagDriver:
                      "python_random": repr(random.getstate()), "torch_seed": torch.initial_seed()}
             (folder / DRIVER_STATE).write_text(json.dumps(state, indent=2))
 
-        return checkpoint_dir.publish_checkpoint(root, self.step_index, write)
+        return checkpoint_dir.publish_checkpoint(root, self.step_index, write, keep_last=self.cfg.keep_last_checkpoints)
 
     def load_checkpoint(self, path: Path) -> None:
         get_fail_fast(self.policy.call(PolicyWorker.load_checkpoint, str(path))
@@ -529,14 +530,24 @@ def config_changes(saved: dict, current: dict, free_keys: tuple[str, ...] = RESU
 
 
 def check_resume_config(cfg, resume_dir: Path) -> None:
-    """A resumed run must compute what the interrupted one would have: same settings."""
+    """A resumed run must compute what the interrupted one would have: same settings, same
+    data and judges (``rayrlhf.trainers.fingerprints``), and the interrupted run must be over."""
     from omegaconf import OmegaConf
 
+    from rayrlhf.run_folder import run_in_progress
+
+    if run_in_progress(resume_dir):
+        raise RuntimeError(f"resume_from={resume_dir}: that run is still going (another process holds its "
+                           "folder's lock); stop it first")
     snapshot = resume_dir / CONFIG_SNAPSHOT
-    if not snapshot.is_file() or cfg.resume_allow_changes:
+    if cfg.resume_allow_changes:
         return
+    if not snapshot.is_file():
+        raise ValueError(f"resume_from={resume_dir}: no {CONFIG_SNAPSHOT}, so this run cannot be checked against "
+                         "the one it resumes; pass resume_allow_changes=true to resume anyway")
     saved = OmegaConf.to_container(OmegaConf.load(snapshot), resolve=False)
     changes = config_changes(saved, OmegaConf.to_container(cfg, resolve=True))
+    changes += fingerprint_changes(resume_dir, ppo_lag_inputs(cfg))
     if changes:
         raise ValueError(
             f"resume_from={resume_dir}: this run's config differs from the one it resumes "
@@ -579,7 +590,9 @@ def run(cfg) -> list[dict[str, float]]:
             raise FileNotFoundError(f"resume_from={cfg.resume_from}: no complete checkpoint in "
                                     f"{Path(cfg.resume_from) / 'checkpoints'}")
         check_resume_config(cfg, Path(cfg.resume_from))
+        checkpoint_dir.remove_stale_saves(Path(cfg.resume_from) / "checkpoints")  # saves the crash cut short
     (out / CONFIG_SNAPSHOT).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_fingerprints(out, ppo_lag_inputs(cfg))
     write_resume_command(out)
     init_ray(cfg.cluster, required_cpus=required_cpus(cfg))
     fault_log = FaultLog(out / "faults.jsonl")

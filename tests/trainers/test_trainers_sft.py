@@ -103,7 +103,7 @@ def train_sft(data, out, *extra):
 @pytest.fixture(scope="module")
 def sft_run(ray_cluster, sft_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("sft")
-    metrics, cfg = train_sft(sft_data, out)
+    metrics, cfg = train_sft(sft_data, out, "training.keep_last_checkpoints=1")
     return out, metrics, cfg
 
 
@@ -118,6 +118,9 @@ def test_sft_run_learns_and_saves_a_plain_transformers_policy(sft_run, sft_data)
 
     out, metrics, cfg = sft_run
     assert metrics["step"] == 24  # 32 training rows // (2 per worker x 2 workers) = 8 steps x 3 epochs
+    # Saved at steps 12 and 24; keep_last_checkpoints=1 left only the last on disk.
+    states = [json.loads(p.read_text())["global_step"] for p in out.rglob("trainer_state.json")]
+    assert states == [24], states
     print(f"SFT eval loss {metrics['eval/initial_loss']:.3f} -> {metrics['eval/loss']:.3f}, "
           f"perplexity {metrics['eval/initial_perplexity']:.1f} -> {metrics['eval/perplexity']:.2f}")
     assert metrics["eval/loss"] < 0.2 * metrics["eval/initial_loss"], metrics
