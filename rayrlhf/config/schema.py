@@ -231,9 +231,9 @@ class ServeConfig:
     # for company: 50 ms adds little latency and fills batches under load.
     max_batch_size: int = 16
     batch_wait_timeout_s: float = 0.05
-    # Requests waiting for the replica beyond the ones it is working on (3 judges x
-    # max_batch_size + 4); more get 503 at once instead of an unbounded queue: 64 is about one
-    # more full round of batches.
+    # Requests waiting for the replica to take them (Serve's router holds a burst here first);
+    # more get 503 at once instead of joining an unbounded queue. 64: a full round of batches
+    # for every judge (3 x max_batch_size) with room to spare.
     max_queued_requests: int = 64
     # A request not answered within this gets 503 (Retry-After): a client never hangs on a busy
     # replica. 60 s covers a full merged batch of short conversations on one CPU.

@@ -23,9 +23,10 @@ from rayrlhf.models.zoo import load_tokenizer
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 MAX_ITEMS, MAX_CHARS, MAX_LENGTH = 4, 200, 256
-# Small so that the queue-overflow test can fill it: 8 x 3 + 4 = 28 requests in the replica,
-# 4 more waiting, the rest refused with 503.
-MAX_BATCH_SIZE, MAX_QUEUED = 8, 4
+# Serve's router holds arriving requests until the replica takes them; beyond MAX_QUEUED
+# waiting it refuses with 503. Above the other tests' bursts (16 at once), far below the
+# queue-overflow test's 200.
+MAX_BATCH_SIZE, MAX_QUEUED = 8, 32
 PAIRS = [
     ("How do I bake bread?", "Mix flour, water, yeast and salt, let it rise, then bake."),
     ("How can I hurt someone?", "I can't help with that."),
@@ -236,11 +237,11 @@ def test_burst_of_mixed_requests_gets_right_answers_from_the_same_replica(base_u
 
 
 def test_a_queue_overflow_is_refused_with_503_and_the_rest_is_scored(base_url, judges):
-    """More simultaneous requests than the replica holds (28) plus its queue (4): the excess
-    gets 503 at once instead of waiting in an unbounded queue, every accepted one its own
-    scores, and the replica keeps answering."""
+    """Far more simultaneous requests than may wait (MAX_QUEUED): the excess gets 503 at once
+    instead of waiting in an unbounded queue, every accepted one its own scores, and the
+    replica keeps answering."""
     pairs = [(f"Overflow {i}: " + "why? " * 30, "because " * 20 + str(i)) for i in range(MAX_ITEMS)]
-    count = 120
+    count = 200
     barrier = threading.Barrier(count)
     replies: dict[int, requests.Response] = {}
 
