@@ -49,10 +49,16 @@ def run_stage(name: str, argv: list[str]) -> None:
     def app(cfg) -> None:
         from rayrlhf.cluster import release_ray
         from rayrlhf.config.validate import validate_config
+        from rayrlhf.eval.sweep import failure_line
 
         validate_config(cfg)  # impossible values fail here, before any Ray worker starts
         try:
             run(to_object(cfg))  # the stage's typed dataclass
+        except Exception as exc:
+            # Hydra keeps a failed job's exception to itself; the job's own log must say why it
+            # stopped (sweep-report reads this line to mark the trial as failed).
+            logging.getLogger("rayrlhf.cli").error(failure_line(name, exc), exc_info=True)
+            raise
         finally:
             # A multirun runs its trials in this process: each starts its own local cluster.
             release_ray()

@@ -9,19 +9,24 @@ Two kinds of faults are handled by the driver (rayrlhf.trainers.ppo_lag):
   source and the rows.
 
 Every fault becomes one JSON line in ``<run>/faults.jsonl``, so nothing is lost silently.
-This module imports nothing else of rayrlhf, so the config schema can name its policies.
+So does one finding that is not a fault: a cost threshold the policy cannot reach (λ held at
+its cap), which the run reports and survives. This module imports nothing else of rayrlhf, so
+the config schema can name its policies.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
+log = logging.getLogger(__name__)
 NONFINITE_POLICIES = ("skip", "stop")
+UNREACHABLE = "lagrange/threshold_unreachable"
 
 
 class NonFiniteError(RuntimeError):
@@ -81,3 +86,22 @@ class FaultLog:
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(entry, default=str) + "\n")
         return entry
+
+
+def note_unreachable_threshold(metrics: dict[str, float], *, after: int, lambda_max: float, threshold: float,
+                               fault_log: FaultLog) -> None:
+    """Mark a step whose λ has sat at ``lambda_max`` for ``after`` steps in a row
+    (``faults.threshold_unreachable_after``; ``metrics["lagrange/threshold_unreachable"]`` 1.0):
+    the cost stayed above the threshold however hard the constraint pulled. Said once in the
+    log and faults.jsonl when the streak reaches that length; the run goes on at the cap."""
+    at_cap = int(metrics.get("lagrange/at_cap_steps", 0))
+    metrics[UNREACHABLE] = float(at_cap >= after)
+    if at_cap != after:
+        return
+    message = (f"step {metrics['step']}: λ has sat at lagrange.lambda_max={lambda_max:g} for "
+               f"{at_cap} steps while the cost stays above lagrange.threshold={threshold:g}: "
+               "the threshold is not reachable with this policy/budget; training goes on at the cap")
+    log.warning(message)
+    fault_log.record("threshold_unreachable", step=metrics["step"], at_cap_steps=at_cap,
+                     lambda_max=lambda_max, threshold=threshold,
+                     cost=metrics.get("cost/mean"), message=message)

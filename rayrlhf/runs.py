@@ -14,9 +14,14 @@ from typing import Any
 
 
 def output_dir(cfg) -> Path:
-    """``cfg.run.output_dir``, created if it does not exist yet."""
-    path = Path(cfg.run.output_dir)
-    path.mkdir(parents=True, exist_ok=True)
+    """This run's folder, claimed for it alone (``rayrlhf.run_folder``): when another run
+    already has ``run.output_dir``, this one writes to ``<it>_1`` and ``cfg.run.output_dir``
+    is set to that folder, so snapshots of the config name where the run really is."""
+    from rayrlhf.run_folder import claim_run_folder
+
+    path = claim_run_folder(cfg.run.output_dir)
+    if str(path) != str(cfg.run.output_dir):
+        cfg.run.output_dir = str(path)
     return path
 
 

@@ -4,6 +4,7 @@ from rayrlhf.algorithms.advantages import PPOLagAdvantages, ppo_lag_advantages
 from rayrlhf.algorithms.gae import gae_advantages
 from rayrlhf.algorithms.kl import KL_ESTIMATORS, kl_estimate
 from rayrlhf.algorithms.lagrange import (
+    DEFAULT_LAMBDA_MAX,
     LAGRANGE_CONTROLLERS,
     ConstantLagrange,
     LagrangeController,
@@ -37,6 +38,7 @@ from rayrlhf.algorithms.schedules import LR_SCHEDULES, lr_multiplier
 __all__ = [
     "balanced_pos_weight",
     "KL_ESTIMATORS",
+    "DEFAULT_LAMBDA_MAX",
     "LAGRANGE_CONTROLLERS",
     "LR_SCHEDULES",
     "PPOLagAdvantages",

@@ -18,6 +18,12 @@ from typing import Any, ClassVar
 
 EpisodeCosts = Iterable[float] | float
 
+# λ's cap unless a config says otherwise: 5, the cap of the Safe RLHF reference recipe. A
+# bounded λ keeps the combined advantage (A_r − λ A_c)/(1 + λ) from ignoring the reward, and
+# keeps ln λ far from where exp(ln λ) overflows (an unreachable threshold once drove λ to
+# 2.9e23 within five steps and the sixth died with OverflowError).
+DEFAULT_LAMBDA_MAX = 5.0
+
 
 def _mean_cost(episode_costs: EpisodeCosts) -> float:
     """Mean of one rollout's episode costs (a single number passes through)."""
@@ -32,6 +38,14 @@ def _mean_cost(episode_costs: EpisodeCosts) -> float:
     return sum(costs) / len(costs)
 
 
+def _finite_cap(lambda_max: float) -> float:
+    """``lambda_max`` as a float, refused unless it is a positive finite number."""
+    if lambda_max is None or not math.isfinite(lambda_max) or lambda_max <= 0:
+        raise ValueError(f"lambda_max must be a positive finite number (λ is capped so it cannot overflow), "
+                         f"got {lambda_max}")
+    return float(lambda_max)
+
+
 def _check_kind(state: dict[str, Any], expected: str) -> None:
     if state.get("kind") != expected:
         raise ValueError(f"state_dict is for a {state.get('kind')!r} controller, not {expected!r}")
@@ -42,6 +56,10 @@ class LagrangeController(ABC):
 
     kind: ClassVar[str]
     threshold: float  # d in E[cost] <= d
+    # Updates in a row that ended with λ at its cap. λ pinned at the cap means the cost
+    # stays above the threshold however hard the constraint pulls: a threshold this policy
+    # cannot reach within its budget (the driver reports it; the run goes on at the cap).
+    at_cap_steps: int = 0
 
     @property
     @abstractmethod
@@ -69,7 +87,8 @@ class LogLambdaController(LagrangeController):
     which is one SGD step on the dual loss −λ (J_c − d) with respect to η = ln λ
     (∂/∂η of e^η (J_c − d) is λ (J_c − d)); working in ln λ keeps λ > 0 without clipping.
     J_c is the mean of the last ``window`` rollouts' mean costs, which smooths a noisy
-    estimate. ln λ is clamped to ≤ ln λ_max when ``lambda_max`` is given. During the first
+    estimate. ln λ is clamped to ≤ ln λ_max (finite, ``DEFAULT_LAMBDA_MAX`` unless given), so
+    the step α·λ·(J_c − d) stays bounded and exp(ln λ) never overflows. During the first
     ``update_delay`` calls λ stays fixed (costs are still recorded) so the critics can warm
     up before the constraint bites.
     """
@@ -81,7 +100,7 @@ class LogLambdaController(LagrangeController):
         threshold: float,
         lambda_init: float,
         lambda_lr: float,
-        lambda_max: float | None = None,
+        lambda_max: float = DEFAULT_LAMBDA_MAX,
         update_delay: int = 0,
         window: int = 1,
     ) -> None:
@@ -89,7 +108,8 @@ class LogLambdaController(LagrangeController):
             raise ValueError(f"lambda_init must be > 0 (λ is kept as ln λ), got {lambda_init}")
         if lambda_lr < 0:
             raise ValueError(f"lambda_lr must be >= 0, got {lambda_lr}")
-        if lambda_max is not None and lambda_max < lambda_init:
+        lambda_max = _finite_cap(lambda_max)
+        if lambda_max < lambda_init:
             raise ValueError(f"lambda_max ({lambda_max}) must be >= lambda_init ({lambda_init})")
         if update_delay < 0:
             raise ValueError(f"update_delay must be >= 0, got {update_delay}")
@@ -97,26 +117,28 @@ class LogLambdaController(LagrangeController):
             raise ValueError(f"window must be >= 1, got {window}")
         self.threshold = float(threshold)
         self.lambda_lr = float(lambda_lr)
-        self.lambda_max = None if lambda_max is None else float(lambda_max)
+        self.lambda_max = lambda_max
+        self.log_lambda_max = math.log(lambda_max)
         self.update_delay = int(update_delay)
         self.window = int(window)
         self.log_lambda = math.log(lambda_init)
         self.num_updates = 0
+        self.at_cap_steps = 0
         self.recent_costs: deque[float] = deque(maxlen=self.window)
 
     @property
     def value(self) -> float:
-        return math.exp(self.log_lambda)
+        # Exactly λ_max at the cap (exp(ln 5) is 4.999999999999999).
+        return self.lambda_max if self.log_lambda >= self.log_lambda_max else math.exp(self.log_lambda)
 
     def update(self, episode_costs: EpisodeCosts) -> float:
         self.recent_costs.append(_mean_cost(episode_costs))
         self.num_updates += 1
-        if self.num_updates <= self.update_delay:
-            return self.value
-        expected_cost = sum(self.recent_costs) / len(self.recent_costs)
-        self.log_lambda += self.lambda_lr * self.value * (expected_cost - self.threshold)
-        if self.lambda_max is not None:
-            self.log_lambda = min(self.log_lambda, math.log(self.lambda_max))
+        if self.num_updates > self.update_delay:
+            expected_cost = sum(self.recent_costs) / len(self.recent_costs)
+            step = self.lambda_lr * self.value * (expected_cost - self.threshold)
+            self.log_lambda = min(self.log_lambda + step, self.log_lambda_max)
+        self.at_cap_steps = self.at_cap_steps + 1 if self.log_lambda >= self.log_lambda_max else 0
         return self.value
 
     def state_dict(self) -> dict[str, Any]:
@@ -125,6 +147,7 @@ class LogLambdaController(LagrangeController):
             "log_lambda": self.log_lambda,
             "num_updates": self.num_updates,
             "recent_costs": list(self.recent_costs),
+            "at_cap_steps": self.at_cap_steps,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -132,6 +155,7 @@ class LogLambdaController(LagrangeController):
         self.log_lambda = float(state["log_lambda"])
         self.num_updates = int(state["num_updates"])
         self.recent_costs = deque((float(c) for c in state["recent_costs"]), maxlen=self.window)
+        self.at_cap_steps = int(state.get("at_cap_steps", 0))  # absent in checkpoints before the cap
 
 
 class PIDLagrangeController(LagrangeController):
@@ -140,7 +164,7 @@ class PIDLagrangeController(LagrangeController):
 
         I      ← max(0, I + e)                          (≤ ``integral_max`` when given)
         ∂      ← max(0, J̃_k − J̃_{k−1}),  J̃_k = α J̃_{k−1} + (1 − α) J_c,  J̃_0 = 0
-        λ      ← max(0, K_p e + K_i I + K_d ∂)           (≤ ``lambda_max`` when given)
+        λ      ← min(λ_max, max(0, K_p e + K_i I + K_d ∂))
 
     The integral alone is the classic gradient-ascent Lagrangian; the proportional term
     reacts to the current violation and the derivative term to a rising cost, which damps
@@ -149,6 +173,7 @@ class PIDLagrangeController(LagrangeController):
     response to a later violation. ``derivative_ema_alpha`` = α smooths the cost used by the
     derivative; α = 0 (the default) is exactly Algorithm 2, whose J_prev starts at 0.
     ``lambda_init`` is λ before the first update (λ is recomputed from scratch each update).
+    λ_max is finite (``DEFAULT_LAMBDA_MAX`` unless given), like the log-λ controller's cap.
     """
 
     kind: ClassVar[str] = "pid"
@@ -160,7 +185,7 @@ class PIDLagrangeController(LagrangeController):
         ki: float,
         kd: float,
         lambda_init: float = 0.0,
-        lambda_max: float | None = None,
+        lambda_max: float = DEFAULT_LAMBDA_MAX,
         integral_max: float | None = None,
         derivative_ema_alpha: float = 0.0,
     ) -> None:
@@ -168,21 +193,23 @@ class PIDLagrangeController(LagrangeController):
             raise ValueError(f"PID gains must be >= 0, got kp={kp}, ki={ki}, kd={kd}")
         if lambda_init < 0:
             raise ValueError(f"lambda_init must be >= 0, got {lambda_init}")
-        if lambda_max is not None and lambda_max < 0:
-            raise ValueError(f"lambda_max must be >= 0, got {lambda_max}")
+        lambda_max = _finite_cap(lambda_max)
+        if lambda_init > lambda_max:
+            raise ValueError(f"lambda_init ({lambda_init}) must be <= lambda_max ({lambda_max})")
         if integral_max is not None and integral_max < 0:
             raise ValueError(f"integral_max must be >= 0, got {integral_max}")
         if not 0.0 <= derivative_ema_alpha < 1.0:
             raise ValueError(f"derivative_ema_alpha must be in [0, 1), got {derivative_ema_alpha}")
         self.threshold = float(threshold)
         self.kp, self.ki, self.kd = float(kp), float(ki), float(kd)
-        self.lambda_max = None if lambda_max is None else float(lambda_max)
+        self.lambda_max = lambda_max
         self.integral_max = None if integral_max is None else float(integral_max)
         self.derivative_ema_alpha = float(derivative_ema_alpha)
         self.lambda_value = float(lambda_init)
         self.integral = 0.0
         self.smoothed_cost = 0.0
         self.num_updates = 0
+        self.at_cap_steps = 0
 
     @property
     def value(self) -> float:
@@ -199,10 +226,9 @@ class PIDLagrangeController(LagrangeController):
         self.smoothed_cost = alpha * previous_smoothed_cost + (1.0 - alpha) * expected_cost
         derivative = max(0.0, self.smoothed_cost - previous_smoothed_cost)
         raw_lambda = self.kp * error + self.ki * self.integral + self.kd * derivative
-        self.lambda_value = max(0.0, raw_lambda)
-        if self.lambda_max is not None:
-            self.lambda_value = min(self.lambda_value, self.lambda_max)
+        self.lambda_value = min(max(0.0, raw_lambda), self.lambda_max)
         self.num_updates += 1
+        self.at_cap_steps = self.at_cap_steps + 1 if self.lambda_value >= self.lambda_max else 0
         return self.lambda_value
 
     def state_dict(self) -> dict[str, Any]:
@@ -212,6 +238,7 @@ class PIDLagrangeController(LagrangeController):
             "integral": self.integral,
             "smoothed_cost": self.smoothed_cost,
             "num_updates": self.num_updates,
+            "at_cap_steps": self.at_cap_steps,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -220,6 +247,7 @@ class PIDLagrangeController(LagrangeController):
         self.integral = float(state["integral"])
         self.smoothed_cost = float(state["smoothed_cost"])
         self.num_updates = int(state["num_updates"])
+        self.at_cap_steps = int(state.get("at_cap_steps", 0))
 
 
 class ConstantLagrange(LagrangeController):

@@ -217,6 +217,9 @@ class TrainingConfig:
     # Score training divides by these (step % every).
     eval_every: int = checked(50, COUNT)
     save_every: int = checked(50, COUNT)
+    # Checkpoints kept on disk (the newest; older ones are deleted as new ones arrive): 3
+    # survive a corrupt newest save and bound the disk a long run fills. None keeps all.
+    keep_last_checkpoints: Optional[int] = checked(3, COUNT)
     log_every: int = checked(5, COUNT)
     # Tokens per conversation; longer ones keep their end, where the score is read.
     max_length: int = checked(512, COUNT)
@@ -292,6 +295,13 @@ class ServeConfig:
     # for company: 50 ms adds little latency and fills batches under load.
     max_batch_size: int = checked(16, COUNT)
     batch_wait_timeout_s: float = checked(0.05, NON_NEGATIVE)
+    # Requests waiting for the replica to take them (Serve's router holds a burst here first);
+    # more get 503 at once instead of joining an unbounded queue. 64: a full round of batches
+    # for every judge (3 x max_batch_size) with room to spare.
+    max_queued_requests: int = checked(64, COUNT)
+    # A request not answered within this gets 503 (Retry-After): a client never hangs on a busy
+    # replica. 60 s covers a full merged batch of short conversations on one CPU.
+    request_timeout_s: float = checked(60.0, POSITIVE)
     # An answer is flagged when its likeliest harm category's probability exceeds this.
     moderation_threshold: float = checked(0.5, PROBABILITY_OPEN)
     # float32 gives the same scores as evaluation; bfloat16 is faster on CPUs with AMX.
@@ -390,8 +400,9 @@ class LogLambdaConfig:
     # λ before the first update; λ is kept as ln λ, so it must be > 0.
     lambda_init: float = checked(1.0, greater(0, " for lagrange=log_lambda (λ is kept as ln λ)"))
     lambda_lr: float = checked(0.1, POSITIVE)
-    # Cap on λ (None: uncapped).
-    lambda_max: Optional[float] = checked(None, POSITIVE)
+    # λ never exceeds this: 5 is the Safe RLHF reference recipe's cap; a finite cap keeps ln λ
+    # from overflowing when the threshold cannot be met (faults.threshold_unreachable_after).
+    lambda_max: float = checked(5.0, POSITIVE)
     # Steps before λ starts moving (lets the critics warm up).
     update_delay: int = checked(0, NON_NEGATIVE)
     # λ reacts to the mean episode cost of this many recent steps.
@@ -416,8 +427,8 @@ class PIDLagrangeConfig:
     kd: float = checked(0.0, NON_NEGATIVE)
     # λ before the first update (each update recomputes λ from the three terms).
     lambda_init: float = checked(1.0, NON_NEGATIVE)
-    # Cap on λ (None: uncapped).
-    lambda_max: Optional[float] = checked(None, POSITIVE)
+    # λ never exceeds this (5: Safe RLHF's reference cap, as for log_lambda).
+    lambda_max: float = checked(5.0, POSITIVE)
     # Cap on the integral term's sum (None: uncapped; it never drops below 0 either way).
     integral_max: Optional[float] = checked(None, NON_NEGATIVE)
     # Smoothing α of the cost the derivative term reads; 0 is the paper's Algorithm 2.
@@ -476,6 +487,11 @@ class FaultsConfig:
     nonfinite: str = checked("skip", one_of(_nonfinite_policies))
     # Stop anyway after this many skipped steps in a row (a broken judge, not a glitch).
     max_consecutive_skips: int = checked(3, COUNT)
+    # λ at its cap (lagrange.lambda_max) this many steps in a row: the run reports the threshold
+    # as not reachable with this policy/budget (metrics lagrange/threshold_unreachable,
+    # faults.jsonl, the log, sweep-report) and trains on at the cap. 10 steps rule out a
+    # passing cost spike.
+    threshold_unreachable_after: int = checked(10, COUNT)
 
 
 def ranks_split_the_step(cfg: Any, prefix: str = "") -> list[Problem]:
@@ -516,9 +532,14 @@ class PPOLagConfig:
     # Checkpoint every N steps (0: only at the end); resume_from=<earlier output_dir> continues
     # from its newest complete checkpoint (the command is in that folder's resume_command.txt).
     save_every: int = checked(10, NON_NEGATIVE)
+    # Checkpoints kept on disk (the newest; older ones are deleted as new ones arrive): 3
+    # survive a corrupt newest save, and 200 steps saved every 20 no longer fill the volume
+    # with 10 copies of every model. None keeps all.
+    keep_last_checkpoints: Optional[int] = checked(3, COUNT)
     resume_from: Optional[str] = None
     # A resumed run must use the interrupted run's settings (checked against its
-    # ppo_lag_config.yaml); true allows deliberate changes (e.g. a new learning rate).
+    # ppo_lag_config.yaml) and the same data files and judge folders (by SHA-256, in
+    # input_fingerprints.json); true allows deliberate changes (e.g. a new learning rate).
     resume_allow_changes: bool = False
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     tensorboard: bool = True

@@ -10,6 +10,10 @@ The parsing, order randomisation and aggregation are pure functions; ``JudgeClie
 moves text over HTTP (standard library, no extra dependency) with timeouts, bounded retries
 and a thread pool. A reply that cannot be parsed is counted as ``invalid``; it never stops
 an evaluation.
+
+The key and the answers leave the machine only over TLS: a ``base_url`` must be ``https``
+unless its host is this machine (a local vLLM server), and redirects are refused rather than
+followed (urllib would re-send the Authorization header to wherever a 302 points).
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ import os
 import random
 import re
 import statistics
+import ipaddress
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
@@ -222,6 +228,40 @@ class _Retryable(Exception):
         self.retry_after = retry_after
 
 
+def is_loopback_host(host: str | None) -> bool:
+    """localhost or a loopback address (127.0.0.0/8, ::1)."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def checked_base_url(base_url: str) -> str:
+    """``base_url`` if it may carry the key and the answers: https, or http to this machine."""
+    parsed = urllib.parse.urlsplit(base_url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise JudgeError(f"judge.base_url={base_url!r} is not an http(s) URL")
+    if parsed.scheme == "http" and not is_loopback_host(parsed.hostname):
+        raise JudgeError(f"judge.base_url={base_url!r} is plain http to another machine: the API key and every "
+                         "answer would cross the network unencrypted; use https (plain http is for a server "
+                         "on this machine: localhost, 127.0.0.1, ::1)")
+    return base_url
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """A 3xx becomes an HTTPError instead of a second request (which would carry the key)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_OPENER = urllib.request.build_opener(_RefuseRedirects)
+
+
 class JudgeClient:
     """Chat Completions calls with a timeout, bounded retries (429, 5xx, connection errors,
     timeouts) with exponential backoff, and at most ``max_concurrency`` requests in flight."""
@@ -232,7 +272,7 @@ class JudgeClient:
                  max_backoff_s: float = 30.0):
         if not base_url:
             raise JudgeError("judge.base_url is empty: set it to an OpenAI-compatible /v1 URL")
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.url = checked_base_url(base_url).rstrip("/") + "/chat/completions"
         self.model = model
         self.api_key_env = api_key_env
         # Kept private and out of every message: only the variable's name is ever shown.
@@ -273,10 +313,15 @@ class JudgeClient:
             headers["Authorization"] = f"Bearer {self._api_key}"
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            with _OPENER.open(request, timeout=self.timeout_s) as response:
                 payload = response.read()
         except urllib.error.HTTPError as err:
             detail = self._redact(err.read(300).decode("utf-8", "replace").strip())
+            if 300 <= err.code < 400:
+                target = err.headers.get("Location") if err.headers else None
+                raise JudgeError(f"judge at {self.url} redirects (HTTP {err.code}) to {target}; redirects are "
+                                 "refused so the API key goes nowhere else: set judge.base_url to the "
+                                 "final URL") from None
             if err.code == 429 or err.code >= 500:
                 retry_after = err.headers.get("Retry-After") if err.headers else None
                 try:

@@ -8,6 +8,12 @@ has at least as much reward at no more cost, and is strictly better in one), and
 ``sweep.md`` / ``sweep.csv`` / ``sweep.json`` and ``frontier.png``. Trials that are
 ``rayrlhf pipeline`` runs (metrics under ``ppo-lag/``) also bring the evaluation of the
 trained policy (``pipeline_report.json``: eval after training).
+
+A trial that failed or stopped early (fewer steps logged than its config asked for) is listed
+with the error its log recorded, and left out of the frontier: its last steps describe a
+policy that never finished training. A trial whose λ sat at its cap (the metric
+``lagrange/threshold_unreachable``) is marked: its threshold is not reachable with that
+policy and budget.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import json
 import logging
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,6 +37,18 @@ REQUIRED_METRICS = (REWARD, COST, LAMBDA, THRESHOLD)
 THRESHOLD_KEYS = ("lagrange.threshold",)
 # Evaluation of the trained policy in pipeline trials: pipeline_report.json eval.after keys.
 EVAL_KEYS = ("mean_reward", "mean_cost", "unsafe_rate", "flagged_rate")
+UNREACHABLE, AT_CAP = "lagrange/threshold_unreachable", "lagrange/at_cap_steps"
+# The steps a trial was asked for, by where its metrics live (ppo-lag run, pipeline run).
+CONFIGURED_STEPS_KEYS = {"metrics.jsonl": "steps", "ppo-lag/metrics.jsonl": "ppo_steps"}
+COMPLETED, FAILED, STOPPED_EARLY = "completed", "failed", "stopped early"
+# The line the CLI logs when a stage raises (Hydra keeps a failed job's exception to itself).
+FAILURE_LINE = re.compile(r"rayrlhf (?P<stage>[\w-]+) failed: (?P<error>.+)$")
+
+
+def failure_line(stage: str, error: BaseException) -> str:
+    """What the CLI writes into a stage's log when the stage raises (``FAILURE_LINE`` reads it)."""
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    return f"rayrlhf {stage} failed: {type(error).__name__}: {first_line}"
 
 
 # ----------------------------------------------------------------------------- pure math
@@ -93,15 +112,24 @@ def format_value(value: Any) -> str:
 class TrialSummary:
     trial: str  # folder relative to the sweep folder
     params: dict[str, Any]  # the swept overrides of this trial
-    threshold: float  # the cost limit d the trial trained against (cost/threshold)
-    reward: float  # mean reward/mean over the last K steps
-    cost: float  # mean cost/mean over the last K steps
-    final_lambda: float
+    threshold: float | None  # the cost limit d the trial trained against (cost/threshold)
+    reward: float | None  # mean reward/mean over the last K steps (None: no step logged)
+    cost: float | None  # mean cost/mean over the last K steps
+    final_lambda: float | None
     kl: float | None  # mean actor/kl_to_ref over the last K steps
-    steps: int
+    steps: int  # the last step logged
     meets_threshold: bool = False
     pareto: bool = False
     eval_after: dict[str, float] = field(default_factory=dict)
+    configured_steps: int | None = None  # what the trial's config asked for (None: unknown)
+    status: str = COMPLETED  # completed | failed | stopped early
+    error: str = ""  # why it failed or stopped, from its log or its files
+    at_cap_steps: int = 0  # steps in a row λ sat at its cap, at the end
+    threshold_unreachable: bool = False  # λ sat at its cap long enough to call it (the run's own flag)
+
+    @property
+    def completed(self) -> bool:
+        return self.status == COMPLETED
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -130,26 +158,68 @@ def summarize_trial(history: Sequence[dict[str, Any]], last_k: int, *, trial: st
     kls = [float(row[KL]) for row in history if KL in row]
     threshold = float(history[-1][THRESHOLD])
     cost = last_k_mean(column(COST), last_k)
+    last = history[-1]
     return TrialSummary(trial=trial, params=dict(params or {}), threshold=threshold,
                         reward=last_k_mean(column(REWARD), last_k), cost=cost,
-                        final_lambda=float(history[-1][LAMBDA]),
-                        kl=last_k_mean(kls, last_k) if kls else None, steps=len(history),
-                        meets_threshold=cost <= threshold)
+                        final_lambda=float(last[LAMBDA]),
+                        kl=last_k_mean(kls, last_k) if kls else None,
+                        steps=int(last.get("step", len(history))),
+                        meets_threshold=cost <= threshold, at_cap_steps=int(last.get(AT_CAP, 0)),
+                        threshold_unreachable=bool(last.get(UNREACHABLE, 0.0)))
 
 
-def find_trials(sweep_dir: Path) -> list[tuple[Path, Path]]:
-    """(trial folder, metrics.jsonl) for every folder below ``sweep_dir`` holding Hydra's
-    ``.hydra/overrides.yaml`` and metrics: its own (ppo-lag) or ``ppo-lag/`` (pipeline)."""
+def find_trials(sweep_dir: Path) -> list[tuple[Path, Path | None]]:
+    """(trial folder, metrics.jsonl or None) for every folder below ``sweep_dir`` holding
+    Hydra's ``.hydra/overrides.yaml``; metrics are its own (ppo-lag) or under ``ppo-lag/``
+    (pipeline), and None where the trial logged no step (it failed before the first)."""
     trials = []
     for overrides in sorted(sweep_dir.rglob(".hydra/overrides.yaml")):
         folder = overrides.parent.parent
-        metrics = next((m for m in (folder / "metrics.jsonl", folder / "ppo-lag" / "metrics.jsonl")
-                        if m.is_file()), None)
-        if metrics is None:
-            log.warning("sweep-report: %s has no metrics.jsonl (did the trial fail?); skipped", folder)
-            continue
+        metrics = next((folder / name for name in CONFIGURED_STEPS_KEYS if (folder / name).is_file()), None)
         trials.append((folder, metrics))
     return trials
+
+
+def trial_config(folder: Path) -> dict[str, Any]:
+    """The trial's composed config as Hydra saved it (``{}`` if absent or unreadable)."""
+    import yaml
+
+    path = folder / ".hydra" / "config.yaml"
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def configured_steps(config: dict[str, Any], metrics_name: str) -> int | None:
+    value = config.get(CONFIGURED_STEPS_KEYS.get(metrics_name, "steps"))
+    return value if isinstance(value, int) else None
+
+
+def logged_error(folder: Path) -> str:
+    """The last failure the CLI logged into the trial's Hydra log(s) (``""``: none)."""
+    found = ""
+    for log_file in sorted(folder.glob("*.log")):
+        for line in log_file.read_text(encoding="utf-8", errors="replace").splitlines():
+            match = FAILURE_LINE.search(line)
+            if match:
+                found = match.group("error").strip()
+    return found
+
+
+def trial_outcome(summary: TrialSummary, folder: Path) -> None:
+    """Set ``status`` and ``error``: failed when the log holds a failure, stopped early when
+    fewer steps were logged than configured, completed otherwise."""
+    error = logged_error(folder)
+    short = summary.configured_steps is not None and summary.steps < summary.configured_steps
+    if error:
+        summary.status, summary.error = FAILED, error
+    elif short or summary.reward is None:
+        summary.status = STOPPED_EARLY
+        summary.error = summary.error or f"no error in {folder.name}'s log"
+    if not summary.completed:
+        summary.meets_threshold = False
 
 
 def trial_sort_key(name: str) -> tuple:
@@ -178,20 +248,41 @@ def summarize_sweep(sweep_dir: str | Path, last_k: int = 5) -> tuple[list[TrialS
         except Exception as exc:  # Hydra's parser raises its own error types
             raise ValueError(f"{path}: cannot parse the overrides ({exc})") from exc
     keys = swept_keys(all_overrides)
-    summaries = []
-    for (folder, metrics), overrides in zip(found, all_overrides):
-        summary = summarize_trial(read_metrics(metrics), last_k, trial=str(folder.relative_to(sweep_dir)),
-                                  params={k: overrides.get(k) for k in keys}, source=str(metrics))
-        report = folder / "pipeline_report.json"
-        if report.is_file():
-            after = json.loads(report.read_text()).get("eval", {}).get("after", {})
-            summary.eval_after = {k: float(after[k]) for k in EVAL_KEYS if k in after}
-        summaries.append(summary)
-    for summary, optimal in zip(summaries, pareto_optimal([(s.reward, s.cost) for s in summaries])):
+    summaries = [summarize_folder(folder, metrics, last_k, sweep_dir, overrides, keys)
+                 for (folder, metrics), overrides in zip(found, all_overrides)]
+    # Only finished trials compete for the frontier.
+    finished = [s for s in summaries if s.completed]
+    for summary, optimal in zip(finished, pareto_optimal([(s.reward, s.cost) for s in finished])):
         summary.pareto = optimal
-    summaries.sort(key=lambda s: (s.threshold, [format_value(s.params[k]) for k in keys],
-                                  trial_sort_key(s.trial)))
+    summaries.sort(key=lambda s: (math.inf if s.threshold is None else s.threshold,
+                                  [format_value(s.params[k]) for k in keys], trial_sort_key(s.trial)))
     return summaries, keys
+
+
+def summarize_folder(folder: Path, metrics: Path | None, last_k: int, sweep_dir: Path,
+                     overrides: dict[str, Any], keys: Sequence[str]) -> TrialSummary:
+    """One trial folder: its metrics summarised, its outcome judged, its evaluation read. A
+    trial without usable metrics is still a row (failed or stopped early), never dropped."""
+    config = trial_config(folder)
+    trial, params = str(folder.relative_to(sweep_dir)), {k: overrides.get(k) for k in keys}
+    try:
+        if metrics is None:
+            raise ValueError("no step logged (no metrics.jsonl)")
+        summary = summarize_trial(read_metrics(metrics), last_k, trial=trial, params=params, source=str(metrics))
+    except ValueError as exc:
+        lagrange = config.get("lagrange") if isinstance(config.get("lagrange"), dict) else {}
+        threshold = lagrange.get("threshold", overrides.get(THRESHOLD_KEYS[0]))
+        summary = TrialSummary(trial=trial, params=params, reward=None, cost=None, final_lambda=None, kl=None,
+                               steps=0, threshold=float(threshold) if isinstance(threshold, (int, float)) else None,
+                               status=STOPPED_EARLY, error=str(exc))
+    summary.configured_steps = configured_steps(config, "metrics.jsonl" if metrics is None
+                                                else str(metrics.relative_to(folder)))
+    trial_outcome(summary, folder)
+    report = folder / "pipeline_report.json"
+    if report.is_file():
+        after = json.loads(report.read_text()).get("eval", {}).get("after", {})
+        summary.eval_after = {k: float(after[k]) for k in EVAL_KEYS if k in after}
+    return summary
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -202,15 +293,32 @@ def table_rows(summaries: Sequence[TrialSummary], keys: Sequence[str]) -> tuple[
     eval_keys = [k for k in EVAL_KEYS if any(k in s.eval_after for s in summaries)]
     keys = [k for k in keys if k not in THRESHOLD_KEYS]  # the threshold column shows it
     header = ["trial", *keys, "threshold", "reward", "cost", "meets threshold", "final λ", "KL to ref",
-              "steps", "Pareto-optimal", *[f"eval after: {k}" for k in eval_keys]]
+              "steps", "Pareto-optimal", "status", "threshold reachable",
+              *[f"eval after: {k}" for k in eval_keys]]
+    number = lambda value, spec: "" if value is None else format(value, spec)  # noqa: E731
     rows = []
     for s in summaries:
-        rows.append([s.trial, *[format_value(s.params[k]) for k in keys], f"{s.threshold:g}",
-                     f"{s.reward:.4f}", f"{s.cost:.4f}", "yes" if s.meets_threshold else "no",
-                     f"{s.final_lambda:.4f}", "" if s.kl is None else f"{s.kl:.4f}", str(s.steps),
-                     "yes" if s.pareto else "no",
+        rows.append([s.trial, *[format_value(s.params[k]) for k in keys], number(s.threshold, "g"),
+                     number(s.reward, ".4f"), number(s.cost, ".4f"),
+                     ("yes" if s.meets_threshold else "no") if s.completed else "",
+                     number(s.final_lambda, ".4f"), number(s.kl, ".4f"), steps_cell(s),
+                     "yes" if s.pareto else "no", status_cell(s), reachable_cell(s),
                      *[f"{s.eval_after[k]:.4f}" if k in s.eval_after else "" for k in eval_keys]])
     return header, rows
+
+
+def steps_cell(s: TrialSummary) -> str:
+    return str(s.steps) if s.configured_steps is None else f"{s.steps}/{s.configured_steps}"
+
+
+def status_cell(s: TrialSummary) -> str:
+    return s.status if s.completed else f"{s.status}: {s.error}"
+
+
+def reachable_cell(s: TrialSummary) -> str:
+    if s.threshold_unreachable:
+        return f"no: λ at its cap for the last {s.at_cap_steps} steps"
+    return "" if s.reward is None else "yes"
 
 
 def point_label(summary: TrialSummary, keys: Sequence[str]) -> str:
@@ -225,6 +333,7 @@ def plot_frontier(summaries: Sequence[TrialSummary], keys: Sequence[str], path: 
     cross if not; the Pareto frontier joins the trials nothing beats."""
     from rayrlhf.eval.report import pyplot, save_figure
 
+    summaries = [s for s in summaries if s.completed]  # unfinished trials have no point to show
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5.5))
     thresholds = sorted({s.threshold for s in summaries})
@@ -272,14 +381,21 @@ def write_sweep_report(summaries: Sequence[TrialSummary], keys: Sequence[str], o
     write_json(out / "sweep.json", {"sweep_dir": str(sweep_dir), "last_k": last_k, "swept_keys": list(keys),
                                     "trials": [asdict(s) for s in summaries]})
     plot_frontier(summaries, keys, out / "frontier.png", last_k)
+    unfinished = [s for s in summaries if not s.completed]
+    unreachable = [s for s in summaries if s.threshold_unreachable]
     lines = [
         f"# Sweep: {sweep_dir}",
         "",
         f"{len(summaries)} trials; swept: {', '.join(keys) or '(nothing differs between trials)'}. "
         f"reward, cost and KL are means over each trial's last {last_k} steps; λ is the final value. "
-        "A trial meets its threshold when its cost ≤ threshold; Pareto-optimal means no other trial has "
-        "at least as much reward at no more cost.",
+        "A trial meets its threshold when its cost ≤ threshold; Pareto-optimal means no other finished "
+        "trial has at least as much reward at no more cost.",
         "",
+        *[f"- **Trial {s.trial} {s.status}** after {steps_cell(s)} steps: {s.error}. Left out of the frontier."
+          for s in unfinished],
+        *[f"- Trial {s.trial}: threshold {s.threshold:g} not reachable with this policy/budget "
+          f"(λ at its cap for the last {s.at_cap_steps} steps)." for s in unreachable],
+        *([""] if unfinished or unreachable else []),
         "![reward vs cost](frontier.png)",
         "",
         "| " + " | ".join(header) + " |",
@@ -307,8 +423,13 @@ def run(cfg) -> dict[str, Path]:
     out = Path(cfg.out_dir) if cfg.out_dir else sweep_dir
     written = write_sweep_report(summaries, keys, out, sweep_dir=sweep_dir, last_k=cfg.last_k)
     for s in summaries:
-        log.info("sweep-report: trial %s %s: reward %.4f cost %.4f (d=%g, %s)%s", s.trial, point_label(s, keys),
+        if not s.completed:
+            log.warning("sweep-report: trial %s %s %s after %s steps: %s", s.trial, point_label(s, keys),
+                        s.status, steps_cell(s), s.error)
+            continue
+        log.info("sweep-report: trial %s %s: reward %.4f cost %.4f (d=%g, %s)%s%s", s.trial, point_label(s, keys),
                  s.reward, s.cost, s.threshold, "meets" if s.meets_threshold else "violates",
-                 ", Pareto-optimal" if s.pareto else "")
+                 ", Pareto-optimal" if s.pareto else "",
+                 ", threshold not reachable (λ at its cap)" if s.threshold_unreachable else "")
     print(f"sweep report: {written['sweep.md']}")
     return written

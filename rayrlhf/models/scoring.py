@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rayrlhf.data.templates import format_conversation
+from rayrlhf.data.templates import RenderedText, encode_rendered, render_conversation
 
 
 @dataclass
@@ -16,25 +16,29 @@ class EncodedBatch:
     attention_mask: torch.Tensor  # [B, T] 1 on real tokens
 
 
-def conversation_texts(tokenizer, prompts: list[str], responses: list[str], template: str) -> list[str]:
-    """The text each judge reads; the safe_rlhf template ends with EOS as Safe RLHF does, so
-    the score is read at a token that means 'the answer is over'."""
+def rendered_conversations(tokenizer, prompts: list[str], responses: list[str], template: str) -> list[RenderedText]:
+    """What each judge reads, with where the untrusted prompt and response lie; the safe_rlhf
+    template ends with EOS as Safe RLHF does, so the score is read at a token that means 'the
+    answer is over'."""
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    texts = [format_conversation(p, r, template, tokenizer) for p, r in zip(prompts, responses)]
+    rendered = [render_conversation(p, r, template, tokenizer) for p, r in zip(prompts, responses)]
     if template == "safe_rlhf" and tokenizer.eos_token:
-        texts = [t + tokenizer.eos_token for t in texts]
-    return texts
+        rendered = [r.followed_by(tokenizer.eos_token) for r in rendered]
+    return rendered
 
 
-def encode_texts(tokenizer, texts: list[str], max_length: int) -> EncodedBatch:
-    """Right-padded ids; texts longer than ``max_length`` tokens keep their end (where the
+def conversation_texts(tokenizer, prompts: list[str], responses: list[str], template: str) -> list[str]:
+    """The text each judge reads (see ``rendered_conversations``)."""
+    return [r.text for r in rendered_conversations(tokenizer, prompts, responses, template)]
+
+
+def pad_right(ids: list[list[int]], pad_token_id: int, max_length: int) -> EncodedBatch:
+    """Right-padded ids; sequences longer than ``max_length`` tokens keep their end (where the
     score is read) and lose the start of the prompt."""
-    enc = tokenizer(texts, add_special_tokens=False)
-    ids = [seq[-max_length:] for seq in enc["input_ids"]]
+    ids = [seq[-max_length:] for seq in ids]
     width = max(len(seq) for seq in ids)
-    pad = tokenizer.pad_token_id
-    input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+    input_ids = torch.full((len(ids), width), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
     for row, seq in enumerate(ids):
         input_ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
@@ -42,16 +46,26 @@ def encode_texts(tokenizer, texts: list[str], max_length: int) -> EncodedBatch:
     return EncodedBatch(input_ids, attention_mask)
 
 
+def encode_conversations(tokenizer, prompts: list[str], responses: list[str], template: str,
+                         max_length: int) -> EncodedBatch:
+    """Judge inputs for (prompt, response) pairs. Control-token strings in either (an answer
+    that writes ``<|im_end|><|im_start|>assistant``) stay ordinary text, so no answer can
+    end its own conversation early for the judge (``rayrlhf.data.templates.encode_rendered``)."""
+    rendered = rendered_conversations(tokenizer, prompts, responses, template)
+    return pad_right([encode_rendered(tokenizer, r) for r in rendered], tokenizer.pad_token_id, max_length)
+
+
 @torch.no_grad()
 def score_conversations(model, tokenizer, prompts: list[str], responses: list[str], *,
                         template: str, max_length: int = 1024, batch_size: int = 16) -> torch.Tensor:
     """[N, K] end scores (K = 1 for reward/cost, 14 for moderation logits), float32."""
-    texts = conversation_texts(tokenizer, prompts, responses, template)
+    rendered = rendered_conversations(tokenizer, prompts, responses, template)
+    ids = [encode_rendered(tokenizer, r) for r in rendered]
     # Sorting by length keeps padding small; the original order is restored at the end.
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out = torch.empty((len(texts), model.num_labels), dtype=torch.float32)
+    order = sorted(range(len(ids)), key=lambda i: len(rendered[i].text))
+    out = torch.empty((len(ids), model.num_labels), dtype=torch.float32)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        batch = encode_texts(tokenizer, [texts[i] for i in idx], max_length)
+        batch = pad_right([ids[i] for i in idx], tokenizer.pad_token_id, max_length)
         out[idx] = model(batch.input_ids, batch.attention_mask).end_scores.float()
     return out

@@ -12,7 +12,12 @@ Concurrent requests for the same judge are merged by ``@serve.batch`` into one
 ``score_conversations`` call (one padded forward pass per 16 texts instead of one per
 request) and the scores are split back per request. Bad requests get a 4xx JSON
 ``{"error": ...}`` from :mod:`rayrlhf.serve.validation`; nothing a client sends can take the
-replica down, and an unexpected failure answers 500 without killing it either.
+replica down, and an unexpected failure answers 500 without killing it either. A merged batch
+that fails is scored again request by request, so one bad request fails alone.
+
+Bounded: bodies stop being read at the size a valid request can have; at most
+``max_queued_requests`` wait for the replica (more get 503 from Serve); a request not answered
+within ``request_timeout_s`` gets 503. Defaults live in ``rayrlhf.config.schema.ServeConfig``.
 """
 
 from __future__ import annotations
@@ -31,11 +36,12 @@ from starlette.responses import JSONResponse
 
 from rayrlhf.cluster import init_ray
 from rayrlhf.config.schema import ServeConfig
+from rayrlhf.data.templates import control_tokens
 from rayrlhf.models.score_model import ScoreModel, read_metadata
 from rayrlhf.models.scoring import score_conversations
 from rayrlhf.models.zoo import load_tokenizer
 from rayrlhf.serve.scoring_rules import check_threshold, cost_body, moderation_body, reward_body
-from rayrlhf.serve.validation import RequestError, max_body_bytes, parse_score_request
+from rayrlhf.serve.validation import RequestError, max_body_bytes, parse_score_request, read_body
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,7 @@ SERVED_KINDS = ("reward", "cost", "moderation")
 APP_NAME = "rayrlhf-score"
 # Texts per padded forward pass inside one merged batch (score_conversations sorts by length).
 FORWARD_BATCH_SIZE = 16
+PROXY_TIMEOUT_MARGIN_S = 5.0
 
 
 # The one source of the service's defaults (and the reason for each): the `rayrlhf serve`
@@ -52,7 +59,7 @@ DEFAULTS = ServeConfig()
 
 @dataclass(frozen=True)
 class ServiceSettings:
-    """Everything a replica needs besides the model folders (see build_app for each meaning)."""
+    """Everything a replica needs besides the model folders (meanings and defaults: ServeConfig)."""
 
     template: str = DEFAULTS.template.name
     max_length: int = DEFAULTS.max_length
@@ -63,6 +70,7 @@ class ServiceSettings:
     moderation_threshold: float = DEFAULTS.moderation_threshold
     dtype: str = DEFAULTS.dtype
     torch_threads: int = max(1, int(DEFAULTS.num_cpus))
+    request_timeout_s: float = DEFAULTS.request_timeout_s
 
 
 @dataclass
@@ -75,10 +83,12 @@ class Judge:
     requests: int = 0
     batches: int = 0
     largest_batch: int = 0
+    failed_batches: int = 0
 
     def describe(self) -> dict[str, Any]:
-        return {"path": self.path, "labels": self.model.labels, "requests": self.requests,
-                "batches": self.batches, "largest_batch": self.largest_batch}
+        # No folder path: healthz is public wherever the service is, a path is not.
+        return {"labels": self.model.labels, "requests": self.requests, "batches": self.batches,
+                "largest_batch": self.largest_batch, "failed_batches": self.failed_batches}
 
 
 def checked_model_dir(path: str | Path, kind: str) -> str:
@@ -136,6 +146,9 @@ class ScoreService:
             method.set_max_batch_size(settings.max_batch_size)
             method.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
         self.body_limit = max_body_bytes(settings.max_items, settings.max_chars)
+        # Text holding any judge's control-token strings is refused (422), not scored.
+        self.control_tokens = sorted({t for judge in self.judges.values() for t in control_tokens(judge.tokenizer)},
+                                     key=lambda t: (-len(t), t))
 
     # One batched method per judge: each gets its own queue, so a burst of reward requests
     # never waits behind cost requests. The decorator's sizes are replaced in __init__.
@@ -151,21 +164,41 @@ class ScoreService:
     async def score_moderation(self, requests: list[list[tuple[str, str]]]) -> list[torch.Tensor]:
         return await self.score_merged("moderation", requests)
 
-    async def score_merged(self, kind: str, requests: list[list[tuple[str, str]]]) -> list[torch.Tensor]:
-        """Score every pair of every request in one call; return each request's own rows."""
+    async def score_merged(self, kind: str,
+                           requests: list[list[tuple[str, str]]]) -> list[torch.Tensor | Exception]:
+        """Score every pair of every request in one call; return each request's own rows. If
+        the merged call fails, each request is scored alone: the one that breaks scoring gets
+        its exception back (``handle`` raises it), the others their scores."""
         judge = self.judges[kind]
-        pairs = [pair for request in requests for pair in request]
+        try:
+            scores = await self.score_pairs(judge, [pair for request in requests for pair in request])
+            results: list[torch.Tensor | Exception] = split_rows(scores, [len(request) for request in requests])
+        except Exception as err:
+            judge.failed_batches += 1
+            if len(requests) == 1:
+                raise
+            log.warning("a merged batch of %d %s requests failed (%s: %s); scoring them one by one",
+                        len(requests), kind, type(err).__name__, err)
+            results = [await self.score_alone(judge, request) for request in requests]
+        judge.requests += sum(not isinstance(result, Exception) for result in results)
+        judge.batches += 1
+        judge.largest_batch = max(judge.largest_batch, len(requests))
+        return results
+
+    async def score_alone(self, judge: Judge, request: list[tuple[str, str]]) -> torch.Tensor | Exception:
+        try:
+            return await self.score_pairs(judge, request)
+        except Exception as err:  # handed to this request alone
+            return err
+
+    async def score_pairs(self, judge: Judge, pairs: list[tuple[str, str]]) -> torch.Tensor:
         # A worker thread keeps the event loop free to accept (and queue) the next requests.
-        scores = await asyncio.to_thread(
+        return await asyncio.to_thread(
             score_conversations, judge.model, judge.tokenizer,
             [prompt for prompt, _ in pairs], [response for _, response in pairs],
             template=self.settings.template, max_length=self.settings.max_length,
             batch_size=FORWARD_BATCH_SIZE,
         )
-        judge.requests += len(requests)
-        judge.batches += 1
-        judge.largest_batch = max(judge.largest_batch, len(requests))
-        return split_rows(scores, [len(request) for request in requests])
 
     def response_body(self, kind: str, scores: torch.Tensor) -> dict[str, Any]:
         if kind == "reward":
@@ -193,22 +226,27 @@ class ScoreService:
         if kind not in self.judges:
             raise RequestError(404, f"no {kind} model is loaded in this service; start it with "
                                     f"{kind}_model=<folder> to enable {route}")
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.body_limit:
-            raise RequestError(413, f"request body of {declared} bytes is larger than the "
-                                    f"{self.body_limit} bytes this service accepts")
-        pairs = parse_score_request(await request.body(), max_items=self.settings.max_items,
-                                    max_chars=self.settings.max_chars)
+        body = await read_body(request.stream(), self.body_limit, request.headers.get("content-length"))
+        pairs = parse_score_request(body, max_items=self.settings.max_items, max_chars=self.settings.max_chars,
+                                    control_tokens=self.control_tokens)
         scores = await self.batched[kind](pairs)
+        if isinstance(scores, Exception):  # this request broke scoring (see score_merged)
+            raise scores
         return JSONResponse(self.response_body(kind, scores))
 
     async def __call__(self, request: Request) -> JSONResponse:
         route = route_of(request.scope)
         started = time.perf_counter()
+        timeout = self.settings.request_timeout_s
         try:
-            return await self.handle(request, route)
+            return await asyncio.wait_for(self.handle(request, route), timeout)
         except RequestError as err:
             return error_response(err.status, err.message)
+        except TimeoutError:
+            log.warning("%s %s not answered within request_timeout_s=%g", request.method, route, timeout)
+            return JSONResponse({"error": f"not answered within {timeout:g} s (request_timeout_s); "
+                                          "the service is busy, retry later"},
+                                status_code=503, headers={"Retry-After": "5"})
         except Exception as err:  # the replica must outlive any single bad request
             log.exception("%s %s failed after %.3f s", request.method, route, time.perf_counter() - started)
             return error_response(500, f"internal error while scoring ({type(err).__name__}); "
@@ -221,8 +259,10 @@ def build_app(reward_dir: str | Path | None = None, cost_dir: str | Path | None 
               max_chars: int = DEFAULTS.max_chars, max_batch_size: int = DEFAULTS.max_batch_size,
               batch_wait_timeout_s: float = DEFAULTS.batch_wait_timeout_s,
               moderation_threshold: float = DEFAULTS.moderation_threshold, dtype: str = DEFAULTS.dtype,
-              num_cpus: float = DEFAULTS.num_cpus):
-    """The bound Serve application scoring with the given judges (at least one).
+              num_cpus: float = DEFAULTS.num_cpus, max_queued_requests: int = DEFAULTS.max_queued_requests,
+              request_timeout_s: float = DEFAULTS.request_timeout_s):
+    """The bound Serve application scoring with the given judges (at least one); every
+    keyword means what the ServeConfig field of its name says, and defaults to it.
 
     ``max_batch_size`` counts requests merged into one scoring call (each may hold up to
     ``max_items`` pairs); ``batch_wait_timeout_s`` is how long the first request of a batch
@@ -232,18 +272,20 @@ def build_app(reward_dir: str | Path | None = None, cost_dir: str | Path | None 
     model_dirs = {kind: checked_model_dir(path, kind) if path else None for kind, path in given.items()}
     if not any(model_dirs.values()):
         raise ValueError("give at least one of reward_dir, cost_dir, moderation_dir")
-    if max_items < 1 or max_chars < 1 or max_batch_size < 1 or max_length < 1:
-        raise ValueError("max_items, max_chars, max_batch_size and max_length must be positive")
+    if min(max_items, max_chars, max_batch_size, max_length, max_queued_requests) < 1:
+        raise ValueError("max_items, max_chars, max_batch_size, max_length and max_queued_requests must be positive")
+    if not request_timeout_s > 0:
+        raise ValueError(f"request_timeout_s must be > 0, got {request_timeout_s}")
     settings = ServiceSettings(
         template=template, max_length=max_length, max_items=max_items, max_chars=max_chars,
         max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s,
         moderation_threshold=check_threshold(moderation_threshold), dtype=dtype,
-        torch_threads=max(1, int(num_cpus)),
+        torch_threads=max(1, int(num_cpus)), request_timeout_s=float(request_timeout_s),
     )
     # Room for a full batch on every judge at once plus a few health checks; Serve's default
     # of 5 in-flight requests would cap every batch at 5.
     max_ongoing = max_batch_size * len(SERVED_KINDS) + 4
-    return ScoreService.options(max_ongoing_requests=max_ongoing,
+    return ScoreService.options(max_ongoing_requests=max_ongoing, max_queued_requests=max_queued_requests,
                                 ray_actor_options={"num_cpus": num_cpus}).bind(model_dirs, settings)
 
 
@@ -273,9 +315,12 @@ def run(cfg) -> str:
                     max_chars=cfg.max_chars, max_batch_size=cfg.max_batch_size,
                     batch_wait_timeout_s=cfg.batch_wait_timeout_s,
                     moderation_threshold=cfg.moderation_threshold, dtype=cfg.dtype,
-                    num_cpus=cfg.num_cpus)  # before Ray starts: a wrong folder fails at once
+                    num_cpus=cfg.num_cpus, max_queued_requests=cfg.max_queued_requests,
+                    request_timeout_s=cfg.request_timeout_s)  # before Ray starts: a wrong folder fails at once
     init_ray(cfg.cluster)
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    # The proxy's own timeout is a backstop a little behind the replica's 503 (which says why).
+    serve.start(http_options={"host": cfg.host, "port": cfg.port,
+                              "request_timeout_s": cfg.request_timeout_s + PROXY_TIMEOUT_MARGIN_S})
     serve.run(app, name=APP_NAME, route_prefix=normalized_prefix(cfg.route_prefix), blocking=False)
     url = service_url(cfg.host, cfg.port, cfg.route_prefix)
     print(f"rayrlhf serve: scoring at {url}  (POST /reward /cost /moderation, GET /healthz)", flush=True)

@@ -19,6 +19,7 @@ resuming live beside it (``checkpoint_dir``, ``metrics_log``, ``resume``).
 from __future__ import annotations
 
 import json
+import math
 import logging
 import random
 import time
@@ -34,9 +35,10 @@ from rayrlhf.algorithms import (
 from rayrlhf.cluster import check_cluster_capacity, required_cpus
 from rayrlhf.config import to_object
 from rayrlhf.faults import FaultLog, NonFiniteError, WorkerFailedError, actor_failure_types, describe_nonfinite, \
-    findings_message
+    findings_message, note_unreachable_threshold
 from rayrlhf.rollout import SamplingSpec
 from rayrlhf.trainers import checkpoint_dir
+from rayrlhf.trainers.fingerprints import ppo_lag_inputs, write_fingerprints
 from rayrlhf.trainers.metrics_log import MetricsLog
 from rayrlhf.trainers.ppo_lag_roles import Roles, build_roles
 from rayrlhf.trainers.resume import CONFIG_SNAPSHOT, check_resume_config, resume_hint, write_resume_command
@@ -148,8 +150,8 @@ class PPOLagDriver:
         self.step_index += 1
         self.consecutive_skips = 0
         return step_metrics(self.step_index, batch, stats, lambda_used=lambda_used, lambda_new=lambda_new,
-                            threshold=self.lagrange.threshold, logprob_gap_tolerance=self.logprob_gap_tolerance,
-                            timer=timer)
+                            threshold=self.lagrange.threshold, at_cap_steps=self.lagrange.at_cap_steps,
+                            logprob_gap_tolerance=self.logprob_gap_tolerance, timer=timer)
 
     def sampling_spec(self) -> SamplingSpec:
         """How this step samples: the policy's own distribution, seeded by the step."""
@@ -271,7 +273,7 @@ class PPOLagDriver:
                      "python_random": repr(random.getstate()), "torch_seed": torch.initial_seed()}
             (folder / DRIVER_STATE).write_text(json.dumps(state, indent=2))
 
-        return checkpoint_dir.publish_checkpoint(root, self.step_index, write)
+        return checkpoint_dir.publish_checkpoint(root, self.step_index, write, keep_last=self.cfg.keep_last_checkpoints)
 
     def load_checkpoint(self, path: Path) -> None:
         self.roles.load_checkpoint(path)
@@ -292,7 +294,8 @@ class PPOLagDriver:
 
 
 def step_metrics(step: int, batch: RolloutBatch, stats: TrainStats, *, lambda_used: float, lambda_new: float,
-                 threshold: float, logprob_gap_tolerance: float, timer: PhaseTimer) -> dict[str, float]:
+                 threshold: float, at_cap_steps: int, logprob_gap_tolerance: float,
+                 timer: PhaseTimer) -> dict[str, float]:
     """One row of metrics.jsonl, by namespace (README: "Metrics")."""
     mask = batch.response_mask.float()
     timing = timer.metrics()
@@ -311,6 +314,8 @@ def step_metrics(step: int, batch: RolloutBatch, stats: TrainStats, *, lambda_us
         "cost/violation_rate": float((batch.costs > 0).float().mean()),
         "lagrange/lambda": float(lambda_new),
         "lagrange/lambda_used": float(lambda_used),
+        # Updates in a row that ended with λ at its cap (lagrange.lambda_max).
+        "lagrange/at_cap_steps": float(at_cap_steps),
         "actor/kl_to_ref": float(masked_mean(batch.old_logprobs - batch.ref_logprobs, mask)),
         **{f"actor/{name}": value for name, value in vars(stats.actor).items()},
         "critic/reward_loss": stats.reward_critic.loss,
@@ -339,7 +344,9 @@ def run(cfg) -> list[dict[str, float]]:
         if resume_point is None:
             raise FileNotFoundError(f"resume_from={cfg.resume_from}: no complete checkpoint below it")
         check_resume_config(cfg, Path(cfg.resume_from))
+        checkpoint_dir.remove_stale_saves(Path(cfg.resume_from) / "checkpoints")  # saves the crash cut short
     (out / CONFIG_SNAPSHOT).write_text(OmegaConf.to_yaml(cfg))
+    write_fingerprints(out, ppo_lag_inputs(cfg))
     write_resume_command(out)
     init_ray(cfg.cluster, required_cpus=required_cpus(cfg))
     fault_log = FaultLog(out / "faults.jsonl")
@@ -360,6 +367,9 @@ def run(cfg) -> list[dict[str, float]]:
                     fault_log.record("recomputed_steps", steps=[m["step"] for m in dropped], rows=dropped)
                 while driver.step_index < cfg.steps:
                     metrics = driver.step()
+                    note_unreachable_threshold(metrics, after=cfg.faults.threshold_unreachable_after,
+                                               lambda_max=getattr(driver.lagrange, "lambda_max", math.inf),
+                                               threshold=driver.lagrange.threshold, fault_log=fault_log)
                     history.append(metrics)
                     metrics_log.log(metrics)
                     if cfg.save_every and driver.step_index % cfg.save_every == 0:

@@ -191,7 +191,7 @@ def fit(loop, loop_config: dict[str, Any], cfg, out: Path, name: str) -> dict[st
     """Run ``loop`` on ``training.num_workers`` Ray Train workers; write metrics.json and
     config.yaml into ``out``; return the last reported numeric metrics."""
     from omegaconf import OmegaConf
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from rayrlhf.eval.metrics import format_table
@@ -204,7 +204,8 @@ def fit(loop, loop_config: dict[str, Any], cfg, out: Path, name: str) -> dict[st
         torch_config=TorchConfig(backend="nccl" if training.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=training.num_workers, use_gpu=training.use_gpu,
                                      resources_per_worker={"CPU": training.cpus_per_worker}),
-        run_config=RunConfig(storage_path=str((out / "ray_train").resolve()), name=name),
+        run_config=RunConfig(storage_path=str((out / "ray_train").resolve()), name=name,
+                             checkpoint_config=CheckpointConfig(num_to_keep=training.keep_last_checkpoints)),
     )
     result = trainer.fit()
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}

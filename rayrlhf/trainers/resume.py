@@ -15,7 +15,7 @@ CONFIG_SNAPSHOT = "ppo_lag_config.yaml"
 RESUME_COMMAND = "resume_command.txt"
 # Keys a resumed run may change without changing what it computes.
 RESUME_FREE_KEYS = ("steps", "save_every", "resume_from", "resume_allow_changes", "tensorboard", "run.output_dir",
-                    "run.log_level", "cluster", "faults")
+                    "run.log_level", "cluster", "faults", "keep_last_checkpoints")
 
 
 def config_changes(saved: dict, current: dict, free_keys: tuple[str, ...] = RESUME_FREE_KEYS) -> list[str]:
@@ -37,14 +37,25 @@ def config_changes(saved: dict, current: dict, free_keys: tuple[str, ...] = RESU
 
 
 def check_resume_config(cfg, resume_dir: Path) -> None:
-    """A resumed run must compute what the interrupted one would have: same settings."""
+    """A resumed run must compute what the interrupted one would have: same settings, same
+    data and judges (``rayrlhf.trainers.fingerprints``), and the interrupted run must be over."""
     from omegaconf import OmegaConf
 
-    snapshot = resume_dir / CONFIG_SNAPSHOT
-    if not snapshot.is_file() or cfg.resume_allow_changes:
+    from rayrlhf.run_folder import run_in_progress
+    from rayrlhf.trainers.fingerprints import fingerprint_changes, ppo_lag_inputs
+
+    if run_in_progress(resume_dir):
+        raise RuntimeError(f"resume_from={resume_dir}: that run is still going (another process holds its "
+                           "folder's lock); stop it first")
+    if cfg.resume_allow_changes:
         return
+    snapshot = resume_dir / CONFIG_SNAPSHOT
+    if not snapshot.is_file():
+        raise ValueError(f"resume_from={resume_dir}: no {CONFIG_SNAPSHOT}, so this run cannot be checked against "
+                         "the one it resumes; pass resume_allow_changes=true to resume anyway")
     saved = OmegaConf.to_container(OmegaConf.load(snapshot), resolve=False)
     changes = config_changes(saved, OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True))
+    changes += fingerprint_changes(resume_dir, ppo_lag_inputs(cfg))
     if changes:
         raise ValueError(
             f"resume_from={resume_dir}: this run's config differs from the one it resumes "

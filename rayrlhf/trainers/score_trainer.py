@@ -33,10 +33,10 @@ log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- one worker
 def _forward_scores(model, tokenizer, kind: str, rows: list, template: str, max_length: int) -> torch.Tensor:
-    from rayrlhf.models.scoring import conversation_texts, encode_texts
+    from rayrlhf.models.scoring import encode_conversations
 
     prompts, responses = pairs_to_score(kind, rows)
-    batch = encode_texts(tokenizer, conversation_texts(tokenizer, prompts, responses, template), max_length)
+    batch = encode_conversations(tokenizer, prompts, responses, template, max_length)
     return model(batch.input_ids, batch.attention_mask).end_scores
 
 

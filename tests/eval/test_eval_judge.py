@@ -350,6 +350,79 @@ def test_unreachable_server_is_named_after_bounded_retries():
     assert time.monotonic() - start < 5
 
 
+class Redirector:
+    """Stand-in for a judge URL that answers every POST with a 302 to its own ``/landing``,
+    and records whatever arrives there: a redirect-following client (urllib turns the POST
+    into a GET) would deliver its Authorization header to wherever the 302 points."""
+
+    def __init__(self):
+        self.landed: list[tuple[str, str | None]] = []
+        redirector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _reply(self, code, location=None):
+                self.send_response(code)
+                if location:
+                    self.send_header("Location", location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                if self.path.startswith("/landing"):
+                    redirector.landed.append(("POST", self.headers.get("Authorization")))
+                    return self._reply(404)
+                self._reply(302, f"http://127.0.0.1:{self.server.server_address[1]}/landing")
+
+            def do_GET(self):
+                redirector.landed.append(("GET", self.headers.get("Authorization")))
+                self._reply(404)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_redirect_is_refused_and_the_key_goes_nowhere_else(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    with Redirector() as redirector:
+        with pytest.raises(JudgeError, match=r"redirects \(HTTP 302\) to http://127\.0\.0\.1:\d+/landing"):
+            _client(redirector.base_url, max_retries=0).judge_single(["q"], ["a"])
+    assert redirector.landed == []  # nothing, and no key, reached the redirect's target
+
+
+@pytest.mark.parametrize(("url", "allowed"), [
+    ("https://api.openai.com/v1", True),
+    ("http://127.0.0.1:8000/v1", True),
+    ("http://127.5.6.7:8000/v1", True),
+    ("http://localhost:8000/v1", True),
+    ("http://[::1]:8000/v1", True),
+    ("http://api.openai.com/v1", False),
+    ("http://10.0.0.5:8000/v1", False),
+    ("http://localhost.evil.example/v1", False),
+    ("ftp://127.0.0.1/v1", False),
+])
+def test_plain_http_is_only_for_this_machine(url, allowed, monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    if allowed:
+        assert _client(url).url == url + "/chat/completions"  # no request is made here
+    else:
+        with pytest.raises(JudgeError, match="https|not an http"):
+            _client(url)
+
+
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_eval_stage_with_the_judge(ray_cluster, tiny_model_dir, standin, tmp_path):

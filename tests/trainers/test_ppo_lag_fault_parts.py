@@ -14,9 +14,25 @@ import pytest
 import torch
 
 from rayrlhf.trainers import checkpoint_dir
-from rayrlhf.faults import FaultLog, describe_nonfinite, findings_message, nonfinite_rows
+from rayrlhf.faults import FaultLog, describe_nonfinite, findings_message, nonfinite_rows, note_unreachable_threshold
 from rayrlhf.trainers.metrics_log import MetricsLog
 from rayrlhf.trainers.resume import config_changes
+
+
+# ------------------------------------------------------------------ λ held at its cap
+def test_unreachable_threshold_is_flagged_from_the_nth_step_at_the_cap_and_recorded_once(tmp_path, caplog):
+    fault_log = FaultLog(tmp_path / "faults.jsonl")
+    streaks = [0, 1, 2, 3, 4, 0, 1]
+    rows = [{"step": i + 1, "cost/mean": 0.02, "lagrange/at_cap_steps": float(n)} for i, n in enumerate(streaks)]
+    rows.append({"step": 8, "faults/skipped_nonfinite": 1.0})  # a skipped step logs no streak
+    with caplog.at_level("WARNING"):
+        for row in rows:
+            note_unreachable_threshold(row, after=3, lambda_max=5.0, threshold=-0.1, fault_log=fault_log)
+    assert [row["lagrange/threshold_unreachable"] for row in rows] == [0, 0, 0, 1, 1, 0, 0, 0]
+    entries = [json.loads(line) for line in (tmp_path / "faults.jsonl").read_text().splitlines()]
+    assert [(e["kind"], e["step"], e["at_cap_steps"]) for e in entries] == [("threshold_unreachable", 4, 3)]
+    assert "not reachable with this policy/budget" in entries[0]["message"]
+    assert caplog.text.count("not reachable with this policy/budget") == 1
 
 
 # ------------------------------------------------------------------ NaN / Inf detection
@@ -120,6 +136,57 @@ def test_one_convention_finds_the_newest_checkpoint_of_any_run_folder(tmp_path):
     assert checkpoint_dir.latest_checkpoint(score_run) == trials / "checkpoint_2026-01-01_00-00-01"
     assert checkpoint_dir.checkpoint_step(trials / "checkpoint_2026-01-01_00-00-01") == 9
     assert checkpoint_dir.latest_checkpoint(tmp_path / "empty") is None
+def test_keep_last_deletes_the_oldest_complete_checkpoints(tmp_path):
+    for step in (2, 4, 6, 8, 10):
+        checkpoint_dir.publish_checkpoint(tmp_path, step, write_files(str(step)), keep_last=3)
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_000006", "step_000008", "step_000010"]
+    assert checkpoint_dir.latest_checkpoint(tmp_path) == tmp_path / "step_000010"
+    # An incomplete folder (a save cut short) is neither counted nor deleted by the pruning.
+    (tmp_path / "step_000011").mkdir()
+    checkpoint_dir.publish_checkpoint(tmp_path, 12, write_files("12"), keep_last=1)
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_000011", "step_000012"]
+    with pytest.raises(ValueError, match="keep_last"):
+        checkpoint_dir.publish_checkpoint(tmp_path, 14, write_files("14"), keep_last=0)
+
+
+def test_every_file_and_folder_is_fsynced_before_the_rename(tmp_path, monkeypatch):
+    """The rename publishes the checkpoint; whatever it publishes must be on the disk first,
+    and the folder holding the rename must be flushed after it."""
+    import os
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(src), str(dst)))
+        return real_replace(src, dst)
+
+    def write(folder):
+        (folder / "weights.bin").write_text("w")
+        (folder / "policy").mkdir()
+        (folder / "policy" / "model.safetensors").write_text("m")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    checkpoint_dir.publish_checkpoint(tmp_path, 3, write)
+    tmp = str(tmp_path / ".tmp_step_000003")
+    rename = events.index(("replace", tmp, str(tmp_path / "step_000003")))
+    synced_before = {event[1] for event in events[:rename] if event[0] == "fsync"}
+    expected = {tmp, f"{tmp}/weights.bin", f"{tmp}/policy", f"{tmp}/policy/model.safetensors", f"{tmp}/COMPLETE"}
+    assert expected <= synced_before, expected - synced_before
+    assert ("fsync", str(tmp_path)) in events[rename + 1:]  # the rename itself made durable
+
+
+def test_stale_saves_are_removed(tmp_path):
+    good = checkpoint_dir.publish_checkpoint(tmp_path, 2, write_files("two"))
+    (tmp_path / ".tmp_step_000004").mkdir()
+    (tmp_path / ".tmp_step_000004" / "weights.bin").write_text("half")
+    assert checkpoint_dir.remove_stale_saves(tmp_path) == [tmp_path / ".tmp_step_000004"]
+    assert not list(tmp_path.glob(".tmp_*")) and checkpoint_dir.latest_checkpoint(tmp_path) == good
 
 
 SLOW_SAVE = """
@@ -193,3 +260,60 @@ def test_resuming_with_different_settings_is_refused(tmp_path):
     changed = config(tmp_path / "second", "ppo.actor_lr=0.5", f"resume_from={tmp_path / 'first'}")
     with pytest.raises(ValueError, match=r"ppo.actor_lr: 0.002 -> 0.5"):
         ppo_lag.run(changed)
+
+
+def interrupted_run(tmp_path, *overrides):
+    """A run folder as an interrupted run leaves it: config snapshot, input fingerprints and a
+    checkpoint (written by the same functions ``run`` uses)."""
+    from omegaconf import OmegaConf
+
+    from rayrlhf.config import compose_config
+    from rayrlhf.trainers import ppo_lag
+    from rayrlhf.trainers.fingerprints import ppo_lag_inputs, write_fingerprints
+
+    first = tmp_path / "first"
+    cfg = compose_config("ppo_lag", ["+experiment=synthetic", *overrides], output_dir=str(first))
+    (first / "checkpoints" / "step_000002").mkdir(parents=True)
+    (first / "checkpoints" / "step_000002" / "COMPLETE").write_text("2")
+    (first / ppo_lag.CONFIG_SNAPSHOT).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_fingerprints(first, ppo_lag_inputs(cfg))
+    return first
+
+
+def resumed_config(tmp_path, first, *overrides):
+    from rayrlhf.config import compose_config
+
+    return compose_config("ppo_lag", ["+experiment=synthetic", *overrides, f"resume_from={first}"],
+                          output_dir=str(tmp_path / "second"))
+
+
+def test_resuming_after_the_data_or_a_judge_changed_is_refused(tmp_path):
+    from rayrlhf.trainers import ppo_lag
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "How do I bake bread?"}) + "\n")
+    judge = tmp_path / "judge"
+    judge.mkdir()
+    (judge / "model.safetensors").write_bytes(b"weights v1")
+    same = [f"prompts.source={prompts}", "prompts.schema=prompt", f"reward_critic_init={judge}"]
+    first = interrupted_run(tmp_path, *same)
+    ppo_lag.check_resume_config(resumed_config(tmp_path, first, *same), first)  # unchanged: fine
+
+    prompts.write_text(json.dumps({"prompt": "How do I bake a cake?"}) + "\n")  # edited in place
+    (judge / "model.safetensors").write_bytes(b"weights v2")  # retrained into the same folder
+    with pytest.raises(ValueError) as info:
+        ppo_lag.check_resume_config(resumed_config(tmp_path, first, *same), first)
+    assert f"prompts: the contents of {prompts} changed" in str(info.value)
+    assert f"reward_critic_init: the contents of {judge} changed" in str(info.value)
+    assert "resume_allow_changes=true" in str(info.value)
+    ppo_lag.check_resume_config(resumed_config(tmp_path, first, *same, "resume_allow_changes=true"), first)
+
+
+def test_resuming_a_folder_without_a_config_snapshot_is_refused(tmp_path):
+    from rayrlhf.trainers import ppo_lag
+
+    first = interrupted_run(tmp_path)
+    (first / ppo_lag.CONFIG_SNAPSHOT).unlink()
+    with pytest.raises(ValueError, match="no ppo_lag_config.yaml"):
+        ppo_lag.check_resume_config(resumed_config(tmp_path, first), first)
+    ppo_lag.check_resume_config(resumed_config(tmp_path, first, "resume_allow_changes=true"), first)

@@ -49,8 +49,10 @@ def assert_same_trajectory(rows: list[dict], reference: list[dict]) -> None:
 @pytest.fixture(scope="module")
 def undisturbed(ray_cluster, tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("undisturbed")
-    history = ppo_lag.run(config(out))
+    history = ppo_lag.run(config(out, "keep_last_checkpoints=2"))
     assert [m["step"] for m in history] == [1, 2, 3, 4, 5]
+    # Saved at steps 2, 4 and 5 (the end); the oldest was deleted once two newer ones existed.
+    assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == ["step_000004", "step_000005"]
     return history
 
 
@@ -178,6 +180,9 @@ def test_a_killed_driver_resumes_with_one_command(ray_cluster, tmp_path, undistu
 
     command = (first / "resume_command.txt").read_text().strip()
     assert command.endswith(f"resume_from={first}")
+    stale = first / "checkpoints" / ".tmp_step_000003"  # a save the kill cut short
+    stale.mkdir(exist_ok=True)
+    (stale / "policy_partial.bin").write_bytes(b"half")
     result = subprocess.run(shlex.split(command), cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -186,6 +191,7 @@ def test_a_killed_driver_resumes_with_one_command(ray_cluster, tmp_path, undistu
     checkpoint_step = int((first / "checkpoints" / "latest").read_text().removeprefix("step_"))
     assert rows[0]["step"] > checkpoint_step and rows[-1]["step"] == 5
     assert_same_trajectory(rows, undisturbed)
+    assert not stale.exists()  # cleaned when the run was resumed
 
 
 def test_a_run_that_cannot_fit_on_the_local_cluster_fails_at_once(ray_cluster, tmp_path):

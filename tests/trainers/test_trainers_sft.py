@@ -159,8 +159,13 @@ def test_sft_resumed_from_a_checkpoint_ends_where_the_full_run_did(sft_run, sft_
              if json.loads(p.read_text())["global_step"] == 12]
     assert len(at_12) == 1
     shutil.copytree(at_12[0], tmp_path / "killed" / "checkpoint")
-    resumed, _ = train_sft(sft_data, tmp_path / "resumed", f"resume_from={tmp_path / 'killed'}")
+    # Saving more often changes nothing the run computes; keep_last_checkpoints=1 leaves only
+    # the newest of the saves at steps 18 and 24 on disk (Ray Train deletes the other).
+    resumed, _ = train_sft(sft_data, tmp_path / "resumed", f"resume_from={tmp_path / 'killed'}",
+                           "training.save_every=6", "training.keep_last_checkpoints=1")
     assert resumed["step"] == 24
+    states = [json.loads(p.read_text())["global_step"] for p in (tmp_path / "resumed").rglob("trainer_state.json")]
+    assert states == [24], states
     assert resumed["eval/initial_loss"] == full["eval/initial_loss"]  # carried through the checkpoint
     for key in ("eval/loss", "train/loss"):
         assert resumed[key] == pytest.approx(full[key], abs=1e-4), key
