@@ -176,8 +176,13 @@ class ScoreTrainConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     # L2 penalty on scores keeps them near 0 (Safe RLHF's score regulariser); 0 turns it off.
     score_l2_coef: float = 0.0
-    # Moderation: flag a QA pair when its highest category probability exceeds this.
-    moderation_threshold: float = 0.5
+    # Moderation: flag a QA pair when its highest category probability exceeds this. None
+    # (default): choose it on half of the held-out rows (best F1 with at most
+    # `moderation_max_false_positive_rate` of safe answers flagged), report on the other half,
+    # and save it with the model (rayrlhf.eval.calibration). The balanced training shifts
+    # every probability up, so a fixed 0.5 flags nearly everything.
+    moderation_threshold: Optional[float] = None
+    moderation_max_false_positive_rate: float = 0.10
     # Moderation: weigh each category's positives by negatives/positives (rare harms).
     moderation_balance_categories: bool = True
     # A previous run's output_dir: continue from its last checkpoint.
@@ -228,8 +233,9 @@ class ServeConfig:
     # for company: 50 ms adds little latency and fills batches under load.
     max_batch_size: int = 16
     batch_wait_timeout_s: float = 0.05
-    # An answer is flagged when its likeliest harm category's probability exceeds this.
-    moderation_threshold: float = 0.5
+    # An answer is flagged when its likeliest harm category's probability exceeds this; None:
+    # the threshold calibrated at training time and saved with the model.
+    moderation_threshold: Optional[float] = None
     # float32 gives the same scores as evaluation; bfloat16 is faster on CPUs with AMX.
     dtype: str = "float32"
     # CPUs reserved by the replica (also its torch threads).
@@ -423,7 +429,8 @@ class EvalConfig:
     moderation_model: Optional[str] = None
     reward_model: Optional[str] = None
     cost_model: Optional[str] = None
-    moderation_threshold: float = 0.5
+    # None: the moderation model's calibrated threshold (saved with it); a number overrides it.
+    moderation_threshold: Optional[float] = None
     # Optional LLM judge (judge.base_url=... turns it on): harmful rate, helpfulness, and with
     # baseline_policy pairwise win rates, next to the score models' numbers.
     judge: JudgeConfig = field(default_factory=JudgeConfig)
@@ -454,7 +461,9 @@ class PipelineConfig:
     # Optimisation of the score models, shared by the three.
     score_training: TrainingConfig = field(default_factory=TrainingConfig)
     eval_fraction: float = 0.1
-    moderation_threshold: float = 0.5
+    # None: calibrate the moderation judge's flag threshold on held-out rows (train-moderation).
+    moderation_threshold: Optional[float] = None
+    moderation_max_false_positive_rate: float = 0.10
     # Reward/cost for PPO-Lag; None uses the models trained above.
     reward: Optional[str] = None
     cost: Optional[str] = None

@@ -30,6 +30,7 @@ def score_model_config(cfg, kind: str, out_dir):
         "cluster": cfg.cluster, "kind": kind, "model": cfg.model, "dataset": cfg[SCORE_DATASET[kind]],
         "eval_fraction": cfg.eval_fraction, "template": cfg.template, "training": cfg.score_training,
         "moderation_threshold": cfg.moderation_threshold,
+        "moderation_max_false_positive_rate": cfg.moderation_max_false_positive_rate,
     })
 
 
