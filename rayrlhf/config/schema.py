@@ -437,6 +437,18 @@ class EvalConfig:
 
 
 @dataclass
+class OnPolicyJudgeDataConfig:
+    """Judge data from the starting policy's own answers (rayrlhf.eval.onpolicy): judges
+    trained only on templated text do not recognise this policy's harmful answers."""
+
+    enabled: bool = True
+    # The first answer is greedy (what evaluation sees), the others sampled (what PPO sees).
+    samples_per_prompt: int = 2
+    temperature: float = 1.0
+    max_new_tokens: int = 64
+
+
+@dataclass
 class PipelineConfig:
     """`rayrlhf pipeline`: the whole Safe-RLHF pipeline on one config.
 
@@ -452,6 +464,19 @@ class PipelineConfig:
     prompts: DatasetConfig = field(default_factory=DatasetConfig)
     qa_classification: DatasetConfig = field(default_factory=DatasetConfig)
     sft: DatasetConfig = field(default_factory=DatasetConfig)
+    # Held-out evaluation (rayrlhf.data.splits): this share of the prompt pool is removed from
+    # every training set (prompts, preferences, QA rows, SFT rows) and its benign prompts are
+    # evaluated; harmful ones come from `heldout_harmful` (BeaverTails-Evaluation, which shares
+    # no prompt with training), spread to `num_heldout_harmful` (0: all) over its categories.
+    # A missing file (no ../shared/data) falls back to the held-out demo prompts.
+    heldout_fraction: float = 0.25
+    heldout_harmful: Optional[DatasetConfig] = None
+    num_heldout_harmful: int = 140
+    # More benign prompts for over-refusal and helpfulness (any schema with a prompt).
+    heldout_benign: Optional[DatasetConfig] = None
+    onpolicy: OnPolicyJudgeDataConfig = field(default_factory=OnPolicyJudgeDataConfig)
+    # Optional LLM judge of the held-out answers (judge.base_url=... turns it on).
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
     # True: fine-tune `model` on `sft` first; the SFT'd policy is then PPO-Lag's starting
     # policy and the "before" baseline of the evaluation (the judges keep `model`).
     run_sft: bool = False
@@ -473,9 +498,8 @@ class PipelineConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     lagrange: LagrangeConfig = field(default_factory=LagrangeConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
-    # Evaluation of the policy before and after: prompts spread over `prompts`, answered with
-    # `generation` by the `eval_engine`.
-    num_eval_prompts: int = 32
+    # Held-out answers (and the on-policy judge data) come from the `eval_engine`, with
+    # `generation` (greedy by default: the answer a user would get).
     eval_engine: str = "vllm"
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
