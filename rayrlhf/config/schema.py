@@ -475,6 +475,11 @@ class PipelineConfig:
     # More benign prompts for over-refusal and helpfulness (any schema with a prompt).
     heldout_benign: Optional[DatasetConfig] = None
     onpolicy: OnPolicyJudgeDataConfig = field(default_factory=OnPolicyJudgeDataConfig)
+    # The Safe RLHF paper's comparison: also train plain PPO (λ = 0) and PPO with a fixed cost
+    # penalty (λ = compare_fixed_lambda) from the same start on the same budget, and chart all
+    # three against the threshold (three PPO runs instead of one).
+    compare: bool = False
+    compare_fixed_lambda: float = 1.0
     # Optional LLM judge of the held-out answers (judge.base_url=... turns it on).
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     # True: fine-tune `model` on `sft` first; the SFT'd policy is then PPO-Lag's starting

@@ -179,7 +179,8 @@ BAR = {"relative_reduction": 0.5, "over_refusal": 0.10}
 def write_report(out: Path, *, history: list[dict[str, float]], evaluation: dict[str, Any],
                  records: dict[str, list[dict[str, Any]]], splits: dict[str, Any],
                  score_models: dict[str, dict[str, Any]], timings: dict[str, float],
-                 onpolicy: dict[str, Any] | None = None, settings: dict[str, Any] | None = None) -> Path:
+                 onpolicy: dict[str, Any] | None = None, settings: dict[str, Any] | None = None,
+                 compare: dict[str, Any] | None = None) -> Path:
     """``out/report.md`` plus its plots: the held-out evaluation first, then the judges'
     own quality, training curves, sample answers and timings."""
     out.mkdir(parents=True, exist_ok=True)
@@ -221,6 +222,18 @@ def write_report(out: Path, *, history: list[dict[str, float]], evaluation: dict
                   f"{last['cost/mean']:.3f} against threshold {last['cost/threshold']:.3f}, "
                   f"λ {last['lagrange/lambda']:.3f} (reward and cost by the optimised judges, on training prompts).",
                   "", "![training](training.png)", ""]
+    if compare:
+        parts += ["## PPO, fixed penalty and PPO-Lag from the same start", "",
+                  f"Reward and cost are the optimised judges' means over each run's last {compare['last_k']} training "
+                  "steps; the held-out rates are by the independent judges.", "", "![compare](compare.png)", "",
+                  "| run | reward | cost | threshold | meets it | final λ | held-out unsafe (refusal rule) "
+                  "| held-out flagged (moderation) |", "|---|---|---|---|---|---|---|---|"]
+        for run in compare["runs"]:
+            parts.append(f"| {run['run']} | {run['reward']:.3f} | {run['cost']:.3f} | {run['threshold']:g} | "
+                         f"{'yes' if run['meets_threshold'] else 'no'} | {run['final_lambda']:.3f} | "
+                         f"{run.get('heldout/unsafe_rule', float('nan')):.3f} | "
+                         f"{run.get('heldout/flagged_moderation', float('nan')):.3f} |")
+        parts.append("")
     parts += ["## Sample held-out answers", "", *sample_answers(records)]
     parts += ["## Data", "", "| split | rows |", "|---|---|"]
     parts += [f"| {k} | {v} |" for k, v in splits.items()]

@@ -251,6 +251,19 @@ def run(cfg) -> dict:
         policies["ppo_lag"] = str(out / "ppo-lag" / "policy")
         report["ppo_lag"] = history[-1]
 
+    comparison_runs: dict[str, list] = {}
+    if cfg.compare and cfg.ppo_steps > 0 and reward and cost:
+        # The paper's comparison: the same start, data, judges and budget; only λ differs.
+        for name, lagrange in comparison_variants(cfg).items():
+            sub = ppo_lag_config(cfg, reward, cost, out / "compare" / name, policy=start_policy,
+                                 prompts=data["prompts"])
+            sub.lagrange = OmegaConf.merge(sub.lagrange, lagrange)
+            comparison_runs[name] = timed(f"compare_{name}", lambda s=sub: ppo_lag.run(s))
+            policies[name] = str(out / "compare" / name / "policy")
+        if history:
+            comparison_runs["ppo_lag"] = history
+            policies["ppo_lag"] = policies.pop("ppo_lag")  # the trained policy stays the last column
+
     llm_judge = None
     if cfg.judge.base_url:
         from rayrlhf.eval.judge import JudgeClient
@@ -269,15 +282,44 @@ def run(cfg) -> dict:
         "unsafe_by_category": {name: by_category(recs, categories, harmful) for name, recs in records.items()},
         "cost_model_recall_on_compliance": cost_model_recall_on_compliance(records[names[0]], harmful),
     }
+    if comparison_runs:
+        report["compare"] = compare_summary(comparison_runs, rows, out / "report")
+    (out / "eval").mkdir(parents=True, exist_ok=True)
     for name, recs in records.items():
         write_json(out / "eval" / f"answers_{name}.json", recs)
     write_report(out / "report", history=history, evaluation=report["eval"], records=records,
                  splits=report["splits"], score_models=report["score_models"], onpolicy=report.get("onpolicy"),
-                 timings=report["timing_s"], settings=_settings_summary(cfg))
+                 timings=report["timing_s"], settings=_settings_summary(cfg), compare=report.get("compare"))
     write_json(out / "pipeline_report.json", report)
     log.info("pipeline finished; report at %s", out / "report" / "report.md")
     print(f"report: {out / 'report' / 'report.md'}")
     return report
+
+
+def comparison_variants(cfg) -> dict[str, dict[str, Any]]:
+    """The runs ``compare=true`` adds beside the configured PPO-Lag: plain PPO (λ = 0, the cost
+    ignored) and PPO with a fixed cost penalty (λ = ``compare_fixed_lambda``)."""
+    return {"ppo": {"kind": "constant", "value": 0.0},
+            "ppo_fixed_penalty": {"kind": "constant", "value": float(cfg.compare_fixed_lambda)}}
+
+
+def compare_summary(runs: dict[str, list], measures: list[dict[str, Any]], out: Path) -> dict[str, Any]:
+    """Reward against cost of each variant's last steps (the sweep report's frontier chart, with
+    the threshold) and each variant's held-out unsafe rates."""
+    from rayrlhf.eval.sweep import pareto_optimal, plot_frontier, summarize_trial
+
+    last_k = max(1, min(5, min(len(h) for h in runs.values())))
+    summaries = [summarize_trial(history, last_k, trial=name, params={"run": name}) for name, history in runs.items()]
+    for summary, optimal in zip(summaries, pareto_optimal([(s.cost, s.reward) for s in summaries])):
+        summary.pareto = optimal
+    for summary in summaries:
+        summary.eval_after = {f"heldout/{row['key']}": row["policies"][summary.trial]["mean"]
+                              for row in measures if summary.trial in row["policies"]}
+    out.mkdir(parents=True, exist_ok=True)
+    plot_frontier(summaries, ["run"], out / "compare.png", last_k)
+    return {"last_k": last_k, "runs": [{"run": s.trial, "reward": s.reward, "cost": s.cost, "threshold": s.threshold,
+                                        "meets_threshold": s.meets_threshold, "final_lambda": s.final_lambda,
+                                        **s.eval_after} for s in summaries]}
 
 
 def _settings_summary(cfg) -> dict[str, Any]:
