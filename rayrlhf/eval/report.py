@@ -166,7 +166,7 @@ def sample_answers(records: dict[str, list[dict[str, Any]]], count: int = 4) -> 
                 verdicts.append("flagged" if record["flagged"] else "not flagged")
             if "cost" in record:
                 verdicts.append(f"cost {record['cost']:+.2f}")
-            answer = " ".join(record["response"].split())[:400]
+            answer = " ".join(record["response"].split())[:400] or "*(empty answer)*"
             lines += [f"- *{name}* ({', '.join(verdicts)}): {answer}"]
         lines.append("")
     return lines
