@@ -151,6 +151,10 @@ class TrainingConfig:
     bf16: Optional[bool] = None
     # Recompute activations in the backward pass: far less memory, ~30% more compute.
     gradient_checkpointing: bool = True
+    # Train only the top N decoder layers (and the head); the embeddings and lower layers stay
+    # frozen, so the backward pass stops at layer N from the top (rayrlhf.models.freezing).
+    # None trains the whole model.
+    trainable_layers: Optional[int] = None
     eval_every: int = 50
     save_every: int = 50
     log_every: int = 5

@@ -118,7 +118,7 @@ RULES: dict[str, Check] = {
     "max_new_tokens": COUNT, "max_prompt_tokens": COUNT, "max_model_len": COUNT,
     "max_length": COUNT, "kv_cache_gib": COUNT, "max_items": COUNT, "max_chars": COUNT,
     "max_batch_size": COUNT, "limit": COUNT, "max_steps": COUNT, "stop_at_step": COUNT,
-    "threads_per_worker": COUNT, "threads_per_engine": COUNT, "num_heldout_harmful": NON_NEGATIVE, "samples_per_prompt": COUNT,
+    "threads_per_worker": COUNT, "threads_per_engine": COUNT, "num_heldout_harmful": NON_NEGATIVE, "trainable_layers": NON_NEGATIVE, "samples_per_prompt": COUNT,
     "heldout_fraction": within(0, 1, high_open=True), "moderation_max_false_positive_rate": UNIT, "last_k": COUNT,
     "max_concurrency": COUNT, "max_consecutive_skips": COUNT,
     "num_prompts": NON_NEGATIVE, "SampleConfig.num_prompts": COUNT,  # eval: 0 = every prompt

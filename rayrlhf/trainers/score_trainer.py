@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from rayrlhf.eval.metrics import flatten_scalars
+from rayrlhf.models.freezing import freeze_lower_layers
 from rayrlhf.models.zoo import resolve_bf16
 from rayrlhf.workers.base import deepspeed_config, enable_gradient_checkpointing
 from rayrlhf.algorithms import balanced_pos_weight
@@ -141,7 +142,8 @@ def make_engine(model: torch.nn.Module, training: dict[str, Any], total_steps: i
     if training["gradient_checkpointing"]:
         enable_gradient_checkpointing(model)
     warmup = int(training["warmup_ratio"] * total_steps)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=training["lr"], weight_decay=training["weight_decay"])
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=training["lr"],
+                                  weight_decay=training["weight_decay"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_multiplier(s, total_steps, warmup, training["lr_scheduler"]))
     ds_config = deepspeed_config(training["per_device_batch_size"], training["gradient_accumulation_steps"],
@@ -307,6 +309,7 @@ def train_loop(config: dict[str, Any]) -> None:
 
     tokenizer = load_tokenizer(config["model"], padding_side="right")
     model = ScoreModel.from_pretrained(config["model"], kind=kind, labels=labels_for(kind), dtype="float32")
+    freeze_lower_layers(model, training["trainable_layers"])
     plan = StepPlan(len(train_rows), world, training["per_device_batch_size"],
                     training["gradient_accumulation_steps"], training["epochs"], training["max_steps"],
                     config["seed"])
