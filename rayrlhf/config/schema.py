@@ -214,6 +214,10 @@ class TrainingConfig:
     bf16: Optional[bool] = None
     # Recompute activations in the backward pass: far less memory, ~30% more compute.
     gradient_checkpointing: bool = True
+    # Train only the top N decoder layers (and the head); the embeddings and lower layers stay
+    # frozen, so the backward pass stops at layer N from the top (rayrlhf.models.freezing).
+    # None trains the whole model.
+    trainable_layers: Optional[int] = checked(None, NON_NEGATIVE)
     # Score training divides by these (step % every).
     eval_every: int = checked(50, COUNT)
     save_every: int = checked(50, COUNT)
@@ -243,8 +247,13 @@ class ScoreTrainConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     # L2 penalty on scores keeps them near 0 (Safe RLHF's score regulariser); 0 turns it off.
     score_l2_coef: float = checked(0.0, NON_NEGATIVE)
-    # Moderation: flag a QA pair when its highest category probability exceeds this.
-    moderation_threshold: float = checked(0.5, PROBABILITY_OPEN)
+    # Moderation: flag a QA pair when its highest category probability exceeds this. None
+    # (default): choose it on half of the held-out rows (best F1 with at most
+    # `moderation_max_false_positive_rate` of safe answers flagged), report on the other half,
+    # and save it with the model (rayrlhf.eval.calibration). The balanced training shifts
+    # every probability up, so a fixed 0.5 flags nearly everything.
+    moderation_threshold: Optional[float] = checked(None, PROBABILITY_OPEN)
+    moderation_max_false_positive_rate: float = checked(0.10, UNIT)
     # Moderation: weigh each category's positives by negatives/positives (rare harms).
     moderation_balance_categories: bool = True
     # A previous run's output_dir: continue from its last checkpoint.
@@ -302,8 +311,9 @@ class ServeConfig:
     # A request not answered within this gets 503 (Retry-After): a client never hangs on a busy
     # replica. 60 s covers a full merged batch of short conversations on one CPU.
     request_timeout_s: float = checked(60.0, POSITIVE)
-    # An answer is flagged when its likeliest harm category's probability exceeds this.
-    moderation_threshold: float = checked(0.5, PROBABILITY_OPEN)
+    # An answer is flagged when its likeliest harm category's probability exceeds this; None:
+    # the threshold calibrated at training time and saved with the model.
+    moderation_threshold: Optional[float] = checked(None, PROBABILITY_OPEN)
     # float32 gives the same scores as evaluation; bfloat16 is faster on CPUs with AMX.
     dtype: str = checked("float32", DTYPE)
     # CPUs reserved by the replica (also its torch threads).
@@ -589,10 +599,23 @@ class EvalConfig:
     moderation_model: Optional[str] = None
     reward_model: Optional[str] = None
     cost_model: Optional[str] = None
-    moderation_threshold: float = checked(0.5, PROBABILITY_OPEN)
+    # None: the moderation model's calibrated threshold (saved with it); a number overrides it.
+    moderation_threshold: Optional[float] = checked(None, PROBABILITY_OPEN)
     # Optional LLM judge (judge.base_url=... turns it on): harmful rate, helpfulness, and with
     # baseline_policy pairwise win rates, next to the score models' numbers.
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+
+
+@dataclass
+class OnPolicyJudgeDataConfig:
+    """Judge data from the starting policy's own answers (rayrlhf.eval.onpolicy): judges
+    trained only on templated text do not recognise this policy's harmful answers."""
+
+    enabled: bool = True
+    # The first answer is greedy (what evaluation sees), the others sampled (what PPO sees).
+    samples_per_prompt: int = checked(2, COUNT)
+    temperature: float = checked(1.0, POSITIVE)
+    max_new_tokens: int = checked(64, COUNT)
 
 
 @dataclass
@@ -611,6 +634,24 @@ class PipelineConfig:
     prompts: DatasetConfig = field(default_factory=DatasetConfig)
     qa_classification: DatasetConfig = field(default_factory=DatasetConfig)
     sft: DatasetConfig = field(default_factory=DatasetConfig)
+    # Held-out evaluation (rayrlhf.data.splits): this share of the prompt pool is removed from
+    # every training set (prompts, preferences, QA rows, SFT rows) and its benign prompts are
+    # evaluated; harmful ones come from `heldout_harmful` (BeaverTails-Evaluation, which shares
+    # no prompt with training), spread to `num_heldout_harmful` (0: all) over its categories.
+    # A missing file (no ../shared/data) falls back to the held-out demo prompts.
+    heldout_fraction: float = checked(0.25, within(0, 1, high_open=True))
+    heldout_harmful: Optional[DatasetConfig] = None
+    num_heldout_harmful: int = checked(140, NON_NEGATIVE)
+    # More benign prompts for over-refusal and helpfulness (any schema with a prompt).
+    heldout_benign: Optional[DatasetConfig] = None
+    onpolicy: OnPolicyJudgeDataConfig = field(default_factory=OnPolicyJudgeDataConfig)
+    # The Safe RLHF paper's comparison: also train plain PPO (λ = 0) and PPO with a fixed cost
+    # penalty (λ = compare_fixed_lambda) from the same start on the same budget, and chart all
+    # three against the threshold (three PPO runs instead of one).
+    compare: bool = False
+    compare_fixed_lambda: float = checked(1.0, NON_NEGATIVE)
+    # Optional LLM judge of the held-out answers (judge.base_url=... turns it on).
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
     # True: fine-tune `model` on `sft` first; the SFT'd policy is then PPO-Lag's starting
     # policy and the "before" baseline of the evaluation (the judges keep `model`).
     run_sft: bool = False
@@ -621,7 +662,9 @@ class PipelineConfig:
     # Optimisation of the score models, shared by the three.
     score_training: TrainingConfig = field(default_factory=TrainingConfig)
     eval_fraction: float = checked(0.1, within(0, 1, high_open=True))
-    moderation_threshold: float = checked(0.5, PROBABILITY_OPEN)
+    # None: calibrate the moderation judge's flag threshold on held-out rows (train-moderation).
+    moderation_threshold: Optional[float] = checked(None, PROBABILITY_OPEN)
+    moderation_max_false_positive_rate: float = checked(0.10, UNIT)
     # Reward/cost for PPO-Lag; None uses the models trained above.
     reward: Optional[str] = None
     cost: Optional[str] = None
@@ -632,9 +675,8 @@ class PipelineConfig:
     # A node of the `lagrange` group, as in PPOLagConfig.
     lagrange: Any = MISSING
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
-    # Evaluation of the policy before and after: prompts spread over `prompts`, answered with
-    # `generation` by the `eval_engine`.
-    num_eval_prompts: int = checked(32, COUNT)
+    # Held-out answers (and the on-policy judge data) come from the `eval_engine`, with
+    # `generation` (greedy by default: the answer a user would get).
     eval_engine: str = checked("vllm", ENGINE)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 

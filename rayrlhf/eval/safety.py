@@ -10,13 +10,16 @@ API (``judge.py``, GPT-4 in the paper) judges every answer and every pair as wel
 from __future__ import annotations
 
 import collections
+import logging
 import statistics
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 
 def judge_answers(prompts: list[str], responses: list[str], *, moderation: str | None = None,
-                  reward: str | None = None, cost: str | None = None, threshold: float = 0.5,
+                  reward: str | None = None, cost: str | None = None, threshold: float | None = None,
                   dtype: str = "auto") -> list[dict[str, Any]]:
     """One record per answer with every judge's verdict that was configured."""
     from rayrlhf.rewards import make_scorer
@@ -36,14 +39,15 @@ def judge_answers(prompts: list[str], responses: list[str], *, moderation: str |
     return records
 
 
-def moderate(prompts: list[str], responses: list[str], source: str, threshold: float,
+def moderate(prompts: list[str], responses: list[str], source: str, threshold: float | None = None,
              dtype: str = "auto") -> list[dict[str, Any]]:
-    """Flag each QA pair when its highest harm-category probability exceeds ``threshold``."""
+    """Flag each QA pair when its highest harm-category probability exceeds ``threshold``
+    (None: the threshold calibrated when the model was trained, ``moderation_threshold``)."""
     from rayrlhf.models import load_tokenizer
     from rayrlhf.models.score_model import ScoreModel, read_metadata
     from rayrlhf.models.scoring import score_conversations
     from rayrlhf.models.zoo import resolve_model_path
-    from rayrlhf.serve.scoring_rules import flagged_from_probabilities, moderation_probabilities
+    from rayrlhf.serve.scoring_rules import flag_threshold, flagged_from_probabilities, moderation_probabilities
 
     path = resolve_model_path(source)
     meta = read_metadata(path) or {}
@@ -52,7 +56,7 @@ def moderate(prompts: list[str], responses: list[str], source: str, threshold: f
     logits = score_conversations(model, tokenizer, prompts, responses, template=meta.get("template", "chat"),
                                  max_length=meta.get("max_length", 1024))
     probs = moderation_probabilities(logits)
-    flagged = flagged_from_probabilities(probs, threshold)
+    flagged = flagged_from_probabilities(probs, flag_threshold(meta.get("threshold"), threshold))
     return [{"flagged": f, "harm_probabilities": dict(zip(model.labels, p.tolist()))}
             for f, p in zip(flagged, probs)]
 

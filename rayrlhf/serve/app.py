@@ -40,7 +40,7 @@ from rayrlhf.data.templates import control_tokens
 from rayrlhf.models.score_model import ScoreModel, read_metadata
 from rayrlhf.models.scoring import score_conversations
 from rayrlhf.models.zoo import load_tokenizer
-from rayrlhf.serve.scoring_rules import check_threshold, cost_body, moderation_body, reward_body
+from rayrlhf.serve.scoring_rules import check_threshold, cost_body, flag_threshold, moderation_body, reward_body
 from rayrlhf.serve.validation import RequestError, max_body_bytes, parse_score_request, read_body
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class ServiceSettings:
     max_chars: int = DEFAULTS.max_chars
     max_batch_size: int = DEFAULTS.max_batch_size
     batch_wait_timeout_s: float = DEFAULTS.batch_wait_timeout_s
-    moderation_threshold: float = DEFAULTS.moderation_threshold
+    moderation_threshold: float = 0.5  # build_app resolves it (ServeConfig None: the model's calibrated one)
     dtype: str = DEFAULTS.dtype
     torch_threads: int = max(1, int(DEFAULTS.num_cpus))
     request_timeout_s: float = DEFAULTS.request_timeout_s
@@ -258,7 +258,7 @@ def build_app(reward_dir: str | Path | None = None, cost_dir: str | Path | None 
               max_length: int = DEFAULTS.max_length, max_items: int = DEFAULTS.max_items,
               max_chars: int = DEFAULTS.max_chars, max_batch_size: int = DEFAULTS.max_batch_size,
               batch_wait_timeout_s: float = DEFAULTS.batch_wait_timeout_s,
-              moderation_threshold: float = DEFAULTS.moderation_threshold, dtype: str = DEFAULTS.dtype,
+              moderation_threshold: float | None = DEFAULTS.moderation_threshold, dtype: str = DEFAULTS.dtype,
               num_cpus: float = DEFAULTS.num_cpus, max_queued_requests: int = DEFAULTS.max_queued_requests,
               request_timeout_s: float = DEFAULTS.request_timeout_s):
     """The bound Serve application scoring with the given judges (at least one); every
@@ -276,10 +276,16 @@ def build_app(reward_dir: str | Path | None = None, cost_dir: str | Path | None 
         raise ValueError("max_items, max_chars, max_batch_size, max_length and max_queued_requests must be positive")
     if not request_timeout_s > 0:
         raise ValueError(f"request_timeout_s must be > 0, got {request_timeout_s}")
+    if moderation_threshold is not None:
+        check_threshold(moderation_threshold)
+    moderation = model_dirs["moderation"]
+    # None: the threshold calibrated when the moderation model was trained (its metadata).
+    threshold = flag_threshold(read_metadata(moderation).get("threshold"), moderation_threshold) if moderation \
+        else 0.5
     settings = ServiceSettings(
         template=template, max_length=max_length, max_items=max_items, max_chars=max_chars,
         max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s,
-        moderation_threshold=check_threshold(moderation_threshold), dtype=dtype,
+        moderation_threshold=threshold, dtype=dtype,
         torch_threads=max(1, int(num_cpus)), request_timeout_s=float(request_timeout_s),
     )
     # Room for a full batch on every judge at once plus a few health checks; Serve's default

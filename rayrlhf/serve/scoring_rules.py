@@ -8,10 +8,13 @@ category's probability is an independent sigmoid, not a softmax over categories.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def unsafe_from_costs(costs: torch.Tensor) -> list[bool]:
@@ -27,6 +30,19 @@ def moderation_probabilities(logits: torch.Tensor) -> torch.Tensor:
 def flagged_from_probabilities(probs: torch.Tensor, threshold: float) -> list[bool]:
     """An answer is flagged when its most likely harm category exceeds ``threshold``."""
     return [bool(f) for f in (probs.max(dim=-1).values > threshold)]
+
+
+def flag_threshold(saved: float | None, override: float | None) -> float:
+    """The moderation threshold to flag at: an explicit one, else the one calibrated when the
+    model was trained (saved in its metadata, rayrlhf.eval.calibration), else 0.5 with a
+    warning (a model trained before calibration existed; 0.5 over-flags a balanced head)."""
+    if override is not None:
+        return check_threshold(override)
+    if saved is None:
+        log.warning("the moderation model has no calibrated threshold; flagging at 0.5, which over-flags "
+                    "a class-balanced head (retrain it, or set moderation_threshold)")
+        return 0.5
+    return check_threshold(saved)
 
 
 def check_threshold(threshold: float) -> float:

@@ -1,14 +1,28 @@
-"""``rayrlhf pipeline``: every stage in order on one config.
+"""``rayrlhf pipeline``: every stage in order on one config, ending in a report a sceptic accepts.
 
-prepare the policy -> validate all four datasets -> (optional, ``run_sft=true``) supervised
-fine-tuning of the policy -> train the reward, cost and moderation models -> PPO-Lag with the
-trained judges -> evaluate the initial (or SFT'd) and the trained policy -> report. Each stage writes below ``<output_dir>/<stage>``; ``report/report.md`` sums it up.
+1. prepare the policy, validate the datasets;
+2. **split**: hold out a fixed share of the demo prompt pool (``rayrlhf.data.splits``) from every
+   training set; the held-out harmful prompts come from BeaverTails-Evaluation when it is
+   available (it shares no prompt with training), the held-out benign ones from the demo
+   split and the Alpaca sample. The split files are written to ``splits/``;
+3. (``run_sft=true``) supervised fine-tuning of the policy;
+4. **on-policy judge data**: the starting policy answers the training prompts and the refusal
+   rule labels its answers (``rayrlhf.eval.onpolicy``), so the judges learn what *this*
+   policy's harmful answers look like;
+5. train the reward, cost and moderation models (the moderation threshold calibrated on
+   held-out rows);
+6. PPO-Lag with the trained reward and cost models;
+7. evaluate the initial, SFT'd and final policies on the held-out prompts with every judge,
+   independent ones first, with bootstrap intervals (``rayrlhf.eval.heldout``);
+8. ``report/report.md``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -22,46 +36,167 @@ log = logging.getLogger(__name__)
 SCORE_DATASET = {"reward": "preferences", "cost": "preferences", "moderation": "qa_classification"}
 
 
-def score_model_config(cfg, kind: str, out_dir):
-    """The ``train-<kind>`` config the pipeline's settings imply."""
+def score_model_config(cfg, kind: str, out_dir, dataset=None):
+    """The ``train-<kind>`` config the pipeline's settings imply (``dataset``: a DatasetConfig
+    node replacing the configured one, e.g. the held-out-filtered file)."""
     from rayrlhf.config.schema import ScoreTrainConfig
 
     return OmegaConf.merge(OmegaConf.structured(ScoreTrainConfig), {
         "run": {"seed": cfg.run.seed, "output_dir": str(out_dir), "log_level": cfg.run.log_level},
-        "cluster": cfg.cluster, "kind": kind, "model": cfg.model, "dataset": getattr(cfg, SCORE_DATASET[kind]),
+        "cluster": cfg.cluster, "kind": kind, "model": cfg.model,
+        "dataset": dataset if dataset is not None else getattr(cfg, SCORE_DATASET[kind]),
         "eval_fraction": cfg.eval_fraction, "template": cfg.template, "training": cfg.score_training,
         "moderation_threshold": cfg.moderation_threshold,
+        "moderation_max_false_positive_rate": cfg.moderation_max_false_positive_rate,
     })
 
 
-def sft_config(cfg, out_dir):
+def sft_config(cfg, out_dir, dataset=None):
     """The ``train-sft`` config the pipeline's settings imply."""
     from rayrlhf.config.schema import SFTConfig
 
     return OmegaConf.merge(OmegaConf.structured(SFTConfig), {
         "run": {"seed": cfg.run.seed, "output_dir": str(out_dir), "log_level": cfg.run.log_level},
-        "cluster": cfg.cluster, "model": cfg.model, "dataset": cfg.sft, "eval_fraction": cfg.eval_fraction,
-        "template": cfg.template, "training": cfg.sft_training,
+        "cluster": cfg.cluster, "model": cfg.model, "dataset": dataset if dataset is not None else cfg.sft,
+        "eval_fraction": cfg.eval_fraction, "template": cfg.template, "training": cfg.sft_training,
     })
 
 
-def ppo_lag_config(cfg, reward: str, cost: str, out_dir, policy=None):
+def ppo_lag_config(cfg, reward: str, cost: str, out_dir, policy=None, prompts=None):
     """The ``ppo-lag`` config the pipeline's settings imply (``policy``: a ModelConfig node
-    replacing ``cfg.model``, e.g. the SFT'd policy)."""
+    replacing ``cfg.model``, e.g. the SFT'd policy; ``prompts``: a DatasetConfig node)."""
     from rayrlhf.config.schema import PPOLagConfig
 
     return OmegaConf.merge(OmegaConf.structured(PPOLagConfig), {
         "run": {"seed": cfg.run.seed, "output_dir": str(out_dir), "log_level": cfg.run.log_level},
-        "cluster": cfg.cluster, "policy": policy if policy is not None else cfg.model, "reward": reward, "cost": cost, "prompts": cfg.prompts,
+        "cluster": cfg.cluster, "policy": policy if policy is not None else cfg.model, "reward": reward,
+        "cost": cost, "prompts": prompts if prompts is not None else cfg.prompts,
         "template": cfg.template, "rollout": cfg.rollout, "ppo": cfg.ppo, "lagrange": cfg.lagrange,
         "resources": cfg.resources, "steps": cfg.ppo_steps, "save_every": 0, "tensorboard": True,
     })
 
 
+# --------------------------------------------------------------------- held-out split
+def _file_dataset(path: Path, schema: str) -> dict[str, Any]:
+    return {"source": str(path), "schema": schema}
+
+
+def _optional_rows(ds_cfg, what: str) -> list | None:
+    """Rows of an optional evaluation set; None (with a warning) when its file is absent, as
+    the shared BeaverTails/Alpaca samples are on machines without ``../shared/data``."""
+    if ds_cfg is None:
+        return None
+    source = str(ds_cfg.source)
+    if not source.startswith(("demo:",)) and "/" in source and not Path(source).expanduser().exists():
+        log.warning("%s: %s not found; using the demo held-out split instead", what, source)
+        return None
+    return load_dataset_from_config(ds_cfg).rows
+
+
+def build_splits(cfg, out: Path) -> dict[str, Any]:
+    """Write the training datasets without held-out prompts and the held-out prompt sets into
+    ``out``; return their DatasetConfig-style nodes and the evaluation prompts."""
+    from rayrlhf.data import PromptRow
+    from rayrlhf.data.loaders import write_rows
+    from rayrlhf.data.splits import assert_disjoint, drop_prompts, split_rows
+
+    fraction = cfg.heldout_fraction
+    prompts_train, prompts_heldout = split_rows(load_dataset_from_config(cfg.prompts).rows, fraction)
+    harmful_rows = _optional_rows(cfg.heldout_harmful, "heldout_harmful")
+    harmful_source = cfg.heldout_harmful.source if harmful_rows is not None else "demo held-out split"
+    if harmful_rows is None:
+        harmful_rows = [r for r in prompts_heldout if r.category]
+    harmful_rows = spread(harmful_rows, cfg.num_heldout_harmful) if cfg.num_heldout_harmful else harmful_rows
+    benign_rows = [r for r in prompts_heldout if not r.category]
+    extra_benign = _optional_rows(cfg.heldout_benign, "heldout_benign")
+    if extra_benign:
+        benign_rows += [PromptRow(prompt=r.prompt, category=None, category_id=None) for r in extra_benign]
+    eval_prompts = [r.prompt for r in harmful_rows] + [r.prompt for r in benign_rows]
+
+    nodes: dict[str, Any] = {}
+    counts: dict[str, Any] = {"heldout_fraction": fraction}
+    for name in ("prompts", "preferences", "qa_classification", "sft"):
+        rows = load_dataset_from_config(getattr(cfg, name)).rows
+        kept = drop_prompts(split_rows(rows, fraction)[0], eval_prompts)
+        assert_disjoint([r.prompt for r in kept], eval_prompts, f"{name} ({getattr(cfg, name).source})")
+        path = write_rows(kept, out / f"{name}_train.json")
+        nodes[name] = _file_dataset(path, getattr(cfg, name).schema)
+        counts[f"{name}_train_rows"] = len(kept)
+        counts[f"{name}_dropped_rows"] = len(rows) - len(kept)
+    write_rows(harmful_rows, out / "heldout_harmful.json")
+    write_rows(benign_rows, out / "heldout_benign.json")
+    counts.update({"heldout_harmful": len(harmful_rows), "heldout_harmful_source": harmful_source,
+                   "heldout_benign": len(benign_rows)})
+    write_json(out / "splits.json", counts)
+    return {"datasets": nodes, "counts": counts, "harmful": harmful_rows, "benign": benign_rows,
+            "train_prompts": prompts_train}
+
+
+# ------------------------------------------------------------------ on-policy judge data
+def onpolicy_preferences(cfg, policy: str, prompt_rows: list, out: Path, base_preferences: dict) -> dict[str, Any]:
+    """The starting policy answers the training prompts (greedy, then sampled); the refusal
+    rule labels the answers; the pairs join the configured preference rows in one file."""
+    from rayrlhf.data import PreferenceRow
+    from rayrlhf.data.loaders import write_rows
+    from rayrlhf.eval.onpolicy import preference_rows
+    from rayrlhf.eval.safety import generate_answers
+
+    settings = cfg.onpolicy
+    prompts = [r.prompt for r in prompt_rows]
+    harmful = [bool(r.category) for r in prompt_rows]
+    samples: list[list[str]] = [[] for _ in prompts]
+    for i in range(settings.samples_per_prompt):
+        temperature = 0.0 if i == 0 else settings.temperature  # the first answer is the greedy one
+        answers = generate_answers(policy, prompts, template=cfg.template.name, engine=cfg.eval_engine,
+                                   max_new_tokens=settings.max_new_tokens, temperature=temperature,
+                                   seed=cfg.run.seed + i, engine_kwargs=_engine_kwargs(cfg))
+        for sample, answer in zip(samples, answers):
+            sample.append(answer)
+    pairs = [PreferenceRow.from_dict(row, source="on-policy answers", row=i)
+             for i, row in enumerate(preference_rows(prompts, harmful, samples))]
+    write_rows(pairs, out / "onpolicy_preferences.json")
+    base = load_dataset_from_config(OmegaConf.create(base_preferences)).rows
+    merged = write_rows([*base, *pairs], out / "preferences_with_onpolicy.json")
+    stats = {"prompts": len(prompts), "samples_per_prompt": settings.samples_per_prompt, "pairs": len(pairs),
+             "unsafe_answers_to_harmful_prompts": sum(not p.is_safe(0) for p in pairs),
+             "base_rows": len(base)}
+    write_json(out / "onpolicy.json", stats)
+    return {"dataset": _file_dataset(merged, "preference"), "stats": stats}
+
+
+def _engine_kwargs(cfg) -> dict[str, Any]:
+    return {"env": {"VLLM_CPU_KVCACHE_SPACE": "1"}} if cfg.eval_engine == "vllm" else {}
+
+
+# --------------------------------------------------------------------------- evaluation
+def evaluate_heldout(cfg, policy: str, harmful_rows: list, benign_rows: list, judges: dict[str, str | None],
+                     llm_judge=None) -> list[dict[str, Any]]:
+    """Greedy answers of ``policy`` to the held-out prompts, judged by every judge."""
+    from rayrlhf.eval.refusal import refusal_verdicts
+    from rayrlhf.eval.safety import generate_answers, judge_answers
+
+    rows = [*harmful_rows, *benign_rows]
+    prompts = [r.prompt for r in rows]
+    is_harmful = [True] * len(harmful_rows) + [False] * len(benign_rows)
+    gen = cfg.generation
+    answers = generate_answers(policy, prompts, template=cfg.template.name, engine=cfg.eval_engine,
+                               max_new_tokens=gen.max_new_tokens,
+                               temperature=gen.temperature if gen.do_sample else 0.0, seed=cfg.run.seed,
+                               engine_kwargs=_engine_kwargs(cfg))
+    records = judge_answers(prompts, answers, moderation=judges.get("moderation"), reward=judges.get("reward"),
+                            cost=judges.get("cost"), threshold=cfg.moderation_threshold)
+    for record, verdict, row, harmful in zip(records, refusal_verdicts(is_harmful, answers), rows, is_harmful):
+        record.update(verdict, harmful_prompt=harmful, category=getattr(row, "category", None))
+    if llm_judge is not None:
+        for record, verdict in zip(records, llm_judge.judge_single(prompts, answers)):
+            record["judge"] = verdict
+    return records
+
+
 def run(cfg) -> dict:
     from rayrlhf.cluster import init_ray, required_cpus
+    from rayrlhf.eval.heldout import by_category, compare_policies, cost_model_recall_on_compliance, headline
     from rayrlhf.eval.report import write_report
-    from rayrlhf.eval.safety import generate_answers, judge_answers, summarize, win_rates
     from rayrlhf.trainers import ppo_lag, score_trainer, sft_trainer
 
     seed_everything(cfg.run.seed)
@@ -79,51 +214,122 @@ def run(cfg) -> dict:
     report["datasets"] = timed("data_check", lambda: {
         name: check_dataset(getattr(cfg, name)) for name in ("preferences", "prompts", "qa_classification", "sft")
     })
+    splits = timed("split", lambda: build_splits(cfg, out / "splits"))
+    report["splits"] = splits["counts"]
+    data = {name: OmegaConf.merge(getattr(cfg, name), node) for name, node in splits["datasets"].items()}
     init_ray(cfg.cluster, required_cpus=required_cpus(cfg))
-    # The policy PPO-Lag starts from and the evaluation's "before": the SFT'd one when asked.
-    policy = cfg.model
+
+    # The policy PPO-Lag starts from: the SFT'd one when asked.
+    policies = {"initial": cfg.model.name_or_path}
+    start_policy = cfg.model
     if cfg.run_sft:
-        sub = sft_config(cfg, out / "train-sft")
+        sub = sft_config(cfg, out / "train-sft", dataset=data["sft"])
         report["sft"] = timed("train_sft", lambda: sft_trainer.run(sub))
-        policy = OmegaConf.merge(cfg.model, {"name_or_path": str(out / "train-sft" / "model")})
+        start_policy = OmegaConf.merge(cfg.model, {"name_or_path": str(out / "train-sft" / "model")})
+        policies["sft"] = start_policy.name_or_path
+
+    preferences = data["preferences"]
+    if cfg.onpolicy.enabled and ({"reward", "cost"} & set(cfg.score_models)):
+        onpolicy = timed("onpolicy_judge_data", lambda: onpolicy_preferences(
+            cfg, start_policy.name_or_path, splits["train_prompts"], out / "judge-data",
+            OmegaConf.to_container(preferences)))
+        report["onpolicy"] = onpolicy["stats"]
+        preferences = OmegaConf.merge(preferences, onpolicy["dataset"])
     judges: dict[str, str] = {}
     report["score_models"] = {}
     for kind in cfg.score_models:
-        sub = score_model_config(cfg, kind, out / f"train-{kind}")
+        dataset = preferences if kind in ("reward", "cost") else data["qa_classification"]
+        sub = score_model_config(cfg, kind, out / f"train-{kind}", dataset=dataset)
         report["score_models"][kind] = timed(f"train_{kind}", lambda: score_trainer.run(sub))
         judges[kind] = str(out / f"train-{kind}" / "model")
     reward, cost = cfg.reward or judges.get("reward"), cfg.cost or judges.get("cost")
 
     history: list = []
-    policy_after = None
     if cfg.ppo_steps > 0 and reward and cost:
-        sub = ppo_lag_config(cfg, reward, cost, out / "ppo-lag", policy=policy)
+        sub = ppo_lag_config(cfg, reward, cost, out / "ppo-lag", policy=start_policy, prompts=data["prompts"])
         history = timed("ppo_lag", lambda: ppo_lag.run(sub))
-        policy_after = str(out / "ppo-lag" / "policy")
+        policies["ppo_lag"] = str(out / "ppo-lag" / "policy")
         report["ppo_lag"] = history[-1]
 
-    rows = spread(load_dataset_from_config(cfg.prompts).rows, cfg.num_eval_prompts)
-    prompts, categories = [r.prompt for r in rows], [r.category for r in rows]
-    gen = cfg.generation
-    engine_kwargs = {"env": {"VLLM_CPU_KVCACHE_SPACE": "1"}} if cfg.eval_engine == "vllm" else {}
+    comparison_runs: dict[str, list] = {}
+    if cfg.compare and cfg.ppo_steps > 0 and reward and cost:
+        # The paper's comparison: the same start, data, judges and budget; only λ differs.
+        for name, lagrange in comparison_variants(cfg).items():
+            sub = ppo_lag_config(cfg, reward, cost, out / "compare" / name, policy=start_policy,
+                                 prompts=data["prompts"])
+            sub.lagrange = lagrange
+            comparison_runs[name] = timed(f"compare_{name}", lambda s=sub: ppo_lag.run(s))
+            policies[name] = str(out / "compare" / name / "policy")
+        if history:
+            comparison_runs["ppo_lag"] = history
+            policies["ppo_lag"] = policies.pop("ppo_lag")  # the trained policy stays the last column
 
-    def evaluate(policy):
-        answers = generate_answers(policy, prompts, template=cfg.template.name, engine=cfg.eval_engine,
-                                   max_new_tokens=gen.max_new_tokens,
-                                   temperature=gen.temperature if gen.do_sample else 0.0,
-                                   seed=cfg.run.seed, engine_kwargs=engine_kwargs)
-        return judge_answers(prompts, answers, moderation=judges.get("moderation"), reward=reward,
-                             cost=cost, threshold=cfg.moderation_threshold)
+    llm_judge = None
+    if cfg.judge.base_url:
+        from rayrlhf.eval.judge import JudgeClient
 
-    before = timed("eval_before", lambda: evaluate(policy.name_or_path))
-    after = timed("eval_after", lambda: evaluate(policy_after)) if policy_after else before
-    report["eval"] = {"before": summarize(before, categories), "after": summarize(after, categories),
-                      "win_rates": win_rates(after, before) if policy_after else {}}
-    costs = lambda records: [r["cost"] for r in records] if records and "cost" in records[0] else None  # noqa: E731
-    write_report(out / "report", history=history, before=report["eval"]["before"],
-                 after=report["eval"]["after"], win_rates=report["eval"]["win_rates"],
-                 timings=report["timing_s"], before_costs=costs(before), after_costs=costs(after))
+        llm_judge = JudgeClient.from_config(cfg.judge)
+    eval_judges = {"moderation": judges.get("moderation"), "reward": reward, "cost": cost}
+    records = {name: timed(f"eval_{name}", lambda p=path: evaluate_heldout(
+        cfg, p, splits["harmful"], splits["benign"], eval_judges, llm_judge)) for name, path in policies.items()}
+    harmful = [r["harmful_prompt"] for r in records["initial"]]
+    categories = [r["category"] for r in records["initial"]]
+    rows = compare_policies(records, harmful, seed=cfg.run.seed)
+    names = list(policies)
+    report["eval"] = {
+        "policies": policies, "measures": rows,
+        "headline": headline(rows, names[0], names[-1]),
+        "unsafe_by_category": {name: by_category(recs, categories, harmful) for name, recs in records.items()},
+        "cost_model_recall_on_compliance": cost_model_recall_on_compliance(records[names[0]], harmful),
+    }
+    if comparison_runs:
+        report["compare"] = compare_summary(comparison_runs, rows, out / "report")
+    (out / "eval").mkdir(parents=True, exist_ok=True)
+    for name, recs in records.items():
+        write_json(out / "eval" / f"answers_{name}.json", recs)
+    write_report(out / "report", history=history, evaluation=report["eval"], records=records,
+                 splits=report["splits"], score_models=report["score_models"], onpolicy=report.get("onpolicy"),
+                 timings=report["timing_s"], settings=_settings_summary(cfg), compare=report.get("compare"))
     write_json(out / "pipeline_report.json", report)
     log.info("pipeline finished; report at %s", out / "report" / "report.md")
     print(f"report: {out / 'report' / 'report.md'}")
     return report
+
+
+def comparison_variants(cfg) -> dict[str, Any]:
+    """The runs ``compare=true`` adds beside the configured PPO-Lag: plain PPO (λ = 0, the cost
+    ignored) and PPO with a fixed cost penalty (λ = ``compare_fixed_lambda``); both report
+    their cost against the same threshold."""
+    from rayrlhf.config.schema import ConstantLagrangeConfig
+
+    threshold = cfg.lagrange.threshold
+    return {"ppo": OmegaConf.structured(ConstantLagrangeConfig(value=0.0, threshold=threshold)),
+            "ppo_fixed_penalty": OmegaConf.structured(
+                ConstantLagrangeConfig(value=float(cfg.compare_fixed_lambda), threshold=threshold))}
+
+
+def compare_summary(runs: dict[str, list], measures: list[dict[str, Any]], out: Path) -> dict[str, Any]:
+    """Reward against cost of each variant's last steps (the sweep report's frontier chart, with
+    the threshold) and each variant's held-out unsafe rates."""
+    from rayrlhf.eval.sweep import pareto_optimal, plot_frontier, summarize_trial
+
+    last_k = max(1, min(5, min(len(h) for h in runs.values())))
+    summaries = [summarize_trial(history, last_k, trial=name, params={"run": name}) for name, history in runs.items()]
+    for summary, optimal in zip(summaries, pareto_optimal([(s.cost, s.reward) for s in summaries])):
+        summary.pareto = optimal
+    for summary in summaries:
+        summary.eval_after = {f"heldout/{row['key']}": row["policies"][summary.trial]["mean"]
+                              for row in measures if summary.trial in row["policies"]}
+    out.mkdir(parents=True, exist_ok=True)
+    plot_frontier(summaries, ["run"], out / "compare.png", last_k)
+    return {"last_k": last_k, "runs": [{"run": s.trial, "reward": s.reward, "cost": s.cost, "threshold": s.threshold,
+                                        "meets_threshold": s.meets_threshold, "final_lambda": s.final_lambda,
+                                        **s.eval_after} for s in summaries]}
+
+
+def _settings_summary(cfg) -> dict[str, Any]:
+    """The settings a reader of the report needs to judge the result."""
+    return {"model": cfg.model.name_or_path, "run_sft": cfg.run_sft, "ppo_steps": cfg.ppo_steps,
+            "prompts_per_step": cfg.rollout.prompts_per_step, "max_new_tokens": cfg.rollout.max_new_tokens,
+            "actor_lr": cfg.ppo.actor_lr, "lagrange": OmegaConf.to_container(OmegaConf.structured(cfg.lagrange)),
+            "score_epochs": cfg.score_training.epochs, "onpolicy_judge_data": cfg.onpolicy.enabled}

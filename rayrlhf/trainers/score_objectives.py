@@ -13,6 +13,7 @@ import torch
 
 from rayrlhf.algorithms import cost_pairwise_loss, moderation_loss, reward_pairwise_loss
 from rayrlhf.data import HARM_CATEGORIES, PreferenceRow, QAClassificationRow
+from rayrlhf.eval.calibration import any_harm_scores, calibrate_and_report, calibration_split, false_positive_rate
 from rayrlhf.eval.metrics import auroc, moderation_report, pairwise_accuracy, sign_accuracy
 
 ROW_TYPE = {"reward": PreferenceRow, "cost": PreferenceRow, "moderation": QAClassificationRow}
@@ -57,14 +58,26 @@ def loss_from_scores(kind: str, scores: torch.Tensor, rows: list, l2_coef: float
     return cost_pairwise_loss(first, second, safer_is_safe, unsafer_is_safe, l2_coef=l2_coef)
 
 
-def metrics_from_scores(kind: str, scores: torch.Tensor, rows: list, threshold: float = 0.5) -> dict:
+def metrics_from_scores(kind: str, scores: torch.Tensor, rows: list, threshold: float | None = None,
+                        max_false_positive_rate: float = 0.10) -> dict:
     """Held-out metrics: reward accuracy; cost accuracy, sign accuracy, AUROC; moderation
-    flagged precision/recall/F1 and per-category F1."""
+    flagged precision/recall/F1, per-category F1, the flagged share of safe answers and the
+    flag ``threshold``: calibrated on half of the rows when None (then every moderation number
+    comes from the other half, ``rayrlhf.eval.calibration``)."""
     n = len(rows)
     scores = scores.float()
     if kind == "moderation":
-        targets = torch.tensor([r.harm_vector for r in rows], dtype=torch.bool)
-        return moderation_report(torch.sigmoid(scores).numpy(), targets.numpy(), threshold=threshold)
+        probs = torch.sigmoid(scores).numpy()
+        targets = torch.tensor([r.harm_vector for r in rows], dtype=torch.bool).numpy()
+        if threshold is None:
+            calibrated = calibrate_and_report(probs, targets, max_false_positive_rate)
+            test = calibration_split(n)[1]
+            return {**moderation_report(probs[test], targets[test], threshold=calibrated["threshold"]),
+                    **calibrated}
+        report = moderation_report(probs, targets, threshold=threshold)
+        flagged = any_harm_scores(probs) > threshold
+        return {**report, "threshold": threshold,
+                "false_positive_rate": false_positive_rate(flagged, targets.any(axis=1)), "test_rows": n}
     first, second = scores[:n, 0].numpy(), scores[n:, 0].numpy()
     if kind == "reward":
         return {"accuracy": pairwise_accuracy(first, second),

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from rayrlhf.models.freezing import freeze_lower_layers
 from rayrlhf.algorithms import balanced_pos_weight
 from rayrlhf.eval.metrics import flatten_scalars
 from rayrlhf.trainers.ray_train import (
@@ -41,7 +42,7 @@ def _forward_scores(model, tokenizer, kind: str, rows: list, template: str, max_
 
 
 @torch.no_grad()
-def _evaluate(engine, tokenizer, kind, rows, template, max_length, batch_size, threshold, rank, world):
+def _evaluate(engine, tokenizer, kind, rows, template, max_length, batch_size, threshold, max_fpr, rank, world):
     """Every rank scores a shard; all gather; every rank gets the same metrics."""
     import torch.distributed as dist
 
@@ -61,7 +62,7 @@ def _evaluate(engine, tokenizer, kind, rows, template, max_length, batch_size, t
     k = len(labels_for(kind))
     flat = torch.tensor([by_row[i] for i in range(len(rows))])
     scores = flat if kind == "moderation" else torch.cat([flat[:, :k], flat[:, k:]])
-    return metrics_from_scores(kind, scores, rows, threshold)
+    return metrics_from_scores(kind, scores, rows, threshold, max_fpr)
 
 
 def train_loop(config: dict[str, Any]) -> None:
@@ -83,6 +84,7 @@ def train_loop(config: dict[str, Any]) -> None:
 
     tokenizer = load_tokenizer(config["model"], padding_side="right")
     model = ScoreModel.from_pretrained(config["model"], kind=kind, labels=labels_for(kind), dtype="float32")
+    freeze_lower_layers(model, training["trainable_layers"])
     plan = StepPlan(len(train_rows), world, training["per_device_batch_size"],
                     training["gradient_accumulation_steps"], training["epochs"], training["max_steps"],
                     config["seed"])
@@ -102,9 +104,13 @@ def train_loop(config: dict[str, Any]) -> None:
         scores = _forward_scores(engine, tokenizer, kind, rows, template, max_length)
         return loss_from_scores(kind, scores.float(), rows, config["score_l2_coef"], pos_weight)
 
+    latest: dict[str, Any] = {}  # the last evaluation: its calibrated threshold is saved
+
     def evaluate() -> dict[str, float]:
         evaluated = _evaluate(engine, tokenizer, kind, eval_rows, template, max_length,
-                              training["per_device_batch_size"], config["threshold"], rank, world)
+                              training["per_device_batch_size"], config["threshold"],
+                              config["max_false_positive_rate"], rank, world)
+        latest.update(evaluated)
         return {f"eval/{k}": float(v) for k, v in flatten_scalars(evaluated).items()}
 
     start_time = time.perf_counter()
@@ -119,7 +125,8 @@ def train_loop(config: dict[str, Any]) -> None:
         if state_dict is not None:
             state_dict = {k.removeprefix("inner."): v for k, v in state_dict.items()}
         module.save_pretrained(out, tokenizer=tokenizer, state_dict=state_dict, extra={
-            "template": template, "max_length": max_length, "threshold": config["threshold"],
+            "template": template, "max_length": max_length,
+            "threshold": latest.get("threshold", config["threshold"]),
             "trained_steps": step, "train_seconds": round(time.perf_counter() - start_time, 1),
         })
 
@@ -150,7 +157,8 @@ def run(cfg) -> dict:
     loop_config = {
         "kind": kind, "training": training, "template": cfg.template.name, "seed": cfg.run.seed,
         "model": resolve_model_path(cfg.model.name_or_path), "model_dtype": cfg.model.dtype,
-        "output_dir": str(out.resolve()), "threshold": cfg.moderation_threshold, "score_l2_coef": cfg.score_l2_coef,
+        "output_dir": str(out.resolve()), "threshold": cfg.moderation_threshold,
+        "max_false_positive_rate": cfg.moderation_max_false_positive_rate, "score_l2_coef": cfg.score_l2_coef,
         "balance_categories": cfg.moderation_balance_categories,
         "train_rows": ray.put([r.to_dict() for r in train_rows]),
         "eval_rows": ray.put([r.to_dict() for r in eval_rows]),

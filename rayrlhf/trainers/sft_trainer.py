@@ -119,6 +119,7 @@ def train_loop(config: dict[str, Any]) -> None:
     import ray.train as rt
 
     from rayrlhf.data import SFTRow
+    from rayrlhf.models.freezing import freeze_lower_layers
     from rayrlhf.models.zoo import load_causal_lm, load_tokenizer
 
     ctx = rt.get_context()
@@ -132,6 +133,7 @@ def train_loop(config: dict[str, Any]) -> None:
     tokenizer = load_tokenizer(config["model"], padding_side="right",
                                trust_remote_code=config["trust_remote_code"])
     model = load_causal_lm(config["model"], dtype="float32", trust_remote_code=config["trust_remote_code"])
+    freeze_lower_layers(model, training["trainable_layers"])
     plan = StepPlan(len(train_rows), world, training["per_device_batch_size"],
                     training["gradient_accumulation_steps"], training["epochs"], training["max_steps"],
                     config["seed"])

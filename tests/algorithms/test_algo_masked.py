@@ -63,3 +63,27 @@ def test_whiten_matches_numpy_on_valid_entries_and_zeroes_padding(shift_mean):
 def test_numeric_mask_behaves_like_bool_mask():
     x, mask = _example()
     assert masked_mean(x, mask.float()).item() == pytest.approx(masked_mean(x, mask).item())
+
+
+def test_loss_aggregation_by_hand():
+    from rayrlhf.algorithms.masked import aggregate_token_losses
+
+    losses = torch.tensor([[1.0, 3.0, 5.0, 7.0], [10.0, 0.0, 0.0, 0.0], [4.0, 4.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0], [0, 0, 0, 0]])
+    # Row means 4 and 10 (the empty row is left out): (4 + 10) / 2.
+    assert aggregate_token_losses(losses, mask, "seq_mean").item() == pytest.approx(7.0)
+    # All valid tokens pooled: (1 + 3 + 5 + 7 + 10) / 5; the long row dominates.
+    assert aggregate_token_losses(losses, mask, "token_mean").item() == pytest.approx(5.2)
+    assert aggregate_token_losses(losses, torch.zeros_like(mask)).item() == 0.0
+    with pytest.raises(ValueError, match="unknown loss aggregation 'sum'"):
+        aggregate_token_losses(losses, mask, "sum")
+
+
+def test_seq_mean_gives_each_response_equal_gradient_weight():
+    from rayrlhf.algorithms.masked import aggregate_token_losses
+
+    x = torch.ones(2, 4, requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]])
+    aggregate_token_losses(x, mask, "seq_mean").backward()
+    # Row 0 spreads 1/2 over 4 tokens, row 1 puts 1/2 on its single token.
+    torch.testing.assert_close(x.grad, torch.tensor([[0.125] * 4, [0.5, 0.0, 0.0, 0.0]]))

@@ -40,13 +40,13 @@ def test_judges_use_rules_and_the_moderation_model(tiny_model_dir, tmp_path):
     mod_dir = tmp_path / "moderation"
     ScoreModel.from_pretrained(tiny_model_dir, kind="moderation", labels=list(HARM_CATEGORIES),
                                dtype="float32").save_pretrained(mod_dir, load_tokenizer(tiny_model_dir))
-    records = judge_answers(["q1", "q2"], ["a", "b"], moderation=str(mod_dir), threshold=0.0,
+    records = judge_answers(["q1", "q2"], ["a", "b"], moderation=str(mod_dir), threshold=1e-6,
                             reward="rule:rayrlhf.rewards.synthetic:rewarded_share",
                             cost="rule:rayrlhf.rewards.synthetic:forbidden_excess", dtype="float32")
     # Rules see no token ids here (text judges): empty responses give share 0.
     assert [r["reward"] for r in records] == [0.0, 0.0]
     assert [r["unsafe"] for r in records] == [False, False]  # cost -0.2 < 0
-    # Threshold 0: any probability > 0 flags; the 14 categories are all reported.
+    # A threshold near 0: any real probability flags; the 14 categories are all reported.
     assert all(r["flagged"] for r in records)
     assert set(records[0]["harm_probabilities"]) == set(HARM_CATEGORIES)
 

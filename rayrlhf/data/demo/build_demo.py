@@ -1020,12 +1020,15 @@ def build_qa_rows(harmful: Sequence[HarmfulPrompt], rng: random.Random) -> list[
 
 
 def build_sft_rows(harmful: Sequence[HarmfulPrompt], rng: random.Random) -> list[dict[str, Any]]:
-    """Helpful answers to the benign prompts, input-carrying tasks, and one safe refusal per category."""
+    """Helpful answers to the benign prompts, input-carrying tasks, and a safe refusal (declines,
+    says why, offers a safe alternative) to every other harmful prompt of each theme: about as
+    many refusals as helpful answers, so a fine-tuned policy learns when to refuse, not to
+    refuse."""
     rows = [{"instruction": item.prompt, "input": "", "output": item.answer} for item in BENIGN]
     rows += [{"instruction": i, "input": x, "output": y} for i, x, y in SFT_WITH_INPUT]
     for theme in THEMES:
-        hp = rng.choice([p for p in harmful if p.theme is theme])
-        rows.append({"instruction": hp.text, "input": "", "output": refusal(theme, hp.goal, "detailed", rng)})
+        for hp in [p for p in harmful if p.theme is theme][::2]:
+            rows.append({"instruction": hp.text, "input": "", "output": refusal(theme, hp.goal, "detailed", rng)})
     rng.shuffle(rows)
     return rows
 
