@@ -67,3 +67,26 @@ def masked_whiten(
     if not shift_mean:
         whitened = whitened + mean
     return whitened * _as_weights(mask, x)
+
+
+LOSS_AGGREGATIONS: tuple[str, ...] = ("seq_mean", "token_mean")
+
+
+def aggregate_token_losses(token_losses: torch.Tensor, mask: torch.Tensor, how: str = "seq_mean") -> torch.Tensor:
+    """One loss from [B, T] per-token losses over the valid tokens.
+
+    - ``seq_mean`` (Safe RLHF's reference): each response's mean over its own tokens, then the
+      mean over responses, so a short refusal weighs as much as a long answer;
+    - ``token_mean``: one mean over every valid token of the batch (long responses dominate).
+
+    Rows without a valid token are left out of ``seq_mean``'s outer mean.
+    """
+    if how == "token_mean":
+        return masked_mean(token_losses, mask)
+    if how != "seq_mean":
+        raise ValueError(f"unknown loss aggregation {how!r}; choose one of {', '.join(LOSS_AGGREGATIONS)}")
+    per_row = masked_sum(token_losses, mask, dim=-1)
+    counts = masked_count(token_losses, mask, dim=-1)
+    has_tokens = counts > 0
+    row_means = per_row[has_tokens] / counts[has_tokens]
+    return row_means.mean() if row_means.numel() else token_losses.sum() * 0.0
