@@ -123,14 +123,46 @@ class Scores:
 
 
 @dataclass
+class PTXBatch:
+    """Supervised rows for the PTX term of the policy loss (Ouyang et al. 2022, eq. 2): the
+    instruction/answer pairs the policy was fine-tuned on, so PPO does not erode them."""
+
+    input_ids: torch.Tensor  # [N, T] right-padded prompt + answer ids
+    attention_mask: torch.Tensor  # [N, T] 1 on real tokens
+    loss_mask: torch.Tensor  # [N, T] 1 on the answer tokens the LM loss learns
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def rows(self, index: list[int] | slice) -> PTXBatch:
+        return PTXBatch(self.input_ids[index], self.attention_mask[index], self.loss_mask[index])
+
+    def shard(self, rank: int, world_size: int) -> PTXBatch:
+        """This data-parallel rank's rows (every ``world_size``-th, starting at ``rank``)."""
+        return self.rows(slice(rank, None, world_size))
+
+    def chunks(self, n: int) -> list[PTXBatch]:
+        """``n`` nearly equal consecutive parts (one per PPO mini-batch); empty ones left out."""
+        size, extra = divmod(len(self), n)
+        parts, start = [], 0
+        for i in range(n):
+            stop = start + size + (1 if i < extra else 0)
+            if stop > start:
+                parts.append(self.rows(slice(start, stop)))
+            start = stop
+        return parts
+
+
+@dataclass
 class ActorStats:
     """One policy rank's train phase: means over the mini-batches it applied."""
 
-    loss: float  # PPO-clip surrogate (minus the entropy bonus)
+    loss: float  # PPO-clip surrogate (minus the entropy bonus), without the PTX term
     clip_fraction: float  # share of tokens whose ratio left [1 - ε, 1 + ε]
     approx_kl: float  # k3 estimate of KL(π_old ‖ π)
     entropy: float  # mean token entropy of the policy
     nonfinite_minibatches: float  # mini-batches skipped for a NaN/Inf loss
+    ptx_loss: float = float("nan")  # LM loss on the PTX rows (NaN when PTX is off)
 
 
 @dataclass
@@ -148,5 +180,5 @@ class TrainStats:
 
     actor: ActorStats
     reward_critic: CriticStats
-    cost_critic: CriticStats
+    cost_critic: CriticStats | None  # None: no cost critic (λ fixed at 0)
     skipped_minibatches: dict[str, float]  # "policy" | "reward critic" | "cost critic" -> count

@@ -26,6 +26,8 @@ from rayrlhf.algorithms.losses import (
     reward_pairwise_loss,
 )
 from rayrlhf.algorithms.masked import (
+    LOSS_AGGREGATIONS,
+    aggregate_token_losses,
     masked_count,
     masked_mean,
     masked_sum,
@@ -56,6 +58,8 @@ __all__ = [
     "lm_loss",
     "lr_multiplier",
     "make_lagrange_controller",
+    "LOSS_AGGREGATIONS",
+    "aggregate_token_losses",
     "masked_count",
     "masked_mean",
     "masked_sum",

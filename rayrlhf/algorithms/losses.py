@@ -1,8 +1,10 @@
 """Losses of Safe RLHF: the PPO-Lagrangian actor and critics, the preference-trained reward
 and cost models, the moderation classifier and the pretraining (PTX) term.
 
-All token-level losses average over every valid token of the batch (one masked mean), so a
-long response weighs more than a short one, as in token-level PPO.
+The PPO losses average their per-token terms either per response then over responses
+(``seq_mean``, Safe RLHF's reference and rayrlhf's default: a short refusal weighs as much as a
+long answer) or over every valid token of the batch (``token_mean``, token-level PPO, where long
+responses dominate); see ``aggregate_token_losses``. The LM (PTX/SFT) losses are token means.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from rayrlhf.algorithms.kl import kl_estimate
-from rayrlhf.algorithms.masked import masked_mean
+from rayrlhf.algorithms.masked import aggregate_token_losses, masked_mean
 
 
 def ppo_actor_loss(
@@ -20,20 +22,23 @@ def ppo_actor_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     clip_ratio: float,
+    aggregation: str = "token_mean",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO clipped surrogate (Schulman et al. 2017, eq. 7), negated for minimisation.
 
         ρ_t = exp(log π(y_t) − log π_old(y_t))
         L   = −mean_t min(ρ_t Â_t, clip(ρ_t, 1 − ε, 1 + ε) Â_t)     over valid tokens
 
-    Returns the loss and detached stats: ``clip_fraction`` (share of valid tokens with
+    ``aggregation`` says how the per-token terms become one loss (``aggregate_token_losses``):
+    ``token_mean`` over all valid tokens, or ``seq_mean`` per response then over responses
+    (Safe RLHF's reference). Returns the loss and detached stats: ``clip_fraction`` (share of valid tokens with
     |ρ − 1| > ε) and ``approx_kl`` (k3 estimate of KL(π_old ‖ π), (ρ − 1) − log ρ).
     """
     log_ratio = logp - old_logp
     ratio = torch.exp(log_ratio)
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1.0 - clip_ratio, 1.0 + clip_ratio) * advantages
-    loss = masked_mean(-torch.minimum(unclipped, clipped), mask)
+    loss = aggregate_token_losses(-torch.minimum(unclipped, clipped), mask, aggregation)
     with torch.no_grad():
         clip_fraction = masked_mean(((ratio - 1.0).abs() > clip_ratio).to(logp.dtype), mask)
         approx_kl = masked_mean(kl_estimate(old_logp, logp.detach(), "k3"), mask)
@@ -58,16 +63,18 @@ def clipped_value_loss(
     returns: torch.Tensor,
     mask: torch.Tensor,
     clip_range_value: float,
+    aggregation: str = "token_mean",
 ) -> torch.Tensor:
     """½ · mean_t max((V − R)², (V_clip − R)²), V_clip = clip(V, V_old − ε, V_old + ε).
 
     The pessimistic max keeps the critic from moving far from the values the advantages were
-    computed with (the PPO value clipping used by Safe RLHF and OpenAI baselines).
+    computed with (the PPO value clipping used by Safe RLHF and OpenAI baselines). The mean
+    is ``aggregation`` (see ``ppo_actor_loss``).
     """
     value_change = torch.clamp(values - old_values, -clip_range_value, clip_range_value)
     clipped_values = old_values + value_change
     squared_error = torch.maximum((values - returns) ** 2, (clipped_values - returns) ** 2)
-    return 0.5 * masked_mean(squared_error, mask)
+    return 0.5 * aggregate_token_losses(squared_error, mask, aggregation)
 
 
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:

@@ -67,6 +67,12 @@ def _lagrange_targets() -> tuple[str, ...]:
     return tuple(f"{cls.__module__}.{cls.__qualname__}" for cls in LAGRANGE_CONTROLLERS.values())
 
 
+def _loss_aggregations() -> tuple[str, ...]:
+    from rayrlhf.algorithms import LOSS_AGGREGATIONS
+
+    return LOSS_AGGREGATIONS
+
+
 def _nonfinite_policies() -> tuple[str, ...]:
     from rayrlhf.faults import NONFINITE_POLICIES
 
@@ -390,6 +396,15 @@ class PPOConfig:
     # Recompute activations in the backward pass: ~4x less memory per trainable role for
     # ~30% more train-phase compute (SmolLM2 critics drop from ~6 GB to ~2 GB).
     gradient_checkpointing: bool = True
+    # How per-token PPO terms become one loss: seq_mean (each response's mean, then the mean
+    # over responses: Safe RLHF's reference, so a short refusal counts as much as a long
+    # answer) or token_mean (every valid token of the mini-batch alike).
+    loss_aggregation: str = checked("seq_mean", one_of(_loss_aggregations))
+    # PTX: γ of γ · LM loss on the `ptx` dataset's rows added to the policy loss (InstructGPT's
+    # pretraining mix), which keeps PPO from eroding what SFT taught; 0 (or no `ptx` data)
+    # turns it off. `ptx_rows_per_step` rows per step, shared out over the mini-batches.
+    ptx_coef: float = checked(0.0, NON_NEGATIVE)
+    ptx_rows_per_step: int = checked(8, COUNT)
 
 
 def _lambda_cap_problems(lagrange: Any, prefix: str) -> list[Problem]:
@@ -531,6 +546,8 @@ class PPOLagConfig:
     reward_critic_init: Optional[str] = None
     cost_critic_init: Optional[str] = None
     prompts: DatasetConfig = field(default_factory=DatasetConfig)
+    # Instruction/answer rows (schema sft) for the PTX term (ppo.ptx_coef); None: no PTX.
+    ptx: Optional[DatasetConfig] = None
     template: TemplateConfig = field(default_factory=TemplateConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)

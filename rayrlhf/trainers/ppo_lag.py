@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from rayrlhf.algorithms import (
-    LAGRANGE_CONTROLLERS, LagrangeController, PPOLagAdvantages, masked_mean, ppo_lag_advantages,
+    LAGRANGE_CONTROLLERS, ConstantLagrange, LagrangeController, PPOLagAdvantages, masked_mean, ppo_lag_advantages,
 )
 from rayrlhf.cluster import check_cluster_capacity, required_cpus
 from rayrlhf.config import to_object
@@ -42,7 +42,7 @@ from rayrlhf.trainers.fingerprints import ppo_lag_inputs, write_fingerprints
 from rayrlhf.trainers.metrics_log import MetricsLog
 from rayrlhf.trainers.ppo_lag_roles import Roles, build_roles
 from rayrlhf.trainers.resume import CONFIG_SNAPSHOT, check_resume_config, resume_hint, write_resume_command
-from rayrlhf.types import Rollout, RolloutBatch, Scores, TrainStats, build_rollout_batch
+from rayrlhf.types import PTXBatch, Rollout, RolloutBatch, Scores, TrainStats, build_rollout_batch
 from rayrlhf.workers.critic import CriticWorker
 from rayrlhf.workers.group import ActorGroup, get_fail_fast, get_fail_fast_groups
 from rayrlhf.workers.policy import PolicyWorker
@@ -75,6 +75,25 @@ def prompt_order(num_prompts: int, prompts_per_step: int, step: int, seed: int) 
     if len(chosen) < prompts_per_step:  # fewer prompts than one step: repeat them
         chosen = (chosen * (prompts_per_step // max(1, len(chosen)) + 1))[:prompts_per_step]
     return chosen
+
+
+def ignores_cost(controller: LagrangeController) -> bool:
+    """Whether λ stays 0 for the whole run (plain PPO): then the cost never shapes an update."""
+    return isinstance(controller, ConstantLagrange) and controller.value == 0.0
+
+
+def ptx_rows(cfg, tokenizer) -> PTXBatch | None:
+    """The PTX data encoded as the SFT stage encodes it (loss on the answer tokens), or None
+    when PTX is off (no ``ptx`` dataset or ``ppo.ptx_coef`` 0)."""
+    if cfg.ptx is None or not cfg.ppo.ptx_coef:
+        return None
+    from rayrlhf.data import load_dataset_from_config
+    from rayrlhf.trainers.sft_trainer import encode_sft
+
+    rows = load_dataset_from_config(cfg.ptx).rows
+    encoded = encode_sft(tokenizer, [r.prompt for r in rows], [r.output for r in rows], cfg.template.name,
+                         cfg.rollout.max_prompt_tokens + cfg.rollout.max_new_tokens)
+    return PTXBatch(encoded.input_ids, encoded.attention_mask, encoded.response_mask)
 
 
 class PhaseTimer:
@@ -113,10 +132,12 @@ class PPOLagDriver:
         self.prompts = [row.prompt for row in load_dataset_from_config(cfg.prompts).rows]
         self.prompt_ids = encode_prompts(self.tokenizer, self.prompts, cfg.template.name, cfg.rollout.max_prompt_tokens)
         self.lagrange = lagrange_from_config(cfg.lagrange)
+        self.ptx = ptx_rows(cfg, self.tokenizer)
         self.step_index = 0
         self.fault_log = fault_log or FaultLog(None)
         self.consecutive_skips = 0
-        self.roles: Roles = build_roles(cfg, self.policy_path)
+        # λ fixed at 0 is plain PPO: the cost never reaches the policy, so no cost critic trains.
+        self.roles: Roles = build_roles(cfg, self.policy_path, cost_critic=not ignores_cost(self.lagrange))
         # The engine-vs-policy log-prob gap that rounding alone explains at their precisions.
         self.logprob_gap_tolerance = logprob_gap_tolerance(self.roles.policy_dtype, self.roles.engine_dtype)
 
@@ -171,15 +192,18 @@ class PPOLagDriver:
     def score(self, rollout: Rollout) -> Scores:
         """Every role's view of the rollout, all requested before any is awaited."""
         roles, batch = self.roles, rollout.batch
+        cost_critic = roles.cost_critic.call_split(CriticWorker.values, batch) if roles.cost_critic else []
         policy, reward_values, cost_values, reference, rewards, costs = get_fail_fast_groups([
             roles.policy.call_split(PolicyWorker.logprobs, batch),
             roles.reward_critic.call_split(CriticWorker.values, batch),
-            roles.cost_critic.call_split(CriticWorker.values, batch),
+            cost_critic,
             *roles.frozen_calls(batch, rollout.prompts, rollout.responses, rollout.response_ids),
         ])
+        reward_values = torch.cat(reward_values)
         return Scores(old_logprobs=torch.cat([logp for logp, _ in policy]),
                       ref_logprobs=torch.cat([logp for logp, _ in reference]),
-                      reward_values=torch.cat(reward_values), cost_values=torch.cat(cost_values),
+                      reward_values=reward_values,
+                      cost_values=torch.cat(cost_values) if cost_values else torch.zeros_like(reward_values),
                       rewards=rewards[0].float(), costs=costs[0].float())
 
     def advantages(self, batch: RolloutBatch, scores: Scores, lagrange_multiplier: float) -> PPOLagAdvantages:
@@ -192,18 +216,28 @@ class PPOLagDriver:
     def train_roles(self, batch: RolloutBatch) -> TrainStats:
         """The critics and the policy train at once, each on its own data-parallel ranks."""
         ppo, roles = self.cfg.ppo, self.roles
-        each = {"epochs": ppo.epochs, "minibatch_size": ppo.minibatch_size, "seed": self.seed * 7919 + self.step_index}
+        each = {"epochs": ppo.epochs, "minibatch_size": ppo.minibatch_size, "seed": self.seed * 7919 + self.step_index,
+                "loss_aggregation": ppo.loss_aggregation}
+        critic = {"clip_range_value": ppo.clip_range_value, **each}
         actor, reward_critic, cost_critic = get_fail_fast_groups([
             roles.policy.call_split(PolicyWorker.train, batch, clip_ratio=ppo.clip_ratio,
-                                    entropy_coef=ppo.entropy_coef, **each),
-            roles.reward_critic.call_split(CriticWorker.train, batch, clip_range_value=ppo.clip_range_value, **each),
-            roles.cost_critic.call_split(CriticWorker.train, batch, clip_range_value=ppo.clip_range_value, **each),
+                                    entropy_coef=ppo.entropy_coef, ptx=self.ptx_for_step(), ptx_coef=ppo.ptx_coef,
+                                    **each),
+            roles.reward_critic.call_split(CriticWorker.train, batch, **critic),
+            roles.cost_critic.call_split(CriticWorker.train, batch, **critic) if roles.cost_critic else [],
         ])
         skipped = {role: sum(rank.nonfinite_minibatches for rank in ranks) for role, ranks in
                    (("policy", actor), ("reward critic", reward_critic), ("cost critic", cost_critic))}
         self.report_skipped_minibatches(skipped)
-        return TrainStats(actor=actor[0], reward_critic=reward_critic[0], cost_critic=cost_critic[0],
-                          skipped_minibatches=skipped)
+        return TrainStats(actor=actor[0], reward_critic=reward_critic[0],
+                          cost_critic=cost_critic[0] if cost_critic else None, skipped_minibatches=skipped)
+
+    def ptx_for_step(self) -> PTXBatch | None:
+        """This step's PTX rows: a seeded pass over the PTX data, like the prompts'."""
+        if self.ptx is None:
+            return None
+        index = prompt_order(len(self.ptx), self.cfg.ppo.ptx_rows_per_step, self.step_index, self.seed + 1)
+        return self.ptx.rows(index)
 
     def update_lambda(self, costs: torch.Tensor) -> float:
         """λ moves with this rollout's episode cost (mean cost-model score) against the threshold."""
@@ -319,7 +353,7 @@ def step_metrics(step: int, batch: RolloutBatch, stats: TrainStats, *, lambda_us
         "actor/kl_to_ref": float(masked_mean(batch.old_logprobs - batch.ref_logprobs, mask)),
         **{f"actor/{name}": value for name, value in vars(stats.actor).items()},
         "critic/reward_loss": stats.reward_critic.loss,
-        "critic/cost_loss": stats.cost_critic.loss,
+        **({"critic/cost_loss": stats.cost_critic.loss} if stats.cost_critic is not None else {}),
         "faults/nonfinite_minibatches": float(sum(stats.skipped_minibatches.values())),
         **timing,
         "timing/generate_tokens_per_s": float(mask.sum()) / max(timer.seconds["generate"], 1e-9),

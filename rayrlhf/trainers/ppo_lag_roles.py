@@ -35,7 +35,7 @@ class Roles:
 
     policy: ActorGroup
     reward_critic: ActorGroup
-    cost_critic: ActorGroup
+    cost_critic: ActorGroup | None  # None when λ is fixed at 0 (plain PPO never reads cost values)
     rollout_workers: list  # one RolloutWorker actor per engine
     rollout_names: list[str]
     frozen: ActorGroup | None = None
@@ -49,7 +49,11 @@ class Roles:
     @property
     def groups(self) -> tuple[ActorGroup, ...]:
         frozen = (self.frozen,) if self.frozen is not None else (self.reference, self.reward_model, self.cost_model)
-        return (self.policy, self.reward_critic, self.cost_critic, *frozen)
+        return tuple(g for g in (self.policy, *self.critics, *frozen))
+
+    @property
+    def critics(self) -> tuple[ActorGroup, ...]:
+        return tuple(c for c in (self.reward_critic, self.cost_critic) if c is not None)
 
     def frozen_calls(self, batch: RolloutBatch, prompts: list[str], responses: list[str],
                      response_ids: list[list[int]]) -> list[list[ray.ObjectRef]]:
@@ -66,13 +70,11 @@ class Roles:
     def save_checkpoint(self, folder: Path) -> None:
         """Every rank of the trainable roles writes its DeepSpeed state into ``folder``."""
         get_fail_fast(self.policy.call(PolicyWorker.save_checkpoint, str(folder))
-                      + self.reward_critic.call(CriticWorker.save_checkpoint, str(folder))
-                      + self.cost_critic.call(CriticWorker.save_checkpoint, str(folder)))
+                      + [ref for critic in self.critics for ref in critic.call(CriticWorker.save_checkpoint, str(folder))])
 
     def load_checkpoint(self, folder: Path) -> None:
         get_fail_fast(self.policy.call(PolicyWorker.load_checkpoint, str(folder))
-                      + self.reward_critic.call(CriticWorker.load_checkpoint, str(folder))
-                      + self.cost_critic.call(CriticWorker.load_checkpoint, str(folder)))
+                      + [ref for critic in self.critics for ref in critic.call(CriticWorker.load_checkpoint, str(folder))])
 
     def actor_names(self) -> dict[str, str]:
         """Actor id (hex) -> actor name, to say which worker died."""
@@ -96,8 +98,9 @@ class Roles:
         wait_until_names_free(names)
 
 
-def build_roles(cfg, policy_path: str) -> Roles:
-    """Start every actor a ``ppo_lag`` config asks for and wait until all can work."""
+def build_roles(cfg, policy_path: str, cost_critic: bool = True) -> Roles:
+    """Start every actor a ``ppo_lag`` config asks for and wait until all can work
+    (``cost_critic=False``: none for the cost stream, for runs that never use it)."""
     from rayrlhf.models import resolve_model_path
     from rayrlhf.rewards import RULE_PREFIX
 
@@ -123,7 +126,7 @@ def build_roles(cfg, policy_path: str) -> Roles:
                                critic_init(cfg.reward_critic_init, cfg.reward), name="reward-critic",
                                optim=critic_optim, **trainable)
     cost_critic = ActorGroup(CriticWorker, res.critic_ranks, "cost", critic_init(cfg.cost_critic_init, cfg.cost),
-                             name="cost-critic", optim=critic_optim, **trainable)
+                             name="cost-critic", optim=critic_optim, **trainable) if cost_critic else None
     frozen = {"num_cpus": res.cpus_per_frozen_worker, "num_gpus": gpus * 0.25, "threads": threads}
     if res.colocate_frozen:
         frozen_roles = {"frozen": ActorGroup(FrozenWorker, 1, policy_path, cfg.reward, cfg.cost, name="frozen",
@@ -138,7 +141,7 @@ def build_roles(cfg, policy_path: str) -> Roles:
     started = get_fail_fast([w.ready.remote() for w in rollout_workers]
                             + policy.call(PolicyWorker.init_engine)
                             + reward_critic.call(CriticWorker.init_engine)
-                            + cost_critic.call(CriticWorker.init_engine))
+                            + (cost_critic.call(CriticWorker.init_engine) if cost_critic else []))
     policy_dtype = get_fail_fast([policy.call_rank0(PolicyWorker.info)])[0]["compute_dtype"]
     return Roles(policy=policy, reward_critic=reward_critic, cost_critic=cost_critic, rollout_workers=rollout_workers,
                  rollout_names=rollout_names, policy_dtype=policy_dtype, engine_dtype=started[0]["dtype"],

@@ -47,7 +47,7 @@ class CriticWorker(DistributedWorker):
         return torch.cat(parts)
 
     def train(self, batch: RolloutBatch, *, epochs: int, minibatch_size: int, clip_range_value: float,
-              seed: int = 0) -> CriticStats:
+              seed: int = 0, loss_aggregation: str = "seq_mean") -> CriticStats:
         """Value-clipped regression onto this critic's GAE returns."""
         old_field, target_field = CRITIC_FIELDS[self.stream]
         engine = self.engine
@@ -58,7 +58,7 @@ class CriticWorker(DistributedWorker):
             for mb in batch.minibatches(minibatch_size, generator):
                 values = response_values(engine, mb.sequences, mb.attention_mask, mb.prompt_length)
                 loss = clipped_value_loss(values, getattr(mb, old_field), getattr(mb, target_field),
-                                          mb.response_mask.float(), clip_range_value)
+                                          mb.response_mask.float(), clip_range_value, loss_aggregation)
                 if not self.all_ranks_finite(loss):  # a NaN step would poison the weights
                     skipped += 1
                     continue

@@ -7,12 +7,18 @@ from typing import Any
 
 import torch
 
-from rayrlhf.algorithms import entropy_from_logits, mean_entropy_per_row, ppo_actor_loss
+from rayrlhf.algorithms import entropy_from_logits, mean_entropy_per_row, ppo_actor_loss, response_nll
 from rayrlhf.models.forward import response_logits, token_logprobs
-from rayrlhf.types import ActorStats, RolloutBatch
+from rayrlhf.types import ActorStats, PTXBatch, RolloutBatch
 from rayrlhf.workers.base import DistributedWorker, OptimConfig, build_engine
 
 log = logging.getLogger(__name__)
+
+
+def ptx_lm_loss(model, part: PTXBatch) -> torch.Tensor:
+    """Mean next-token NLL of ``part``'s answer tokens under ``model`` (the PTX term)."""
+    logits = model(input_ids=part.input_ids, attention_mask=part.attention_mask, use_cache=False).logits
+    return response_nll(logits.float(), part.input_ids, part.loss_mask)
 
 
 class PolicyWorker(DistributedWorker):
@@ -55,31 +61,39 @@ class PolicyWorker(DistributedWorker):
         return torch.cat(logps), torch.cat(entropies)
 
     def train(self, batch: RolloutBatch, *, epochs: int, minibatch_size: int, clip_ratio: float,
-              entropy_coef: float = 0.0, seed: int = 0) -> ActorStats:
-        """PPO epochs over this rank's rows: clipped surrogate on ``batch.advantages``."""
+              entropy_coef: float = 0.0, seed: int = 0, loss_aggregation: str = "seq_mean",
+              ptx: PTXBatch | None = None, ptx_coef: float = 0.0) -> ActorStats:
+        """PPO epochs over this rank's rows: clipped surrogate on ``batch.advantages``, plus
+        ``ptx_coef`` times the LM loss on this rank's share of ``ptx`` (one part per mini-batch)."""
         engine = self.engine
         engine.train()
         generator = torch.Generator().manual_seed(seed)
-        stats: dict[str, list[float]] = {"loss": [], "clip_fraction": [], "approx_kl": [], "entropy": []}
+        stats: dict[str, list[float]] = {"loss": [], "clip_fraction": [], "approx_kl": [], "entropy": [], "ptx_loss": []}
         skipped = 0
         for _ in range(epochs):
-            for mb in batch.minibatches(minibatch_size, generator):
+            minibatches = batch.minibatches(minibatch_size, generator)
+            ptx_parts = ptx.shard(self.rank, self.world_size).chunks(len(minibatches)) if ptx and ptx_coef else []
+            for i, mb in enumerate(minibatches):
                 logits = response_logits(engine, mb.sequences, mb.attention_mask, mb.prompt_length)
                 logp = token_logprobs(logits, mb.response_ids)
                 mask = mb.response_mask.float()
-                loss, info = ppo_actor_loss(logp, mb.old_logprobs, mb.advantages, mask, clip_ratio)
+                loss, info = ppo_actor_loss(logp, mb.old_logprobs, mb.advantages, mask, clip_ratio, loss_aggregation)
                 entropy = entropy_from_logits(logits.float(), mask)
                 if entropy_coef:
                     loss = loss - entropy_coef * entropy
-                if not self.all_ranks_finite(loss):  # a NaN step would poison the weights
+                ptx_loss = ptx_lm_loss(engine, ptx_parts[i % len(ptx_parts)]) if ptx_parts else None
+                total = loss if ptx_loss is None else loss + ptx_coef * ptx_loss
+                if not self.all_ranks_finite(total):  # a NaN step would poison the weights
                     skipped += 1
                     continue
-                engine.backward(loss)
+                engine.backward(total)
                 engine.step()
                 stats["loss"].append(loss.item())
                 stats["clip_fraction"].append(float(info["clip_fraction"]))
                 stats["approx_kl"].append(float(info["approx_kl"]))
                 stats["entropy"].append(entropy.item())
+                if ptx_loss is not None:
+                    stats["ptx_loss"].append(ptx_loss.item())
         return ActorStats(**{k: sum(v) / len(v) if v else float("nan") for k, v in stats.items()},
                           nonfinite_minibatches=float(skipped))
 

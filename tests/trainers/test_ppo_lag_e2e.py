@@ -7,6 +7,7 @@ unconstrained policy becomes unsafe while a constrained one can gain reward safe
 
 from __future__ import annotations
 
+import math
 import statistics
 
 import pytest
@@ -40,6 +41,8 @@ def test_ppo_lag_meets_the_cost_limit_where_plain_ppo_does_not(ray_cluster, tmp_
     assert max(lambdas[-10:]) - min(lambdas[-10:]) < 0.25 * max(lambdas)
     # λ = 0 (plain PPO on reward): the same reward pressure drives the cost far above the limit.
     assert all(m["lagrange/lambda"] == 0 for m in plain)
+    # ... and no cost critic was trained for it (the cost never shapes a plain PPO update).
+    assert all("critic/cost_loss" not in m for m in plain) and all("critic/cost_loss" in m for m in lag)
     assert last(plain, "cost/mean") > threshold + 0.1
     # Both learn the reward.
     for history in (lag, plain):
@@ -48,6 +51,16 @@ def test_ppo_lag_meets_the_cost_limit_where_plain_ppo_does_not(ray_cluster, tmp_
     # training follows the model's dtype), and the engine's log-probs are the policy's own.
     assert {m["rollout/logprob_gap_tolerance"] for m in lag} == {1e-3}
     assert max(m["rollout/logprob_gap"] for m in lag) < 1e-3
+
+
+def test_ptx_term_trains_the_policy_on_sft_rows(ray_cluster, tmp_path):
+    """ppo.ptx_coef > 0 with SFT rows: every step reports the PTX loss, and it falls as the
+    policy learns the answers (the tiny model starts far from them)."""
+    history = run_ppo(tmp_path, "ptx", "+dataset@ptx=demo_sft", "ppo.ptx_coef=1.0", "ppo.ptx_rows_per_step=8",
+                      "steps=4")
+    ptx = [m["actor/ptx_loss"] for m in history]
+    assert all(math.isfinite(x) for x in ptx)
+    assert ptx[-1] < ptx[0]
 
 
 def test_forced_bf16_training_keeps_the_engine_within_bf16_rounding(ray_cluster, tmp_path):

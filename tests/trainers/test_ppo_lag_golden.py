@@ -43,11 +43,14 @@ def np_gae(rewards: list[float], values: list[float], gamma: float, lam: float) 
 
 def np_step_losses(*, logp, old_logp, ref_logp, old_reward_values, old_cost_values, reward_values, cost_values,
                    reward_scores, cost_scores, lengths, lagrange_multiplier, kl_coef, clip_range_score, gamma,
-                   gae_lambda, clip_ratio, clip_value) -> dict[str, float]:
-    """One step's actor and critic losses; every [B, R] input is read up to each row's length."""
+                   gae_lambda, clip_ratio, clip_value, aggregation="seq_mean") -> dict[str, float]:
+    """One step's actor and critic losses; every [B, R] input is read up to each row's length.
+    ``seq_mean``: each row's token mean, then the mean over rows; ``token_mean``: all tokens."""
     lam = lagrange_multiplier
     surrogate, clipped, k3, reward_sq, cost_sq = [], [], [], [], []
+    rows = []  # (first, last) index of each row's tokens in the flat lists
     for b, n in enumerate(lengths):
+        rows.append((len(surrogate), len(surrogate) + n))
         kl = [-kl_coef * (old_logp[b][t] - ref_logp[b][t]) for t in range(n)]
         token_rewards = [0.5 * kl[t] for t in range(n)]
         token_costs = [-0.5 * kl[t] for t in range(n)]
@@ -67,9 +70,15 @@ def np_step_losses(*, logp, old_logp, ref_logp, old_reward_values, old_cost_valu
                 target = adv[t] + old_values[b][t]
                 moved = old_values[b][t] + min(max(values[b][t] - old_values[b][t], -clip_value), clip_value)
                 out.append(max((values[b][t] - target) ** 2, (moved - target) ** 2))
-    return {"actor_loss": -float(np.mean(surrogate)), "clip_fraction": float(np.mean(clipped)),
-            "approx_kl": float(np.mean(k3)), "reward_critic_loss": 0.5 * float(np.mean(reward_sq)),
-            "cost_critic_loss": 0.5 * float(np.mean(cost_sq))}
+
+    def mean(values: list[float]) -> float:
+        if aggregation == "token_mean":
+            return float(np.mean(values))
+        return float(np.mean([np.mean(values[first:last]) for first, last in rows]))
+
+    return {"actor_loss": -mean(surrogate), "clip_fraction": float(np.mean(clipped)),
+            "approx_kl": float(np.mean(k3)), "reward_critic_loss": 0.5 * mean(reward_sq),
+            "cost_critic_loss": 0.5 * mean(cost_sq)}
 
 
 # ------------------------------------------------------------------ fixed inputs
@@ -83,7 +92,7 @@ VALUE_SHIFT = torch.tensor([[0.05, -0.3, 0.2], [-0.15, 0.02, 0.0]], dtype=torch.
 REWARD_SCORES, COST_SCORES = [2.5, -0.3], [0.4, -1.7]  # 2.5 and -1.7 are clipped to ±1
 
 
-def torch_step_losses(logp, reward_values, cost_values) -> dict[str, float]:
+def torch_step_losses(logp, reward_values, cost_values, aggregation) -> dict[str, float]:
     """The same step through the torch functions the driver and the workers call."""
     old_logp, ref_logp = logp + OLD_SHIFT * MASK, logp + REF_SHIFT * MASK
     old_reward_values, old_cost_values = reward_values + VALUE_SHIFT * MASK, cost_values - VALUE_SHIFT * MASK
@@ -91,25 +100,27 @@ def torch_step_losses(logp, reward_values, cost_values) -> dict[str, float]:
                              torch.tensor(COST_SCORES, dtype=torch.float64), old_logp, ref_logp,
                              old_reward_values, old_cost_values, MASK, **SETTINGS)
     mask = MASK.double()
-    actor_loss, info = ppo_actor_loss(logp, old_logp, adv.advantages, mask, CLIP_RATIO)
+    actor_loss, info = ppo_actor_loss(logp, old_logp, adv.advantages, mask, CLIP_RATIO, aggregation)
     return {"actor_loss": actor_loss.item(), "clip_fraction": info["clip_fraction"].item(),
             "approx_kl": info["approx_kl"].item(),
             "reward_critic_loss": clipped_value_loss(reward_values, old_reward_values, adv.reward_returns, mask,
-                                                     CLIP_VALUE).item(),
+                                                     CLIP_VALUE, aggregation).item(),
             "cost_critic_loss": clipped_value_loss(cost_values, old_cost_values, adv.cost_returns, mask,
-                                                   CLIP_VALUE).item()}
+                                                   CLIP_VALUE, aggregation).item()}
 
 
-def reference_losses(logp: np.ndarray, reward_values: np.ndarray, cost_values: np.ndarray) -> dict[str, float]:
+def reference_losses(logp: np.ndarray, reward_values: np.ndarray, cost_values: np.ndarray,
+                     aggregation: str = "seq_mean") -> dict[str, float]:
     old, value_shift = OLD_SHIFT.numpy(), VALUE_SHIFT.numpy()
     return np_step_losses(logp=logp, old_logp=logp + old, ref_logp=logp + REF_SHIFT.numpy(),
                           old_reward_values=reward_values + value_shift, old_cost_values=cost_values - value_shift,
                           reward_values=reward_values, cost_values=cost_values, reward_scores=REWARD_SCORES,
                           cost_scores=COST_SCORES, lengths=LENGTHS, clip_ratio=CLIP_RATIO, clip_value=CLIP_VALUE,
-                          **SETTINGS)
+                          aggregation=aggregation, **SETTINGS)
 
 
-def test_the_steps_torch_functions_give_the_reference_losses():
+@pytest.mark.parametrize("aggregation", ["seq_mean", "token_mean"])
+def test_the_steps_torch_functions_give_the_reference_losses(aggregation):
     generator = torch.Generator().manual_seed(7)
     logits = torch.randn(2, 3, 11, generator=generator, dtype=torch.float64) * 2
     tokens = torch.tensor([[4, 0, 9], [7, 2, 0]])
@@ -118,10 +129,14 @@ def test_the_steps_torch_functions_give_the_reference_losses():
     logp = token_logprobs(logits, tokens).double() * MASK
 
     picked = np.take_along_axis(np_log_softmax(logits.numpy()), tokens.numpy()[..., None], axis=-1)[..., 0]
-    expected = reference_losses(picked * MASK.numpy(), reward_values.numpy(), cost_values.numpy())
-    got = torch_step_losses(logp, reward_values, cost_values)
+    expected = reference_losses(picked * MASK.numpy(), reward_values.numpy(), cost_values.numpy(), aggregation)
+    got = torch_step_losses(logp, reward_values, cost_values, aggregation)
     assert 0 < expected["clip_fraction"] < 1  # both branches of the clip are exercised
     assert got == pytest.approx(expected, abs=1e-6)
+    # The rows have 3 and 2 tokens, so the two aggregations really differ.
+    other = reference_losses(picked * MASK.numpy(), reward_values.numpy(), cost_values.numpy(),
+                             "token_mean" if aggregation == "seq_mean" else "seq_mean")
+    assert abs(other["actor_loss"] - expected["actor_loss"]) > 1e-3
 
 
 @pytest.mark.slow
@@ -160,7 +175,7 @@ def test_the_workers_losses_of_one_step_are_the_reference_losses(ray_cluster, ti
                 head = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32).eval()
                 scores = head.score(head.base_model(ids).last_hidden_state)[0, :, 0].double().numpy()
                 values[stream][b, :len(response)] = scores[len(prompt) - 1:len(prompt) - 1 + len(response)]
-    expected = reference_losses(logp, values["reward"], values["cost"])
+    expected = reference_losses(logp, values["reward"], values["cost"])  # the workers' default: seq_mean
 
     optim = OptimConfig(lr=1e-3, bf16=False, micro_batch_size=2, gradient_checkpointing=False)
     common = {"num_cpus": 1, "distributed": True, "dtype": "float32", "optim": optim, "threads": 1, "seed": 0}
