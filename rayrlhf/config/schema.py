@@ -430,8 +430,10 @@ class LogLambdaConfig:
     lambda_max: float = checked(5.0, POSITIVE)
     # Steps before λ starts moving (lets the critics warm up).
     update_delay: int = checked(0, NON_NEGATIVE)
-    # λ reacts to the mean episode cost of this many recent steps.
-    window: int = checked(1, COUNT)
+    # λ reacts to the mean cost of this many recent episodes (responses), across steps: the
+    # Safe RLHF reference averages its last 128 (episode_cost_window_size); one step's 16
+    # costs are a noisy estimate of E[cost]. None: the current step's episodes only.
+    window: Optional[int] = checked(128, COUNT)
 
     @classmethod
     def checks(cls, lagrange: Any, prefix: str) -> list[Problem]:

@@ -62,9 +62,10 @@ def sft_config(cfg, out_dir, dataset=None):
     })
 
 
-def ppo_lag_config(cfg, reward: str, cost: str, out_dir, policy=None, prompts=None):
+def ppo_lag_config(cfg, reward: str, cost: str, out_dir, policy=None, prompts=None, ptx=None):
     """The ``ppo-lag`` config the pipeline's settings imply (``policy``: a ModelConfig node
-    replacing ``cfg.model``, e.g. the SFT'd policy; ``prompts``: a DatasetConfig node)."""
+    replacing ``cfg.model``, e.g. the SFT'd policy; ``prompts``: a DatasetConfig node; ``ptx``:
+    the SFT rows of the PTX term, used when ``ppo.ptx_coef`` > 0)."""
     from rayrlhf.config.schema import PPOLagConfig
 
     return OmegaConf.merge(OmegaConf.structured(PPOLagConfig), {
@@ -73,6 +74,7 @@ def ppo_lag_config(cfg, reward: str, cost: str, out_dir, policy=None, prompts=No
         "cost": cost, "prompts": prompts if prompts is not None else cfg.prompts,
         "template": cfg.template, "rollout": cfg.rollout, "ppo": cfg.ppo, "lagrange": cfg.lagrange,
         "resources": cfg.resources, "steps": cfg.ppo_steps, "save_every": 0, "tensorboard": True,
+        "ptx": ptx if ptx is not None and cfg.ppo.ptx_coef else None,
     })
 
 
@@ -246,7 +248,8 @@ def run(cfg) -> dict:
 
     history: list = []
     if cfg.ppo_steps > 0 and reward and cost:
-        sub = ppo_lag_config(cfg, reward, cost, out / "ppo-lag", policy=start_policy, prompts=data["prompts"])
+        sub = ppo_lag_config(cfg, reward, cost, out / "ppo-lag", policy=start_policy, prompts=data["prompts"],
+                             ptx=data["sft"])
         history = timed("ppo_lag", lambda: ppo_lag.run(sub))
         policies["ppo_lag"] = str(out / "ppo-lag" / "policy")
         report["ppo_lag"] = history[-1]
@@ -256,7 +259,7 @@ def run(cfg) -> dict:
         # The paper's comparison: the same start, data, judges and budget; only λ differs.
         for name, lagrange in comparison_variants(cfg).items():
             sub = ppo_lag_config(cfg, reward, cost, out / "compare" / name, policy=start_policy,
-                                 prompts=data["prompts"])
+                                 prompts=data["prompts"], ptx=data["sft"])
             sub.lagrange = lagrange
             comparison_runs[name] = timed(f"compare_{name}", lambda s=sub: ppo_lag.run(s))
             policies[name] = str(out / "compare" / name / "policy")
@@ -331,5 +334,5 @@ def _settings_summary(cfg) -> dict[str, Any]:
     """The settings a reader of the report needs to judge the result."""
     return {"model": cfg.model.name_or_path, "run_sft": cfg.run_sft, "ppo_steps": cfg.ppo_steps,
             "prompts_per_step": cfg.rollout.prompts_per_step, "max_new_tokens": cfg.rollout.max_new_tokens,
-            "actor_lr": cfg.ppo.actor_lr, "lagrange": OmegaConf.to_container(OmegaConf.structured(cfg.lagrange)),
+            "actor_lr": cfg.ppo.actor_lr, "ptx_coef": cfg.ppo.ptx_coef, "lagrange": OmegaConf.to_container(OmegaConf.structured(cfg.lagrange)),
             "score_epochs": cfg.score_training.epochs, "onpolicy_judge_data": cfg.onpolicy.enabled}

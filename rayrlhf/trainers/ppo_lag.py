@@ -240,8 +240,9 @@ class PPOLagDriver:
         return self.ptx.rows(index)
 
     def update_lambda(self, costs: torch.Tensor) -> float:
-        """λ moves with this rollout's episode cost (mean cost-model score) against the threshold."""
-        return self.lagrange.update(float(costs.mean()))
+        """λ moves with the episode costs (cost-model scores) against the threshold; the
+        controller keeps its own window of recent episodes (``lagrange.window``)."""
+        return self.lagrange.update(costs.tolist())
 
     def sync(self) -> None:
         """Policy rank 0's weights -> object store -> every rollout engine."""

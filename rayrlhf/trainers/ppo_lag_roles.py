@@ -57,8 +57,9 @@ class Roles:
 
     def frozen_calls(self, batch: RolloutBatch, prompts: list[str], responses: list[str],
                      response_ids: list[list[int]]) -> list[list[ray.ObjectRef]]:
-        """Futures of the reference log-probs, the rewards and the costs."""
-        texts = (prompts, responses, response_ids)
+        """Futures of the reference log-probs, the rewards and the costs (responses the length
+        limit cut off are scored as unfinished)."""
+        texts = (prompts, responses, response_ids, batch.finished.tolist())
         if self.frozen is not None:
             return [self.frozen.call(FrozenWorker.reference_logprobs, batch),
                     self.frozen.call(FrozenWorker.reward_scores, *texts),

@@ -25,8 +25,10 @@ class FrozenWorker:
     def reference_logprobs(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
         return self.reference.logprobs(batch)
 
-    def reward_scores(self, prompts: list[str], responses: list[str], response_ids: list[list[int]]) -> torch.Tensor:
-        return self.reward.score(prompts, responses, response_ids)
+    def reward_scores(self, prompts: list[str], responses: list[str], response_ids: list[list[int]],
+                      finished: list[bool] | None = None) -> torch.Tensor:
+        return self.reward.score(prompts, responses, response_ids, finished)
 
-    def cost_scores(self, prompts: list[str], responses: list[str], response_ids: list[list[int]]) -> torch.Tensor:
-        return self.cost.score(prompts, responses, response_ids)
+    def cost_scores(self, prompts: list[str], responses: list[str], response_ids: list[list[int]],
+                    finished: list[bool] | None = None) -> torch.Tensor:
+        return self.cost.score(prompts, responses, response_ids, finished)

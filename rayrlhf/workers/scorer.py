@@ -14,6 +14,8 @@ class ScorerWorker:
         self.source = source
         self.scorer = make_scorer(source, dtype=dtype)
 
-    def score(self, prompts: list[str], responses: list[str], response_ids: list[list[int]]) -> torch.Tensor:
-        """[B] scores of whole responses (cost > 0 means unsafe)."""
-        return self.scorer(prompts, responses, response_ids)
+    def score(self, prompts: list[str], responses: list[str], response_ids: list[list[int]],
+              finished: list[bool] | None = None) -> torch.Tensor:
+        """[B] scores of whole responses (cost > 0 means unsafe); ``finished`` False marks one
+        the length limit cut off, which score models read as unfinished."""
+        return self.scorer(prompts, responses, response_ids, finished=finished)
