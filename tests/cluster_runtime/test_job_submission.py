@@ -141,12 +141,13 @@ def test_submit_runs_ppo_lag_as_a_ray_job(job_api, tmp_path):
     metrics = [json.loads(line) for line in metrics_file.read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2]
     # λ followed Safe RLHF's update ln λ += lr·λ·(J_c − d) with the synthetic preset's
-    # lr = 5, d = 0, λ_0 = 0.5 (recomputed here from the logged episode costs).
+    # lr = 5, d = 0, λ_0 = 0.5 (recomputed here from the logged episode costs). The logged
+    # cost/mean is a float32 mean while λ averages the episodes in float64: they agree to ~1e-7.
     lam = 0.5
     for m in metrics:
-        assert m["lagrange/lambda_used"] == pytest.approx(lam, rel=1e-9)
+        assert m["lagrange/lambda_used"] == pytest.approx(lam, rel=1e-6)
         lam = math.exp(math.log(lam) + 5.0 * lam * (m["cost/mean"] - 0.0))
-        assert m["lagrange/lambda"] == pytest.approx(lam, rel=1e-9)
+        assert m["lagrange/lambda"] == pytest.approx(lam, rel=1e-6)
 
 
 def test_failing_job_makes_submit_exit_nonzero(job_api, tmp_path):
