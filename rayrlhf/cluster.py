@@ -66,12 +66,21 @@ def release_ray() -> bool:
 
 
 # ---------------------------------------------------------------------------- capacity
+# Where the frozen models (reference, reward model, cost model) of a PPO-Lag run live:
+# with_trainers: in the policy's and the critics' rank-0 processes (no actor of their own);
+# one_actor: together in one actor; own_actors: one actor each.
+FROZEN_PLACEMENTS: dict[str, int] = {"with_trainers": 0, "one_actor": 1, "own_actors": 3}  # -> frozen actors
+# The critics of a PPO-Lag run: one backbone with a reward and a cost head, or two critics.
+CRITIC_LAYOUTS: dict[str, int] = {"shared": 1, "separate": 2}  # -> critic groups (at most)
+
+
 def required_cpus(cfg) -> float:
-    """Logical CPUs all of a PPO-Lag run's actors reserve together (``resources`` and
+    """Logical CPUs all of a PPO-Lag run's actors reserve together (``resources``, ``ppo`` and
     ``rollout`` sections of a ppo_lag or pipeline config)."""
     res = cfg.resources
-    frozen_actors = 1 if res.colocate_frozen else 3
-    return (res.cpus_per_worker * (res.policy_ranks + 2 * res.critic_ranks)
+    frozen_actors = FROZEN_PLACEMENTS[res.frozen_placement]
+    critic_groups = CRITIC_LAYOUTS[cfg.ppo.critic_layout]
+    return (res.cpus_per_worker * (res.policy_ranks + critic_groups * res.critic_ranks)
             + frozen_actors * res.cpus_per_frozen_worker + cfg.rollout.num_engines * cfg.rollout.cpus_per_engine)
 
 
@@ -84,7 +93,8 @@ def check_cluster_capacity(cfg) -> None:
     if have >= need:
         return
     message = (f"the Ray cluster has {have:g} CPUs, but this run's actors reserve {need:g} "
-               f"(resources.cpus_per_worker x (policy_ranks + 2 critic_ranks), cpus_per_frozen_worker, "
+               f"(resources.cpus_per_worker x (policy_ranks + critic groups x critic_ranks), "
+               f"cpus_per_frozen_worker, "
                f"rollout.num_engines x rollout.cpus_per_engine)")
     if cfg.cluster.address is None:
         raise RuntimeError(message + ": lower those, or start Ray with more logical CPUs")

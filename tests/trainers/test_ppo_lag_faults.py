@@ -118,9 +118,9 @@ def test_a_worker_dying_past_max_restarts_stops_with_a_clear_message(ray_cluster
     killed: list[str] = []
     watcher = kill_actor_when(tmp_path, [(1, "reward-model-0")], killed)
     with pytest.raises(WorkerFailedError, match=r"reward-model-0 died during step \d .*faults.max_restarts=0"):
-        # One actor per frozen model here (the other tests colocate them): both layouts covered.
+        # One actor per frozen model here (the other tests host them in the trainers).
         ppo_lag.run(config(tmp_path, "faults.max_restarts=0", "steps=4", "save_every=0",
-                           "resources.colocate_frozen=false"))
+                           "resources.frozen_placement=own_actors"))
     watcher.join(timeout=5)
     assert killed == ["reward-model-0"]
     assert [f["actor"] for f in fault_rows(tmp_path) if f["kind"] == "worker_died"] == ["reward-model-0"]
