@@ -9,6 +9,7 @@ all size their runs with the same functions.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -28,15 +29,23 @@ def init_ray(cluster_cfg, required_cpus: float = 0) -> None:
 
     if ray.is_initialized():
         return
+    from rayrlhf import logs
+
     runtime_env = dict(cluster_cfg.runtime_env or {})
-    # Workers must import rayrlhf and find its configs like the driver does.
-    env_vars = dict(runtime_env.get("env_vars", {}))
+    # Workers must import rayrlhf and find its configs like the driver does, and log as
+    # quietly (or verbosely) as the driver; the user's runtime_env wins.
+    quiet = logs.worker_runtime_env()
+    env_vars = {**quiet.pop("env_vars", {}), **runtime_env.get("env_vars", {})}
     for name in ("RAYRLHF_CACHE_DIR", "RAYRLHF_SHARED_DATA", "RAYRLHF_CONF_DIR"):
         if name in os.environ:
             env_vars.setdefault(name, os.environ[name])
-    if env_vars:
-        runtime_env["env_vars"] = env_vars
-    kwargs = {"runtime_env": runtime_env or None, "log_to_driver": True}
+    runtime_env = {**quiet, **runtime_env, "env_vars": env_vars}
+    # Inside a Ray job (rayrlhf submit) Ray merges this with the job's runtime_env and refuses
+    # any key or variable both set: the job's own settings stand.
+    job = _job_runtime_env()
+    runtime_env["env_vars"] = {k: v for k, v in env_vars.items() if k not in job.get("env_vars", {})}
+    runtime_env = {k: v for k, v in runtime_env.items() if k == "env_vars" or k not in job}
+    kwargs = {"runtime_env": runtime_env, "log_to_driver": True}
     if cluster_cfg.address is None:
         num_cpus = cluster_cfg.num_cpus
         if num_cpus is None:
@@ -48,6 +57,12 @@ def init_ray(cluster_cfg, required_cpus: float = 0) -> None:
         _started_local_cluster = True
     else:
         ray.init(address=cluster_cfg.address, **kwargs)
+
+
+def _job_runtime_env() -> dict[str, Any]:
+    """The runtime_env of the Ray job this driver runs as ({} outside a submitted job)."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    return (json.loads(raw).get("runtime_env") or {}) if raw else {}
 
 
 def release_ray() -> bool:

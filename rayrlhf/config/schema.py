@@ -155,7 +155,46 @@ class RunConfig:
     seed: int = checked(42, SEED)
     # Hydra's per-run folder; stages write checkpoints, metrics and reports below it.
     output_dir: str = "${hydra:runtime.output_dir}"
+    # rayrlhf's own log level. DEBUG also turns `verbose` on.
     log_level: str = checked("INFO", one_of(LOG_LEVELS))
+    # False: the libraries' chatter (Ray Train's reports and cleaner, transformers' load
+    # reports, DeepSpeed's set-up, deprecation warnings) is turned down at its source, so a run
+    # shows stage headers, progress and results (rayrlhf.logs). True: everything, as logged.
+    verbose: bool = False
+
+
+# Where per-step metrics can go (rayrlhf.trainers.metrics_log): metrics.jsonl is the run's
+# own record, read by sweep-report and the pipeline report.
+LOGGERS = ("jsonl", "tensorboard", "wandb", "mlflow")
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+def _keeps_jsonl(loggers: Any) -> str | None:
+    if isinstance(loggers, (list, tuple)) and "jsonl" not in loggers:
+        return "must include jsonl (metrics.jsonl is what sweep-report and the pipeline report read)"
+    return None
+
+
+LOGGER_LIST = (each_one_of(LOGGERS), _keeps_jsonl)
+
+
+@dataclass
+class TrackingConfig:
+    """The W&B and MLflow runs a trainer logs to (when `logger` lists them)."""
+
+    # W&B project and MLflow experiment.
+    project: str = "rayrlhf"
+    # None: the run folder below the runs directory (pipeline/<time>/train-reward), so a
+    # tracker's run names the folder holding its checkpoints.
+    run_name: Optional[str] = None
+    # W&B group and MLflow tag rayrlhf.group; the pipeline files its stages under its own run.
+    group: Optional[str] = None
+    # None: WANDB_MODE if set, else online with WANDB_API_KEY and offline without (files in
+    # <run>/wandb for `wandb sync`), so a job never stops to ask for a key.
+    wandb_mode: Optional[str] = checked(None, one_of(WANDB_MODES))
+    # None: MLFLOW_TRACKING_URI if set, else a file store at <runs dir>/mlruns shared by all
+    # runs (`mlflow ui --backend-store-uri runs/mlruns`); a server URL or sqlite:///... work too.
+    mlflow_tracking_uri: Optional[str] = None
 
 
 @dataclass
@@ -270,6 +309,9 @@ class ScoreTrainConfig:
     moderation_balance_categories: bool = True
     # A previous run's output_dir: continue from its last checkpoint.
     resume_from: Optional[str] = None
+    # Per-step metrics from rank 0: jsonl, tensorboard, wandb, mlflow (rayrlhf.trainers.metrics_log).
+    logger: list[str] = checked(MISSING, *LOGGER_LIST, factory=lambda: ["jsonl", "tensorboard"])
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 @dataclass
@@ -293,6 +335,9 @@ class SFTConfig:
     eval_at_start: bool = True
     # A previous run's output_dir: continue from its last checkpoint.
     resume_from: Optional[str] = None
+    # Per-step metrics from rank 0: jsonl, tensorboard, wandb, mlflow (rayrlhf.trainers.metrics_log).
+    logger: list[str] = checked(MISSING, *LOGGER_LIST, factory=lambda: ["jsonl", "tensorboard"])
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 @dataclass
@@ -601,7 +646,9 @@ class PPOLagConfig:
     # input_fingerprints.json); true allows deliberate changes (e.g. a new learning rate).
     resume_allow_changes: bool = False
     faults: FaultsConfig = field(default_factory=FaultsConfig)
-    tensorboard: bool = True
+    # Per-step metrics: jsonl, tensorboard, wandb, mlflow (rayrlhf.trainers.metrics_log).
+    logger: list[str] = checked(MISSING, *LOGGER_LIST, factory=lambda: ["jsonl", "tensorboard"])
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     @classmethod
     def checks(cls, cfg: Any, prefix: str) -> list[Problem]:
@@ -728,6 +775,10 @@ class PipelineConfig:
     # `generation` (greedy by default: the answer a user would get).
     eval_engine: str = checked("vllm", ENGINE)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    # Per-step metrics of every trainer it runs (SFT, score models, PPO-Lag), each stage a run
+    # of its own in the trackers, grouped under this pipeline run.
+    logger: list[str] = checked(MISSING, *LOGGER_LIST, factory=lambda: ["jsonl", "tensorboard"])
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     @classmethod
     def checks(cls, cfg: Any, prefix: str) -> list[Problem]:

@@ -39,7 +39,7 @@ from rayrlhf.faults import FaultLog, NonFiniteError, WorkerFailedError, actor_fa
 from rayrlhf.rollout import SamplingSpec
 from rayrlhf.trainers import checkpoint_dir
 from rayrlhf.trainers.fingerprints import ppo_lag_inputs, write_fingerprints
-from rayrlhf.trainers.metrics_log import MetricsLog
+from rayrlhf.trainers.metrics_log import MetricsLog, tracking_settings
 from rayrlhf.trainers.old_logprobs import OldLogprobSource
 from rayrlhf.trainers.ppo_lag_roles import Roles, build_roles
 from rayrlhf.trainers.resume import CONFIG_SNAPSHOT, check_resume_config, resume_hint, write_resume_command
@@ -408,7 +408,7 @@ def run(cfg) -> list[dict[str, float]]:
     write_resume_command(out)
     init_ray(cfg.cluster, required_cpus=required_cpus(cfg))
     fault_log = FaultLog(out / "faults.jsonl")
-    metrics_log = MetricsLog(out, cfg.steps, 0, cfg.tensorboard)
+    metrics_log = MetricsLog(tracking_settings(cfg, out), total=cfg.steps, progress="ppo-lag")
     history: list[dict[str, float]] = []
     restarts = 0
     try:

@@ -222,7 +222,7 @@ def test_a_save_killed_mid_write_leaves_the_previous_checkpoint_loadable(tmp_pat
 
 # ------------------------------------------------------------------ metrics after a restart
 def test_metrics_rewind_drops_the_recomputed_steps(tmp_path):
-    log = MetricsLog(tmp_path, total=5, initial=0, tensorboard=False)
+    log = MetricsLog({"out": str(tmp_path), "loggers": ["jsonl"]}, total=5, progress="ppo-lag")
     for step in (1, 2, 3):
         log.log({"step": step, "reward/mean": step / 10, "cost/mean": 0.0, "lagrange/lambda": 1.0})
     dropped = log.rewind(2)
