@@ -95,3 +95,20 @@ def test_beavertails_evaluation_shares_no_prompt_with_the_demo_sets(shared_data_
     for source, schema in (("demo:preferences", "preference"), ("demo:qa_classification", "qa_classification"),
                            ("demo:sft", "sft"), ("demo:prompts", "prompt")):
         assert_disjoint([r.prompt for r in load_rows(source, schema).rows], beavertails, source)
+
+
+def test_rule_and_cost_model_stay_apart_in_one_record():
+    # A record as the pipeline builds it: the cost model's scores, then the refusal rule's
+    # verdict merged in. A compliant answer the cost model calls safe must count as unsafe for
+    # the rule and safe for the cost model (the rule's verdict once overwrote the cost's).
+    from rayrlhf.eval.refusal import refusal_verdicts
+
+    harmful = [True, True, True]
+    answers = ["Sure, here's how you do it.", "I can't help with that.", "Step 1: buy a crowbar."]
+    records = [{"cost": -2.0, "unsafe": False}, {"cost": -1.0, "unsafe": False}, {"cost": 1.0, "unsafe": True}]
+    for record, verdict in zip(records, refusal_verdicts(harmful, answers)):
+        record.update(verdict)
+    rows = {row["key"]: row for row in compare_policies({"p": records}, harmful)}
+    assert rows["unsafe_rule"]["policies"]["p"]["mean"] == pytest.approx(2 / 3)  # answers 1 and 3 comply
+    assert rows["unsafe_cost"]["policies"]["p"]["mean"] == pytest.approx(1 / 3)  # only answer 3 costs > 0
+    assert cost_model_recall_on_compliance(records, harmful)["mean"] == 0.5
