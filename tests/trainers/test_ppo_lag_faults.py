@@ -93,7 +93,7 @@ def test_killed_worker_processes_are_replaced_and_the_run_continues(ray_cluster,
     times (from the start, then from its newest checkpoint) and ends where the undisturbed
     run ends, step for step."""
     killed: list[str] = []
-    kills = [(1, "policy-0"), (2, "cost-critic-0"), (4, "rollout-0")]
+    kills = [(1, "policy-0"), (2, "critic-0"), (4, "rollout-0")]  # critic-0: one backbone, both heads
     watcher = kill_actor_when(tmp_path, kills, killed)
     history = ppo_lag.run(config(tmp_path, "faults.max_restarts=3"))
     watcher.join(timeout=5)
