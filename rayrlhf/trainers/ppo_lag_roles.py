@@ -18,6 +18,8 @@ from typing import Any
 import ray
 
 from rayrlhf.cluster import rollout_placement_options
+from rayrlhf.fault_injection import injection_env
+from rayrlhf.faults import name_actors
 from rayrlhf.types import RolloutBatch
 from rayrlhf.workers.base import OptimConfig
 from rayrlhf.workers.critic import CriticWorker
@@ -100,7 +102,21 @@ class Roles:
 
 def build_roles(cfg, policy_path: str, cost_critic: bool = True) -> Roles:
     """Start every actor a ``ppo_lag`` config asks for and wait until all can work
-    (``cost_critic=False``: none for the cost stream, for runs that never use it)."""
+    (``cost_critic=False``: none for the cost stream, for runs that never use it). If any
+    fails or hangs while starting, the actors already started are killed before the error
+    propagates, so that a rebuild can take their names."""
+    started: list[tuple[str, Any]] = []  # (name, actor) of every actor, as it starts
+    try:
+        return _build_roles(cfg, policy_path, cost_critic, started)
+    except BaseException as exc:
+        name_actors(exc, {actor._actor_id.hex(): name for name, actor in started})
+        for _, actor in started:
+            ray.kill(actor)
+        wait_until_names_free([name for name, _ in started])
+        raise
+
+
+def _build_roles(cfg, policy_path: str, cost_critic: bool, started: list[tuple[str, Any]]) -> Roles:
     from rayrlhf.models import resolve_model_path
     from rayrlhf.rewards import RULE_PREFIX
 
@@ -113,31 +129,41 @@ def build_roles(cfg, policy_path: str, cost_critic: bool = True) -> Roles:
                               gradient_checkpointing=ppo.gradient_checkpointing)
     critic_optim = OptimConfig(**{**asdict(actor_optim), "lr": ppo.critic_lr})
     gpus = 1 if res.use_gpu else 0
+    # Only where faults.inject lists faults (tests, drills): the workers' injection points.
+    env = injection_env(cfg.faults.inject, cfg.run.output_dir)
+    runtime_env = {"env_vars": env} if env else None
     trainable = {"num_cpus": res.cpus_per_worker, "num_gpus": gpus, "distributed": True,
-                 "backend": "nccl" if res.use_gpu else "gloo", "dtype": dtype, "threads": threads, "seed": seed}
+                 "backend": "nccl" if res.use_gpu else "gloo", "dtype": dtype, "threads": threads, "seed": seed,
+                 "runtime_env": runtime_env}
+
+    def group(*args, **kwargs) -> ActorGroup:
+        built = ActorGroup(*args, **kwargs)
+        started.extend(zip(built.actor_names, built.actors))
+        return built
 
     def critic_init(explicit, source):
         if explicit:
             return resolve_model_path(explicit)
         return policy_path if source.startswith(RULE_PREFIX) else resolve_model_path(source)
 
-    policy = ActorGroup(PolicyWorker, res.policy_ranks, policy_path, name="policy", optim=actor_optim, **trainable)
-    reward_critic = ActorGroup(CriticWorker, res.critic_ranks, "reward",
-                               critic_init(cfg.reward_critic_init, cfg.reward), name="reward-critic",
-                               optim=critic_optim, **trainable)
-    cost_critic = ActorGroup(CriticWorker, res.critic_ranks, "cost", critic_init(cfg.cost_critic_init, cfg.cost),
-                             name="cost-critic", optim=critic_optim, **trainable) if cost_critic else None
-    frozen = {"num_cpus": res.cpus_per_frozen_worker, "num_gpus": gpus * 0.25, "threads": threads}
+    policy = group(PolicyWorker, res.policy_ranks, policy_path, name="policy", optim=actor_optim, **trainable)
+    reward_critic = group(CriticWorker, res.critic_ranks, "reward", critic_init(cfg.reward_critic_init, cfg.reward),
+                          name="reward-critic", optim=critic_optim, **trainable)
+    cost_critic = group(CriticWorker, res.critic_ranks, "cost", critic_init(cfg.cost_critic_init, cfg.cost),
+                        name="cost-critic", optim=critic_optim, **trainable) if cost_critic else None
+    frozen = {"num_cpus": res.cpus_per_frozen_worker, "num_gpus": gpus * 0.25, "threads": threads,
+              "runtime_env": runtime_env}
     if res.colocate_frozen:
-        frozen_roles = {"frozen": ActorGroup(FrozenWorker, 1, policy_path, cfg.reward, cfg.cost, name="frozen",
-                                             **frozen, dtype=dtype, seed=seed)}
+        frozen_roles = {"frozen": group(FrozenWorker, 1, policy_path, cfg.reward, cfg.cost, name="frozen",
+                                        **frozen, dtype=dtype, seed=seed)}
     else:
         frozen_roles = {
-            "reference": ActorGroup(PolicyWorker, 1, policy_path, name="reference", **frozen, dtype=dtype, seed=seed),
-            "reward_model": ActorGroup(ScorerWorker, 1, cfg.reward, name="reward-model", **frozen),
-            "cost_model": ActorGroup(ScorerWorker, 1, cfg.cost, name="cost-model", **frozen),
+            "reference": group(PolicyWorker, 1, policy_path, name="reference", **frozen, dtype=dtype, seed=seed),
+            "reward_model": group(ScorerWorker, 1, cfg.reward, name="reward-model", **frozen),
+            "cost_model": group(ScorerWorker, 1, cfg.cost, name="cost-model", **frozen),
         }
-    rollout_names, rollout_workers = start_rollout_engines(cfg, policy_path, gpus)
+    rollout_names, rollout_workers = start_rollout_engines(cfg, policy_path, gpus, runtime_env)
+    started.extend(zip(rollout_names, rollout_workers))
     started = get_fail_fast([w.ready.remote() for w in rollout_workers]
                             + policy.call(PolicyWorker.init_engine)
                             + reward_critic.call(CriticWorker.init_engine)
@@ -148,7 +174,7 @@ def build_roles(cfg, policy_path: str, cost_critic: bool = True) -> Roles:
                  **frozen_roles)
 
 
-def start_rollout_engines(cfg, policy_path: str, gpus: int) -> tuple[list[str], list]:
+def start_rollout_engines(cfg, policy_path: str, gpus: int, runtime_env: dict | None = None) -> tuple[list[str], list]:
     """One RolloutWorker actor per engine, placed as ``rollout.placement`` says."""
     rollout = cfg.rollout
     engine_kwargs: dict[str, Any] = {}
@@ -158,7 +184,8 @@ def start_rollout_engines(cfg, policy_path: str, gpus: int) -> tuple[list[str], 
     placement = rollout_placement_options(rollout.placement)
     threads = rollout.threads_per_engine or engine_threads_default(rollout.num_engines)
     names = [f"rollout-{i}" for i in range(rollout.num_engines)]
-    workers = [RolloutWorker.options(num_cpus=rollout.cpus_per_engine, num_gpus=gpus, name=name, **placement)
+    workers = [RolloutWorker.options(num_cpus=rollout.cpus_per_engine, num_gpus=gpus, name=name,
+                                     runtime_env=runtime_env, **placement)
                .remote(rollout.engine, policy_path, engine_kwargs, threads) for name in names]
     return names, workers
 

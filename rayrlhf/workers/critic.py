@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from rayrlhf.algorithms import clipped_value_loss
+from rayrlhf.fault_injection import inject_fault
 from rayrlhf.models.forward import response_values
 from rayrlhf.types import CriticStats, RolloutBatch
 from rayrlhf.workers.base import DistributedWorker, OptimConfig, build_engine
@@ -59,17 +60,21 @@ class CriticWorker(DistributedWorker):
                 values = response_values(engine, mb.sequences, mb.attention_mask, mb.prompt_length)
                 loss = clipped_value_loss(values, getattr(mb, old_field), getattr(mb, target_field),
                                           mb.response_mask.float(), clip_range_value, loss_aggregation)
+                if inject_fault("loss") == "nan":  # FAULT-INJECTION POINT (tests and drills only)
+                    loss = loss + float("nan")
                 if not self.all_ranks_finite(loss):  # a NaN step would poison the weights
                     skipped += 1
                     continue
                 engine.backward(loss)
                 engine.step()
+                inject_fault("train_step")  # FAULT-INJECTION POINT (tests and drills only)
                 losses.append(loss.item())
         return CriticStats(loss=sum(losses) / len(losses) if losses else float("nan"),
                            nonfinite_minibatches=float(skipped))
 
     def save_checkpoint(self, out_dir: str) -> None:
         self.engine.save_checkpoint(out_dir, tag=f"{self.stream}_critic")
+        inject_fault("save_checkpoint")  # FAULT-INJECTION POINT (tests and drills only)
 
     def load_checkpoint(self, in_dir: str) -> None:
         self.engine.load_checkpoint(in_dir, tag=f"{self.stream}_critic")

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from rayrlhf.algorithms import entropy_from_logits, mean_entropy_per_row, ppo_actor_loss, response_nll
+from rayrlhf.fault_injection import inject_fault
 from rayrlhf.models.forward import response_logits, token_logprobs
 from rayrlhf.types import ActorStats, PTXBatch, RolloutBatch
 from rayrlhf.workers.base import DistributedWorker, OptimConfig, build_engine
@@ -83,11 +84,14 @@ class PolicyWorker(DistributedWorker):
                     loss = loss - entropy_coef * entropy
                 ptx_loss = ptx_lm_loss(engine, ptx_parts[i % len(ptx_parts)]) if ptx_parts else None
                 total = loss if ptx_loss is None else loss + ptx_coef * ptx_loss
+                if inject_fault("loss") == "nan":  # FAULT-INJECTION POINT (tests and drills only)
+                    total = total + float("nan")
                 if not self.all_ranks_finite(total):  # a NaN step would poison the weights
                     skipped += 1
                     continue
                 engine.backward(total)
                 engine.step()
+                inject_fault("train_step")  # FAULT-INJECTION POINT (tests and drills only)
                 stats["loss"].append(loss.item())
                 stats["clip_fraction"].append(float(info["clip_fraction"]))
                 stats["approx_kl"].append(float(info["approx_kl"]))
@@ -116,6 +120,7 @@ class PolicyWorker(DistributedWorker):
 
     def save_checkpoint(self, out_dir: str) -> None:
         self.engine.save_checkpoint(out_dir, tag="policy")
+        inject_fault("save_checkpoint")  # FAULT-INJECTION POINT (tests and drills only)
 
     def load_checkpoint(self, in_dir: str) -> None:
         self.engine.load_checkpoint(in_dir, tag="policy")
