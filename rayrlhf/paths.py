@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DIR = Path(__file__).resolve().parent
+# The checkout's root when running from one (an installed wheel: site-packages, which has no
+# pyproject.toml; see ``checkout_root``).
+REPO_ROOT = PACKAGE_DIR.parent
 
 
 def cache_dir() -> Path:
@@ -30,13 +33,20 @@ def shared_data_dir() -> Path | None:
     return candidate if candidate.is_dir() else None
 
 
+def checkout_root() -> Path | None:
+    """The source checkout rayrlhf runs from; None for an installed wheel."""
+    return REPO_ROOT if (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "conf").is_dir() else None
+
+
 def conf_dir() -> Path:
-    """The Hydra config tree (``conf/`` at the repository root)."""
+    """The Hydra config tree: ``RAYRLHF_CONF_DIR``, else the copy an installed wheel carries
+    (``rayrlhf/conf/``, put there by setup.py), else ``conf/`` of the checkout."""
     env = os.environ.get("RAYRLHF_CONF_DIR")
-    path = Path(env) if env else REPO_ROOT / "conf"
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"rayrlhf config directory not found at {path}; install rayrlhf editable from its "
-            "repository (pip install -e .) or set RAYRLHF_CONF_DIR"
-        )
-    return path
+    candidates = [Path(env)] if env else [PACKAGE_DIR / "conf", REPO_ROOT / "conf"]
+    for path in candidates:
+        if path.is_dir():
+            return path
+    raise FileNotFoundError(
+        f"rayrlhf config directory not found (looked in {', '.join(map(str, candidates))}); reinstall "
+        "rayrlhf (pip install . ships conf/ inside the package) or set RAYRLHF_CONF_DIR"
+    )

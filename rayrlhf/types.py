@@ -70,6 +70,38 @@ class RolloutBatch:
         order = torch.randperm(len(self), generator=generator)
         return [self.select(order[i:i + size]) for i in range(0, len(self), size)]
 
+    def length_groups(self, size: int) -> list[torch.Tensor]:
+        """Row indices in groups of at most ``size``, by real length (prompt + response), so that
+        the rows one forward pass computes together need little padding (``trimmed``)."""
+        order = torch.argsort(self.attention_mask.sum(-1), stable=True)
+        return [order[i:i + size] for i in range(0, len(self), size)]
+
+    def trimmed(self) -> RolloutBatch:
+        """The same rows without the columns that are padding in every row: the prompt columns
+        left of the longest prompt and the response columns right of the longest response. A
+        forward pass over it computes no position that no row needs; per-token outputs come
+        back [b, R'] with R' <= R (``pad_responses`` restores R)."""
+        real_columns = self.attention_mask.any(0).nonzero()
+        first = int(real_columns[0]) if len(real_columns) else 0
+        first = min(first, self.prompt_length - 1)  # keep the column that predicts the first response token
+        width = max(1, int(self.response_mask.sum(-1).max()))
+        end = self.prompt_length + width
+        fields = {}
+        for name, value in self._tensor_fields():
+            if name in ("sequences", "attention_mask"):
+                fields[name] = value[:, first:end]
+            elif value.dim() == 2 and value.shape[1] == self.response_mask.shape[1]:
+                fields[name] = value[:, :width]
+        return dataclasses.replace(self, prompt_length=self.prompt_length - first, **fields)
+
+
+def pad_responses(values: torch.Tensor, width: int) -> torch.Tensor:
+    """[b, R', ...] per-response-token values zero-padded on the right to [b, width, ...]."""
+    missing = width - values.shape[1]
+    if missing <= 0:
+        return values
+    return torch.cat([values, values.new_zeros((values.shape[0], missing, *values.shape[2:]))], dim=1)
+
 
 def build_rollout_batch(prompt_ids: list[list[int]], response_ids: list[list[int]],
                         finished: list[bool], pad_token_id: int,
@@ -117,7 +149,7 @@ class Scores:
     old_logprobs: torch.Tensor  # [B, R] the policy's log-probs of the sampled tokens, before this update
     ref_logprobs: torch.Tensor  # [B, R] the frozen reference policy's
     reward_values: torch.Tensor  # [B, R] reward critic V_r
-    cost_values: torch.Tensor  # [B, R] cost critic V_c
+    cost_values: torch.Tensor  # [B, R] cost critic V_c (zeros when λ is fixed at 0)
     rewards: torch.Tensor  # [B] reward-model scores
     costs: torch.Tensor  # [B] cost-model scores (> 0 means unsafe)
 
@@ -180,5 +212,5 @@ class TrainStats:
 
     actor: ActorStats
     reward_critic: CriticStats
-    cost_critic: CriticStats | None  # None: no cost critic (λ fixed at 0)
-    skipped_minibatches: dict[str, float]  # "policy" | "reward critic" | "cost critic" -> count
+    cost_critic: CriticStats | None  # None: no cost value head (λ fixed at 0)
+    skipped_minibatches: dict[str, float]  # role ("policy", "critic" or "reward-critic", "cost-critic") -> count

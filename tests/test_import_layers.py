@@ -6,7 +6,7 @@ or inside a function, so a lazy import counts the same), nothing is imported to 
 
 The layers, lowest first (README, "Layout"):
 
-  0  basics       rayrlhf (package), paths, types, runs, faults, fault_injection, cluster: no rayrlhf imports
+  0  basics       rayrlhf (package), paths, types, runs, faults, fault_injection, cluster, logs: no rayrlhf imports
   1  data, algorithms   typed rows and templates; pure PPO-Lag math
   2  models, rewards    model zoo, score heads; reward/cost sources (score models or rules)
   3  rollout            generation engines
@@ -14,7 +14,7 @@ The layers, lowest first (README, "Layout"):
   5  config             schemas with their checks (reads choices from the layers below)
   6  trainers, eval, serve
   7  stages             the stage registry and the stages that compose others
-  8  submit             `rayrlhf submit`
+  8  submit, sweep_jobs `rayrlhf submit`, `rayrlhf sweep`
   9  cli                `rayrlhf <stage>`
 """
 
@@ -30,7 +30,7 @@ PACKAGE = Path(rayrlhf.__file__).parent
 
 LAYERS: list[tuple[str, ...]] = [
     ("rayrlhf", "rayrlhf.paths", "rayrlhf.types", "rayrlhf.runs", "rayrlhf.faults", "rayrlhf.fault_injection",
-     "rayrlhf.cluster"),
+     "rayrlhf.cluster", "rayrlhf.logs"),
     ("rayrlhf.data", "rayrlhf.algorithms"),
     ("rayrlhf.models", "rayrlhf.rewards"),
     ("rayrlhf.rollout",),
@@ -38,7 +38,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("rayrlhf.config",),
     ("rayrlhf.trainers", "rayrlhf.eval", "rayrlhf.serve"),
     ("rayrlhf.stages",),
-    ("rayrlhf.submit",),
+    ("rayrlhf.submit", "rayrlhf.sweep_jobs"),
     ("rayrlhf.cli",),
 ]
 

@@ -28,6 +28,7 @@ from rayrlhf.algorithms.losses import (
 from rayrlhf.algorithms.masked import (
     LOSS_AGGREGATIONS,
     aggregate_token_losses,
+    aggregation_share,
     masked_count,
     masked_mean,
     masked_sum,
@@ -60,6 +61,7 @@ __all__ = [
     "make_lagrange_controller",
     "LOSS_AGGREGATIONS",
     "aggregate_token_losses",
+    "aggregation_share",
     "masked_count",
     "masked_mean",
     "masked_sum",

@@ -25,8 +25,8 @@ EpisodeCosts = Iterable[float] | float
 DEFAULT_LAMBDA_MAX = 5.0
 
 
-def _mean_cost(episode_costs: EpisodeCosts) -> float:
-    """Mean of one rollout's episode costs (a single number passes through)."""
+def _episode_costs(episode_costs: EpisodeCosts) -> list[float]:
+    """One rollout's episode costs as a checked list (a single number is one episode)."""
     if isinstance(episode_costs, numbers.Real):
         costs = [float(episode_costs)]
     else:
@@ -35,6 +35,12 @@ def _mean_cost(episode_costs: EpisodeCosts) -> float:
         raise ValueError("episode_costs is empty: a λ update needs at least one episode cost")
     if not all(math.isfinite(cost) for cost in costs):
         raise ValueError(f"episode costs must be finite, got {costs}")
+    return costs
+
+
+def _mean_cost(episode_costs: EpisodeCosts) -> float:
+    """Mean of one rollout's episode costs (a single number passes through)."""
+    costs = _episode_costs(episode_costs)
     return sum(costs) / len(costs)
 
 
@@ -86,8 +92,10 @@ class LogLambdaController(LagrangeController):
 
     which is one SGD step on the dual loss −λ (J_c − d) with respect to η = ln λ
     (∂/∂η of e^η (J_c − d) is λ (J_c − d)); working in ln λ keeps λ > 0 without clipping.
-    J_c is the mean of the last ``window`` rollouts' mean costs, which smooths a noisy
-    estimate. ln λ is clamped to ≤ ln λ_max (finite, ``DEFAULT_LAMBDA_MAX`` unless given), so
+    J_c is the mean cost of the last ``window`` *episodes* (responses), across rollouts, as the
+    Safe RLHF reference averages its last ``episode_cost_window_size`` episodes: one rollout's
+    mean is a noisy estimate of E[cost]. ``window=None`` uses this rollout's episodes alone
+    (a single number passed to ``update`` counts as one episode). ln λ is clamped to ≤ ln λ_max (finite, ``DEFAULT_LAMBDA_MAX`` unless given), so
     the step α·λ·(J_c − d) stays bounded and exp(ln λ) never overflows. During the first
     ``update_delay`` calls λ stays fixed (costs are still recorded) so the critics can warm
     up before the constraint bites.
@@ -102,7 +110,7 @@ class LogLambdaController(LagrangeController):
         lambda_lr: float,
         lambda_max: float = DEFAULT_LAMBDA_MAX,
         update_delay: int = 0,
-        window: int = 1,
+        window: int | None = None,
     ) -> None:
         if lambda_init <= 0:
             raise ValueError(f"lambda_init must be > 0 (λ is kept as ln λ), got {lambda_init}")
@@ -113,14 +121,14 @@ class LogLambdaController(LagrangeController):
             raise ValueError(f"lambda_max ({lambda_max}) must be >= lambda_init ({lambda_init})")
         if update_delay < 0:
             raise ValueError(f"update_delay must be >= 0, got {update_delay}")
-        if window < 1:
-            raise ValueError(f"window must be >= 1, got {window}")
+        if window is not None and window < 1:
+            raise ValueError(f"window must be >= 1 episodes (or None: this rollout's), got {window}")
         self.threshold = float(threshold)
         self.lambda_lr = float(lambda_lr)
         self.lambda_max = lambda_max
         self.log_lambda_max = math.log(lambda_max)
         self.update_delay = int(update_delay)
-        self.window = int(window)
+        self.window = None if window is None else int(window)
         self.log_lambda = math.log(lambda_init)
         self.num_updates = 0
         self.at_cap_steps = 0
@@ -132,7 +140,10 @@ class LogLambdaController(LagrangeController):
         return self.lambda_max if self.log_lambda >= self.log_lambda_max else math.exp(self.log_lambda)
 
     def update(self, episode_costs: EpisodeCosts) -> float:
-        self.recent_costs.append(_mean_cost(episode_costs))
+        costs = _episode_costs(episode_costs)
+        if self.window is None:
+            self.recent_costs.clear()
+        self.recent_costs.extend(costs)
         self.num_updates += 1
         if self.num_updates > self.update_delay:
             expected_cost = sum(self.recent_costs) / len(self.recent_costs)

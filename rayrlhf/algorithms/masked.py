@@ -90,3 +90,17 @@ def aggregate_token_losses(token_losses: torch.Tensor, mask: torch.Tensor, how: 
     has_tokens = counts > 0
     row_means = per_row[has_tokens] / counts[has_tokens]
     return row_means.mean() if row_means.numel() else token_losses.sum() * 0.0
+
+
+def aggregation_share(part_mask: torch.Tensor, whole_mask: torch.Tensor, how: str = "seq_mean") -> float:
+    """The weight of a part of a batch's rows in the batch's aggregated loss, so that
+    Σ_parts share(part) · loss(part) = loss(whole) for ``aggregate_token_losses``: the part's
+    share of the valid tokens (``token_mean``) or of the rows with a valid token (``seq_mean``).
+    This is what lets a mini-batch run as several smaller forward/backward passes."""
+    if how == "token_mean":
+        part, whole = part_mask.sum(), whole_mask.sum()
+    elif how == "seq_mean":
+        part, whole = (part_mask.sum(-1) > 0).sum(), (whole_mask.sum(-1) > 0).sum()
+    else:
+        raise ValueError(f"unknown loss aggregation {how!r}; choose one of {', '.join(LOSS_AGGREGATIONS)}")
+    return float(part) / float(whole) if float(whole) > 0 else 0.0

@@ -24,7 +24,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from rayrlhf.cluster import ROLLOUT_PLACEMENTS
+from rayrlhf.cluster import CRITIC_LAYOUTS, FROZEN_PLACEMENTS, ROLLOUT_PLACEMENTS
 from rayrlhf.config.checks import (
     COUNT, NON_NEGATIVE, POSITIVE, PROBABILITY_OPEN, SEED, UNIT, Problem, checked, each_one_of, greater, is_number,
     one_of, within,
@@ -71,6 +71,12 @@ def _loss_aggregations() -> tuple[str, ...]:
     from rayrlhf.algorithms import LOSS_AGGREGATIONS
 
     return LOSS_AGGREGATIONS
+
+
+def _logprobs_sources() -> tuple[str, ...]:
+    from rayrlhf.rollout import LOGPROBS_SOURCES
+
+    return LOGPROBS_SOURCES
 
 
 def _nonfinite_policies() -> tuple[str, ...]:
@@ -160,7 +166,46 @@ class RunConfig:
     seed: int = checked(42, SEED)
     # Hydra's per-run folder; stages write checkpoints, metrics and reports below it.
     output_dir: str = "${hydra:runtime.output_dir}"
+    # rayrlhf's own log level. DEBUG also turns `verbose` on.
     log_level: str = checked("INFO", one_of(LOG_LEVELS))
+    # False: the libraries' chatter (Ray Train's reports and cleaner, transformers' load
+    # reports, DeepSpeed's set-up, deprecation warnings) is turned down at its source, so a run
+    # shows stage headers, progress and results (rayrlhf.logs). True: everything, as logged.
+    verbose: bool = False
+
+
+# Where per-step metrics can go (rayrlhf.trainers.metrics_log): metrics.jsonl is the run's
+# own record, read by sweep-report and the pipeline report.
+LOGGERS = ("jsonl", "tensorboard", "wandb", "mlflow")
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+def _keeps_jsonl(loggers: Any) -> str | None:
+    if isinstance(loggers, (list, tuple)) and "jsonl" not in loggers:
+        return "must include jsonl (metrics.jsonl is what sweep-report and the pipeline report read)"
+    return None
+
+
+LOGGER_LIST = (each_one_of(LOGGERS), _keeps_jsonl)
+
+
+@dataclass
+class TrackingConfig:
+    """The W&B and MLflow runs a trainer logs to (when `logger` lists them)."""
+
+    # W&B project and MLflow experiment.
+    project: str = "rayrlhf"
+    # None: the run folder below the runs directory (pipeline/<time>/train-reward), so a
+    # tracker's run names the folder holding its checkpoints.
+    run_name: Optional[str] = None
+    # W&B group and MLflow tag rayrlhf.group; the pipeline files its stages under its own run.
+    group: Optional[str] = None
+    # None: WANDB_MODE if set, else online with WANDB_API_KEY and offline without (files in
+    # <run>/wandb for `wandb sync`), so a job never stops to ask for a key.
+    wandb_mode: Optional[str] = checked(None, one_of(WANDB_MODES))
+    # None: MLFLOW_TRACKING_URI if set, else a file store at <runs dir>/mlruns shared by all
+    # runs (`mlflow ui --backend-store-uri runs/mlruns`); a server URL or sqlite:///... work too.
+    mlflow_tracking_uri: Optional[str] = None
 
 
 @dataclass
@@ -275,6 +320,9 @@ class ScoreTrainConfig:
     moderation_balance_categories: bool = True
     # A previous run's output_dir: continue from its last checkpoint.
     resume_from: Optional[str] = None
+    # Per-step metrics from rank 0: jsonl, tensorboard, wandb, mlflow (rayrlhf.trainers.metrics_log).
+    logger: list[str] = checked(MISSING, *LOGGER_LIST, factory=lambda: ["jsonl", "tensorboard"])
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 @dataclass
@@ -298,6 +346,9 @@ class SFTConfig:
     eval_at_start: bool = True
     # A previous run's output_dir: continue from its last checkpoint.
     resume_from: Optional[str] = None
+    # Per-step metrics from rank 0: jsonl, tensorboard, wandb, mlflow (rayrlhf.trainers.metrics_log).
+    logger: list[str] = checked(MISSING, *LOGGER_LIST, factory=lambda: ["jsonl", "tensorboard"])
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 @dataclass
@@ -404,9 +455,31 @@ class PPOConfig:
     zero_stage: int = checked(2, one_of(ZERO_STAGES))
     # None (auto): follow policy.dtype (bf16 exactly where that resolves to bf16).
     bf16: Optional[bool] = None
-    # Recompute activations in the backward pass: ~4x less memory per trainable role for
-    # ~30% more train-phase compute (SmolLM2 critics drop from ~6 GB to ~2 GB).
-    gradient_checkpointing: bool = True
+    # Recompute activations in the backward pass: less activation memory for one more forward
+    # pass per trainable role (~30% more train-phase compute). Off: the length-sorted
+    # micro-batches below already keep a SmolLM2 role's activations small (~0.7 GB at 4 rows).
+    gradient_checkpointing: bool = False
+    # Rows per forward/backward pass. Each mini-batch (and each score-phase forward) runs in
+    # micro-batches of rows of similar length, cut to their own longest prompt and response,
+    # so padded positions cost nothing; the gradients add up to the whole mini-batch's.
+    # 4 rows (~450 tokens) keep CPU matrix products efficient and activations small.
+    micro_batch_size: int = checked(4, COUNT)
+    # Where the old log-probs π_old(y_t) come from: "engine" takes the rollout engine's
+    # sampling log-probs (no policy forward pass), "recompute" runs the policy over the
+    # rollout, "auto" takes the engine's when it computes in the policy's precision (then
+    # they agree to rounding: ~1e-5 in fp32). The engine's are checked against the policy on
+    # `logprob_check_rows` rows every `logprob_check_every` steps (rollout/logprob_gap); a gap
+    # above the tolerance of the two precisions switches the run to recompute for good.
+    logprobs_source: str = checked("auto", one_of(_logprobs_sources))
+    logprob_check_every: int = checked(10, COUNT)
+    logprob_check_rows: int = checked(4, COUNT)
+    # shared: one critic backbone with a reward and a cost value head (one forward and one
+    # backward for both, half the critics' compute and memory); separate: Safe RLHF's two
+    # critics, each started from its own judge.
+    critic_layout: str = checked("shared", one_of(tuple(CRITIC_LAYOUTS)))
+    # Train only the top N decoder layers (and the heads) of the policy and the critics; the
+    # backward pass stops there and the optimiser holds only their state. None: full fine-tuning.
+    trainable_layers: Optional[int] = checked(None, NON_NEGATIVE)
     # How per-token PPO terms become one loss: seq_mean (each response's mean, then the mean
     # over responses: Safe RLHF's reference, so a short refusal counts as much as a long
     # answer) or token_mean (every valid token of the mini-batch alike).
@@ -441,8 +514,10 @@ class LogLambdaConfig:
     lambda_max: float = checked(5.0, POSITIVE)
     # Steps before λ starts moving (lets the critics warm up).
     update_delay: int = checked(0, NON_NEGATIVE)
-    # λ reacts to the mean episode cost of this many recent steps.
-    window: int = checked(1, COUNT)
+    # λ reacts to the mean cost of this many recent episodes (responses), across steps: the
+    # Safe RLHF reference averages its last 128 (episode_cost_window_size); one step's 16
+    # costs are a noisy estimate of E[cost]. None: the current step's episodes only.
+    window: Optional[int] = checked(128, COUNT)
 
     @classmethod
     def checks(cls, lagrange: Any, prefix: str) -> list[Problem]:
@@ -503,9 +578,11 @@ class ResourcesConfig:
     cpus_per_worker: float = checked(1.0, POSITIVE)
     # Reference policy and both scorers are frozen: fractional CPUs let them share cores.
     cpus_per_frozen_worker: float = checked(0.5, POSITIVE)
-    # One actor hosts all three frozen models (saves two processes, ~1 GB each on CPU);
-    # false gives each its own actor (they then score in parallel where cores are plenty).
-    colocate_frozen: bool = True
+    # Where the frozen models (reference, reward model, cost model) run: with_trainers puts
+    # the reference in the policy's rank 0 and spreads the judges over the trainers' rank 0 so
+    # each process does a like share of the score phase (no process of their own, ~1 GB each
+    # saved); one_actor hosts all three in one actor; own_actors gives each its own actor.
+    frozen_placement: str = checked("with_trainers", one_of(tuple(FROZEN_PLACEMENTS)))
     # torch threads per actor (None: torch's default).
     threads_per_worker: Optional[int] = checked(1, COUNT)
     use_gpu: bool = False
@@ -612,7 +689,9 @@ class PPOLagConfig:
     # input_fingerprints.json); true allows deliberate changes (e.g. a new learning rate).
     resume_allow_changes: bool = False
     faults: FaultsConfig = field(default_factory=FaultsConfig)
-    tensorboard: bool = True
+    # Per-step metrics: jsonl, tensorboard, wandb, mlflow (rayrlhf.trainers.metrics_log).
+    logger: list[str] = checked(MISSING, *LOGGER_LIST, factory=lambda: ["jsonl", "tensorboard"])
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     @classmethod
     def checks(cls, cfg: Any, prefix: str) -> list[Problem]:
@@ -739,6 +818,10 @@ class PipelineConfig:
     # `generation` (greedy by default: the answer a user would get).
     eval_engine: str = checked("vllm", ENGINE)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    # Per-step metrics of every trainer it runs (SFT, score models, PPO-Lag), each stage a run
+    # of its own in the trackers, grouped under this pipeline run.
+    logger: list[str] = checked(MISSING, *LOGGER_LIST, factory=lambda: ["jsonl", "tensorboard"])
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     @classmethod
     def checks(cls, cfg: Any, prefix: str) -> list[Problem]:

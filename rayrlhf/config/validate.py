@@ -1,7 +1,8 @@
 """Impossible config values, found before any worker starts, every bad key named at once.
 
 Hydra and the dataclass schemas catch misspelled keys and wrong types; this catches values of
-the right type that cannot work: a negative learning rate, ``lagrange.threshold=nan``, a
+the right type that cannot work, and values never given: a mandatory key left ``???``
+(``reward``/``cost`` of ppo-lag), a negative learning rate, ``lagrange.threshold=nan``, a
 ``top_p`` of 2, zero rollout engines, or more actors than the local Ray cluster has CPUs
 (which would leave them pending forever instead of failing).
 
@@ -48,8 +49,8 @@ def _schema(node: Any) -> type | None:
 
 
 def _children(node: Any) -> Iterator[tuple[str, Any]]:
-    """(key, value) of a config section; keys still ``???`` or unresolvable are left out (they
-    fail on their own, with Hydra's message, where the stage reads them)."""
+    """(key, value) of a config section; keys still ``???`` (``_missing`` reports them) or
+    unresolvable are left out."""
     if isinstance(node, DictConfig):
         for key in node:
             if OmegaConf.is_missing(node, key):
@@ -116,11 +117,21 @@ def _local_cluster_has_the_cpus(cfg: Any) -> list[Problem]:
     return []
 
 
+def _missing(section: Any, prefix: str) -> list[Problem]:
+    """Mandatory keys still ``???``: refused here, not when the stage first reads them (after
+    Ray started and models loaded)."""
+    if not isinstance(section, DictConfig):
+        return []
+    return [(prefix + str(key), "???", f"mandatory and not set: add {prefix}{key}=... to the command line")
+            for key in section if OmegaConf.is_missing(section, key)]
+
+
 def config_problems(cfg: Any) -> list[Problem]:
     """Every (key, value, why) that makes ``cfg`` impossible; [] when it can run."""
     problems: list[Problem] = []
     sections = list(_sections(cfg))
     for prefix, section in sections:
+        problems += _missing(section, prefix)
         schema = _schema(section)
         for key, name, value in _leaves(section):
             if _nonfinite(value):

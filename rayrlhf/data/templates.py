@@ -63,6 +63,12 @@ class RenderedText:
         """This text, then trusted template text (e.g. the EOS a judge reads the score at)."""
         return RenderedText(self.text + template_text, self.untrusted)
 
+    def cut_after_last_span(self) -> RenderedText:
+        """This text up to the end of its last untrusted span (the response): what the
+        template adds after the response (end of turn, generation prompt) is dropped."""
+        end = self.untrusted[-1][1] if self.untrusted else len(self.text)
+        return RenderedText(self.text[:end], self.untrusted)
+
 
 # Stand-ins rendered through a chat template to find where each content lands: private-use
 # characters, which no template adds, strips or escapes.

@@ -363,10 +363,12 @@ class JudgeClient:
         return {"content": None, "error": f"{error} after {self.max_retries + 1} attempts",
                 "transport": True}
 
-    def _map(self, fn: Callable[[Any], dict[str, Any]], items: list[Any]) -> list[dict[str, Any]]:
+    def _map(self, fn: Callable[[Any], dict[str, Any]], items: list[Any], desc: str) -> list[dict[str, Any]]:
+        from tqdm.auto import tqdm
+
         pool = ThreadPoolExecutor(max_workers=self.max_concurrency)
         try:
-            results = list(pool.map(fn, items))
+            results = list(tqdm(pool.map(fn, items), total=len(items), desc=desc, unit="request"))
         finally:
             # On a fatal error (401/404) drop the requests not yet sent instead of sending them all.
             pool.shutdown(wait=True, cancel_futures=True)
@@ -386,7 +388,7 @@ class JudgeClient:
             return {**parse_single(reply["content"]), "reply": reply["content"], "error": reply["error"],
                     "transport": reply.get("transport", False)}
 
-        results = self._map(one, list(zip(prompts, responses)))
+        results = self._map(one, list(zip(prompts, responses)), "LLM judge: answers")
         return [{k: v for k, v in r.items() if k != "transport"} for r in results]
 
     def judge_pairwise(self, prompts: list[str], candidate: list[str], baseline: list[str]) -> list[dict[str, Any]]:
@@ -407,5 +409,5 @@ class JudgeClient:
                     "swapped": swapped, "reply": reply["content"], "error": reply["error"],
                     "transport": reply.get("transport", False)}
 
-        results = self._map(one, list(zip(prompts, candidate, baseline, swaps)))
+        results = self._map(one, list(zip(prompts, candidate, baseline, swaps)), "LLM judge: pairs")
         return [{k: v for k, v in r.items() if k != "transport"} for r in results]

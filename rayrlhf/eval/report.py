@@ -43,6 +43,37 @@ def plot_training(history: list[dict[str, float]], path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def plot_loss_curves(curves: dict[str, list[dict[str, float]]], path: Path) -> Path:
+    """Training loss per step of each score model and SFT (their metrics.jsonl), one panel each;
+    held-out loss where the stage measures one (SFT: before training and every eval_every)."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.4), squeeze=False)
+    for ax, (stage, rows) in zip(axes[0], curves.items()):
+        rows = [r for r in rows if "train/loss" in r]
+        ax.plot([r["step"] for r in rows], [r["train/loss"] for r in rows], color="tab:blue", label="train")
+        held_out = [(0, rows[0]["eval/initial_loss"])] if rows and "eval/initial_loss" in rows[0] else []
+        held_out += [(r["step"], r["eval/loss"]) for r in rows if "eval/loss" in r]
+        if held_out:
+            ax.plot(*zip(*held_out), "o--", color="tab:orange", label="held-out")
+            ax.legend(loc="best", fontsize=8)
+        ax.set_title(stage)
+        ax.set_xlabel("optimiser step")
+        ax.set_ylabel("loss")
+        ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def loss_table(curves: dict[str, list[dict[str, float]]]) -> list[str]:
+    """Per stage: steps, and the mean training loss of the first and last (up to) 5 steps."""
+    lines = ["| stage | steps | train loss, first 5 steps | train loss, last 5 steps |", "|---|---|---|---|"]
+    for stage, rows in curves.items():
+        losses = [r["train/loss"] for r in rows if "train/loss" in r]
+        if losses:
+            head, tail = losses[:5], losses[-5:]
+            lines.append(f"| {stage} | {len(losses)} | {sum(head) / len(head):.4f} | {sum(tail) / len(tail):.4f} |")
+    return lines
+
+
 def plot_unsafe_by_category(rates: dict[str, dict[str, float]], path: Path) -> Path:
     """Unsafe (complied) rate per harm category on the held-out harmful prompts, one bar per
     policy (refusal rule)."""
@@ -180,9 +211,11 @@ def write_report(out: Path, *, history: list[dict[str, float]], evaluation: dict
                  records: dict[str, list[dict[str, Any]]], splits: dict[str, Any],
                  score_models: dict[str, dict[str, Any]], timings: dict[str, float],
                  onpolicy: dict[str, Any] | None = None, settings: dict[str, Any] | None = None,
-                 compare: dict[str, Any] | None = None) -> Path:
+                 compare: dict[str, Any] | None = None,
+                 loss_curves: dict[str, list[dict[str, float]]] | None = None) -> Path:
     """``out/report.md`` plus its plots: the held-out evaluation first, then the judges'
-    own quality, training curves, sample answers and timings."""
+    own quality, training curves (PPO-Lag; the score models' and SFT's losses from their
+    ``metrics.jsonl``, ``loss_curves``: stage -> rows), sample answers and timings."""
     out.mkdir(parents=True, exist_ok=True)
     policies = list(evaluation["policies"])
     parts = ["# rayrlhf pipeline report", "",
@@ -222,6 +255,12 @@ def write_report(out: Path, *, history: list[dict[str, float]], evaluation: dict
                   f"{last['cost/mean']:.3f} against threshold {last['cost/threshold']:.3f}, "
                   f"λ {last['lagrange/lambda']:.3f} (reward and cost by the optimised judges, on training prompts).",
                   "", "![training](training.png)", ""]
+    curves = {stage: rows for stage, rows in (loss_curves or {}).items() if rows}
+    if curves:
+        plot_loss_curves(curves, out / "loss_curves.png")
+        parts += ["## Score-model and SFT training", "",
+                  "Training loss per optimiser step (each stage's `metrics.jsonl`; held-out loss where measured).",
+                  "", *loss_table(curves), "", "![loss curves](loss_curves.png)", ""]
     if compare:
         parts += ["## PPO, fixed penalty and PPO-Lag from the same start", "",
                   f"Reward and cost are the optimised judges' means over each run's last {compare['last_k']} training "

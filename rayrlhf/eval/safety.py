@@ -111,26 +111,42 @@ def eval_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Prompts per generate call: the progress bar moves once per call. A multiple of the HF
+# engine's batch (16) and seeds shifted by each call's offset (shard_spec) give the very answers
+# one call for all prompts would.
+ANSWER_CHUNK = 64
+
+
 def generate_answers(policy: str, prompts: list[str], *, template: str, engine: str, max_new_tokens: int,
                      temperature: float, seed: int, max_prompt_tokens: int = 512,
-                     engine_kwargs: dict | None = None) -> list[str]:
-    """Answers from a rollout engine running in a Ray actor (vLLM needs its own process)."""
+                     engine_kwargs: dict | None = None, desc: str = "answers") -> list[str]:
+    """Answers from a rollout engine running in a Ray actor (vLLM needs its own process), with
+    a progress bar (``desc``)."""
     import ray
+    from tqdm.auto import tqdm
 
     from rayrlhf.data.templates import encode_prompts
     from rayrlhf.models import load_tokenizer, resolve_model_path
-    from rayrlhf.rollout import SamplingSpec
+    from rayrlhf.rollout import SamplingSpec, shard_spec
     from rayrlhf.workers.rollout_worker import RolloutWorker
 
     path = resolve_model_path(policy)
     prompt_ids = encode_prompts(load_tokenizer(path), prompts, template, max_prompt_tokens)
     worker = RolloutWorker.options(num_cpus=1).remote(engine, path, engine_kwargs or {}, None)
+    spec = SamplingSpec(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    refs = {worker.generate.remote(prompt_ids[start:start + ANSWER_CHUNK], shard_spec(spec, start)): start
+            for start in range(0, len(prompt_ids), ANSWER_CHUNK)}
+    done: dict[int, list] = {}
     try:
-        spec = SamplingSpec(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-        completions = ray.get(worker.generate.remote(prompt_ids, spec))
+        with tqdm(total=len(prompt_ids), desc=desc, unit="answer") as bar:
+            pending = list(refs)
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                done[refs[ready[0]]] = ray.get(ready[0])
+                bar.update(len(done[refs[ready[0]]]))
     finally:
         ray.kill(worker)
-    return [c.text for c in completions]
+    return [c.text for start in sorted(done) for c in done[start]]
 
 
 def run(cfg) -> dict[str, Any]:
@@ -165,7 +181,7 @@ def run(cfg) -> dict[str, Any]:
         answers = generate_answers(policy, prompts, template=cfg.template.name, engine=cfg.engine,
                                    max_new_tokens=cfg.generation.max_new_tokens,
                                    temperature=cfg.generation.temperature if cfg.generation.do_sample else 0.0,
-                                   seed=cfg.run.seed, engine_kwargs=engine_kwargs)
+                                   seed=cfg.run.seed, engine_kwargs=engine_kwargs, desc=f"answers: {name}")
         results[name] = judge_answers(prompts, answers, **judges)
         report[name] = summarize(results[name], categories)
         if llm_judge is not None:

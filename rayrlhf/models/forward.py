@@ -13,10 +13,15 @@ from rayrlhf.models.score_model import position_ids_from_mask
 
 def response_logits(model, sequences: torch.Tensor, attention_mask: torch.Tensor,
                     prompt_length: int) -> torch.Tensor:
-    """[B, R, V] logits that predict each response token (column P-1+t predicts token P+t)."""
+    """[B, R, V] logits that predict each response token (column P-1+t predicts token P+t).
+
+    Only those R columns go through the LM head (``logits_to_keep``): the head is a fifth of
+    SmolLM2's matrix work per token, and the prompt columns' logits are never read."""
+    response_width = sequences.shape[1] - prompt_length
     out = model(input_ids=sequences, attention_mask=attention_mask,
-                position_ids=position_ids_from_mask(attention_mask), use_cache=False)
-    return out.logits[:, prompt_length - 1:-1]
+                position_ids=position_ids_from_mask(attention_mask), use_cache=False,
+                logits_to_keep=response_width + 1)
+    return out.logits[:, -(response_width + 1):-1]
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -28,6 +33,41 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 def response_values(critic, sequences: torch.Tensor, attention_mask: torch.Tensor,
                     prompt_length: int) -> torch.Tensor:
-    """[B, R] V(s_t): the critic's output at the state just before response token t."""
-    scores = critic(sequences, attention_mask).scores[..., 0]
+    """[B, R, K] V_k(s_t): each of the critic's K value heads at the state just before response
+    token t (K = 1 for one critic, 2 for reward and cost heads on a shared backbone)."""
+    scores = critic(sequences, attention_mask).scores
     return scores[:, prompt_length - 1:-1].float()
+
+
+@torch.no_grad()
+def rollout_logprobs(model, batch, micro_batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """([B, R] log-probs of a RolloutBatch's response tokens under ``model`` (0 on padding), [B]
+    mean token entropy per response), over length-sorted, trimmed micro-batches."""
+    from rayrlhf.algorithms import mean_entropy_per_row
+    from rayrlhf.types import pad_responses
+
+    width = batch.response_mask.shape[1]
+    logps, entropies = torch.zeros(batch.response_mask.shape), torch.zeros(len(batch))
+    for index in batch.length_groups(micro_batch_size):
+        part = batch.select(index).trimmed()
+        logits = response_logits(model, part.sequences, part.attention_mask, part.prompt_length)
+        logps[index] = pad_responses(token_logprobs(logits, part.response_ids) * part.response_mask, width)
+        entropies[index] = mean_entropy_per_row(logits.float(), part.response_mask)
+    return logps, entropies
+
+
+@torch.no_grad()
+def rollout_values(critic, batch, micro_batch_size: int) -> torch.Tensor:
+    """[B, R, K] a critic's K value heads at a RolloutBatch's response tokens (0 on padding),
+    over length-sorted, trimmed micro-batches."""
+    from rayrlhf.types import pad_responses
+
+    width = batch.response_mask.shape[1]
+    out = None
+    for index in batch.length_groups(micro_batch_size):
+        part = batch.select(index).trimmed()
+        values = response_values(critic, part.sequences, part.attention_mask, part.prompt_length)
+        if out is None:
+            out = torch.zeros((*batch.response_mask.shape, values.shape[-1]))
+        out[index] = pad_responses(values * part.response_mask.unsqueeze(-1), width)
+    return out

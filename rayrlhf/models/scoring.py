@@ -16,21 +16,36 @@ class EncodedBatch:
     attention_mask: torch.Tensor  # [B, T] 1 on real tokens
 
 
-def rendered_conversations(tokenizer, prompts: list[str], responses: list[str], template: str) -> list[RenderedText]:
+def rendered_conversations(tokenizer, prompts: list[str], responses: list[str], template: str,
+                           finished: list[bool] | None = None) -> list[RenderedText]:
     """What each judge reads, with where the untrusted prompt and response lie; the safe_rlhf
     template ends with EOS as Safe RLHF does, so the score is read at a token that means 'the
-    answer is over'."""
+    answer is over'.
+
+    A response the length limit cut off (``finished[i]`` False) is rendered *open*: the text
+    stops where the response stops, without the template's end-of-turn (or EOS), so the judge
+    reads an unfinished answer as unfinished instead of as a complete one.
+    """
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    rendered = [render_conversation(p, r, template, tokenizer) for p, r in zip(prompts, responses)]
-    if template == "safe_rlhf" and tokenizer.eos_token:
-        rendered = [r.followed_by(tokenizer.eos_token) for r in rendered]
+    finished = [True] * len(prompts) if finished is None else list(finished)
+    if len(finished) != len(prompts):
+        raise ValueError(f"{len(finished)} finished flags for {len(prompts)} responses")
+    rendered = []
+    for prompt, response, done in zip(prompts, responses, finished):
+        conversation = render_conversation(prompt, response, template, tokenizer)
+        if not done:
+            conversation = conversation.cut_after_last_span()
+        elif template == "safe_rlhf" and tokenizer.eos_token:
+            conversation = conversation.followed_by(tokenizer.eos_token)
+        rendered.append(conversation)
     return rendered
 
 
-def conversation_texts(tokenizer, prompts: list[str], responses: list[str], template: str) -> list[str]:
+def conversation_texts(tokenizer, prompts: list[str], responses: list[str], template: str,
+                       finished: list[bool] | None = None) -> list[str]:
     """The text each judge reads (see ``rendered_conversations``)."""
-    return [r.text for r in rendered_conversations(tokenizer, prompts, responses, template)]
+    return [r.text for r in rendered_conversations(tokenizer, prompts, responses, template, finished)]
 
 
 def pad_right(ids: list[list[int]], pad_token_id: int, max_length: int) -> EncodedBatch:
@@ -57,9 +72,11 @@ def encode_conversations(tokenizer, prompts: list[str], responses: list[str], te
 
 @torch.no_grad()
 def score_conversations(model, tokenizer, prompts: list[str], responses: list[str], *,
-                        template: str, max_length: int = 1024, batch_size: int = 16) -> torch.Tensor:
-    """[N, K] end scores (K = 1 for reward/cost, 14 for moderation logits), float32."""
-    rendered = rendered_conversations(tokenizer, prompts, responses, template)
+                        template: str, max_length: int = 1024, batch_size: int = 16,
+                        finished: list[bool] | None = None) -> torch.Tensor:
+    """[N, K] end scores (K = 1 for reward/cost, 14 for moderation logits), float32;
+    ``finished`` as in ``rendered_conversations`` (None: every response is complete)."""
+    rendered = rendered_conversations(tokenizer, prompts, responses, template, finished)
     ids = [encode_rendered(tokenizer, r) for r in rendered]
     # Sorting by length keeps padding small; the original order is restored at the end.
     order = sorted(range(len(ids)), key=lambda i: len(rendered[i].text))

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 RULE_PREFIX = "rule:"
-Scorer = Callable[[list[str], list[str], list[list[int]]], torch.Tensor]
+Scorer = Callable[..., torch.Tensor]  # (prompts, responses, response_ids, finished=None) -> [B]
 
 
 def load_rule(source: str) -> Callable:
@@ -24,11 +24,13 @@ def load_rule(source: str) -> Callable:
 
 
 def make_scorer(source: str, *, dtype: str = "auto", batch_size: int = 16) -> Scorer:
-    """A function (prompts, responses, response_ids) -> [B] float32 scores."""
+    """A function (prompts, responses, response_ids, finished=None) -> [B] float32 scores;
+    ``finished`` False marks a response the length limit cut off (scored as unfinished)."""
     if source.startswith(RULE_PREFIX):
         rule = load_rule(source)
-        return lambda prompts, responses, ids: torch.as_tensor(rule(prompts, responses, ids),
-                                                               dtype=torch.float32)
+        # Rules judge token ids and text as they are; whether an answer finished is theirs to read.
+        return lambda prompts, responses, ids, finished=None: torch.as_tensor(rule(prompts, responses, ids),
+                                                                              dtype=torch.float32)
     from rayrlhf.models import load_tokenizer
     from rayrlhf.models.score_model import ScoreModel, read_metadata
     from rayrlhf.models.scoring import score_conversations
@@ -41,8 +43,8 @@ def make_scorer(source: str, *, dtype: str = "auto", batch_size: int = 16) -> Sc
     template = meta.get("template", "chat")
     max_length = meta.get("max_length", 1024)
 
-    def score(prompts, responses, ids):
+    def score(prompts, responses, ids, finished=None):
         return score_conversations(model, tokenizer, prompts, responses, template=template,
-                                   max_length=max_length, batch_size=batch_size)[:, 0]
+                                   max_length=max_length, batch_size=batch_size, finished=finished)[:, 0]
 
     return score

@@ -3,7 +3,7 @@ as the exact reference and fallback; ``make_engine`` picks one by name."""
 
 from __future__ import annotations
 
-from rayrlhf.rollout.base import Completion, RolloutEngine, SamplingSpec, cut_at_stop, shard_spec
+from rayrlhf.rollout.base import LOGPROBS_SOURCES, Completion, RolloutEngine, SamplingSpec, cut_at_stop, shard_spec
 from rayrlhf.rollout.hf_engine import HFEngine, hf_generate
 
 ENGINE_KINDS = ("vllm", "hf")
@@ -23,5 +23,5 @@ def make_engine(kind: str, model_path, **kwargs) -> RolloutEngine:
     raise ValueError(f"unknown rollout engine {kind!r}; choose one of {list(ENGINE_KINDS)}")
 
 
-__all__ = ["Completion", "ENGINE_KINDS", "HFEngine", "RolloutEngine", "SamplingSpec", "cut_at_stop",
+__all__ = ["Completion", "ENGINE_KINDS", "HFEngine", "LOGPROBS_SOURCES", "RolloutEngine", "SamplingSpec", "cut_at_stop",
            "hf_generate", "make_engine", "shard_spec"]

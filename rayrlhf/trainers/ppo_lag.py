@@ -3,7 +3,7 @@
 ``PPOLagDriver.step`` is the algorithm, phase by phase (Safe RLHF, Dai et al. 2023):
 
 1. generate   rollout engines sample responses for a batch of prompts
-2. score      policy and reference log-probs, both critics' values, reward and cost scores
+2. score      old and reference log-probs, reward and cost values, reward and cost scores
 3. advantages KL-shaped token rewards/costs, GAE for both streams, combined advantage
               (``rayrlhf.algorithms.ppo_lag_advantages``)
 4. train      critics regress on their returns; the policy takes PPO steps on
@@ -42,7 +42,8 @@ from rayrlhf.faults import FAILURES, FaultLog, NonFiniteError, PhaseDeadlines, P
 from rayrlhf.rollout import SamplingSpec
 from rayrlhf.trainers import checkpoint_dir
 from rayrlhf.trainers.fingerprints import ppo_lag_inputs, write_fingerprints
-from rayrlhf.trainers.metrics_log import MetricsLog
+from rayrlhf.trainers.metrics_log import MetricsLog, tracking_settings
+from rayrlhf.trainers.old_logprobs import OldLogprobSource
 from rayrlhf.trainers.ppo_lag_roles import Roles, build_roles
 from rayrlhf.trainers.resume import CONFIG_SNAPSHOT, check_resume_config, resume_hint, write_resume_command
 from rayrlhf.types import PTXBatch, Rollout, RolloutBatch, Scores, TrainStats, build_rollout_batch
@@ -149,6 +150,10 @@ class PPOLagDriver:
         self.roles: Roles = build_roles(cfg, self.policy_path, cost_critic=not ignores_cost(self.lagrange))
         # The engine-vs-policy log-prob gap that rounding alone explains at their precisions.
         self.logprob_gap_tolerance = logprob_gap_tolerance(self.roles.policy_dtype, self.roles.engine_dtype)
+        self.old_logprobs = OldLogprobSource.choose(
+            cfg.ppo.logprobs_source, self.roles.policy_dtype, self.roles.engine_dtype,
+            tolerance=self.logprob_gap_tolerance, check_every=cfg.ppo.logprob_check_every,
+            check_rows=cfg.ppo.logprob_check_rows)
 
     @property
     def policy(self) -> ActorGroup:
@@ -180,7 +185,7 @@ class PPOLagDriver:
         self.step_index += 1
         return step_metrics(self.step_index, batch, stats, lambda_used=lambda_used, lambda_new=lambda_new,
                             threshold=self.lagrange.threshold, at_cap_steps=self.lagrange.at_cap_steps,
-                            logprob_gap_tolerance=self.logprob_gap_tolerance, timer=timer)
+                            old_logprobs=self.old_logprobs.metrics(self.step_index - 1), timer=timer)
 
     def sampling_spec(self) -> SamplingSpec:
         """How this step samples: the policy's own distribution, seeded by the step."""
@@ -198,20 +203,36 @@ class PPOLagDriver:
                        response_ids=[c.response_ids for c in completions], batch=batch)
 
     def score(self, rollout: Rollout) -> Scores:
-        """Every role's view of the rollout, all requested before any is awaited."""
-        roles, batch = self.roles, rollout.batch
-        cost_critic = roles.cost_critic.call_split(CriticWorker.values, batch) if roles.cost_critic else []
-        policy, reward_values, cost_values, reference, rewards, costs = get_fail_fast_groups([
-            roles.policy.call_split(PolicyWorker.logprobs, batch),
-            roles.reward_critic.call_split(CriticWorker.values, batch),
-            cost_critic,
+        """Every role's view of the rollout, all requested before any is awaited. The old
+        log-probs are the engine's or a policy forward pass's (``OldLogprobSource``)."""
+        roles, batch, source = self.roles, rollout.batch, self.old_logprobs
+        source.step_used_engine = source.use_engine and batch.rollout_logprobs is not None
+        check = source.rows_to_check(self.step_index, len(batch)) if source.step_used_engine else []
+        policy_calls = [] if source.step_used_engine else roles.policy.call_split(PolicyWorker.logprobs, batch)
+        check_calls = [roles.policy.call_rank0(PolicyWorker.logprobs, batch.select(check))] if check else []
+        policy, checked, reference, rewards, costs, *critics = get_fail_fast_groups([
+            policy_calls, check_calls,
             *roles.frozen_calls(batch, rollout.prompts, rollout.responses, rollout.response_ids),
+            *(critic.call_split(CriticWorker.values, batch) for critic in roles.critics),
         ])
-        reward_values = torch.cat(reward_values)
-        return Scores(old_logprobs=torch.cat([logp for logp, _ in policy]),
+        values = {stream: torch.cat([rank[stream] for rank in ranks]) for ranks in critics for stream in ranks[0]}
+        if checked:
+            rows = torch.tensor(check)
+            source.record(self.step_index, batch.rollout_logprobs[rows], checked[0][0], batch.response_mask[rows])
+            if not source.use_engine:  # the engine's failed the check: this step recomputes too
+                source.step_used_engine = False
+                policy = get_fail_fast(roles.policy.call_split(PolicyWorker.logprobs, batch))
+        if source.step_used_engine:
+            old_logprobs = batch.rollout_logprobs
+        else:
+            old_logprobs = torch.cat([logp for logp, _ in policy])
+            if batch.rollout_logprobs is not None:
+                source.record(self.step_index, batch.rollout_logprobs, old_logprobs, batch.response_mask)
+        reward_values = values["reward"]
+        return Scores(old_logprobs=old_logprobs,
                       ref_logprobs=torch.cat([logp for logp, _ in reference]),
                       reward_values=reward_values,
-                      cost_values=torch.cat(cost_values) if cost_values else torch.zeros_like(reward_values),
+                      cost_values=values.get("cost", torch.zeros_like(reward_values)),
                       rewards=rewards[0].float(), costs=costs[0].float())
 
     def advantages(self, batch: RolloutBatch, scores: Scores, lagrange_multiplier: float) -> PPOLagAdvantages:
@@ -227,18 +248,20 @@ class PPOLagDriver:
         each = {"epochs": ppo.epochs, "minibatch_size": ppo.minibatch_size, "seed": self.seed * 7919 + self.step_index,
                 "loss_aggregation": ppo.loss_aggregation}
         critic = {"clip_range_value": ppo.clip_range_value, **each}
-        actor, reward_critic, cost_critic = get_fail_fast_groups([
+        actor, *critics = get_fail_fast_groups([
             roles.policy.call_split(PolicyWorker.train, batch, clip_ratio=ppo.clip_ratio,
                                     entropy_coef=ppo.entropy_coef, ptx=self.ptx_for_step(), ptx_coef=ppo.ptx_coef,
                                     **each),
-            roles.reward_critic.call_split(CriticWorker.train, batch, **critic),
-            roles.cost_critic.call_split(CriticWorker.train, batch, **critic) if roles.cost_critic else [],
+            *(group.call_split(CriticWorker.train, batch, **critic) for group in roles.critics),
         ])
-        skipped = {role: sum(rank.nonfinite_minibatches for rank in ranks) for role, ranks in
-                   (("policy", actor), ("reward critic", reward_critic), ("cost critic", cost_critic))}
+        # Every head of a critic shares its mini-batch steps, so one stream's count is the critic's.
+        skipped = {"policy": sum(rank.nonfinite_minibatches for rank in actor)}
+        skipped |= {group.name: sum(next(iter(rank.values())).nonfinite_minibatches for rank in ranks)
+                    for group, ranks in zip(roles.critics, critics)}
         self.report_skipped_minibatches(skipped)
-        return TrainStats(actor=actor[0], reward_critic=reward_critic[0],
-                          cost_critic=cost_critic[0] if cost_critic else None, skipped_minibatches=skipped)
+        by_stream = {stream: stats for ranks in critics for stream, stats in ranks[0].items()}
+        return TrainStats(actor=actor[0], reward_critic=by_stream["reward"], cost_critic=by_stream.get("cost"),
+                          skipped_minibatches=skipped)
 
     def ptx_for_step(self) -> PTXBatch | None:
         """This step's PTX rows: a seeded pass over the PTX data, like the prompts'."""
@@ -248,8 +271,9 @@ class PPOLagDriver:
         return self.ptx.rows(index)
 
     def update_lambda(self, costs: torch.Tensor) -> float:
-        """λ moves with this rollout's episode cost (mean cost-model score) against the threshold."""
-        return self.lagrange.update(float(costs.mean()))
+        """λ moves with the episode costs (cost-model scores) against the threshold; the
+        controller keeps its own window of recent episodes (``lagrange.window``)."""
+        return self.lagrange.update(costs.tolist())
 
     def sync(self) -> None:
         """Policy rank 0's weights -> object store -> every rollout engine."""
@@ -356,7 +380,7 @@ class PPOLagDriver:
 
 
 def step_metrics(step: int, batch: RolloutBatch, stats: TrainStats, *, lambda_used: float, lambda_new: float,
-                 threshold: float, at_cap_steps: int, logprob_gap_tolerance: float,
+                 threshold: float, at_cap_steps: int, old_logprobs: dict[str, float],
                  timer: PhaseTimer) -> dict[str, float]:
     """One row of metrics.jsonl, by namespace (README: "Metrics")."""
     mask = batch.response_mask.float()
@@ -365,9 +389,9 @@ def step_metrics(step: int, batch: RolloutBatch, stats: TrainStats, *, lambda_us
         "step": step,
         "rollout/response_length": float(mask.sum(-1).mean()),
         "rollout/finished": float(batch.finished.float().mean()),
-        # Engine vs trained policy on the sampled tokens: small when weight sync works.
-        "rollout/logprob_gap": float(masked_mean((batch.rollout_logprobs - batch.old_logprobs).abs(), mask)),
-        "rollout/logprob_gap_tolerance": logprob_gap_tolerance,
+        # Engine vs trained policy on the sampled tokens (OldLogprobSource.metrics): small when
+        # weight sync works; with engine log-probs it is measured on a few rows every N steps.
+        **old_logprobs,
         # Engine vs the initial weights (the reference): grows once the policy has moved.
         "rollout/ref_logprob_gap": float(masked_mean((batch.rollout_logprobs - batch.ref_logprobs).abs(), mask)),
         "reward/mean": float(batch.rewards.mean()),
@@ -415,7 +439,7 @@ def run(cfg) -> list[dict[str, float]]:
     write_resume_command(out)
     init_ray(cfg.cluster, required_cpus=required_cpus(cfg))
     fault_log = FaultLog(out / "faults.jsonl")
-    metrics_log = MetricsLog(out, cfg.steps, 0, cfg.tensorboard)
+    metrics_log = MetricsLog(tracking_settings(cfg, out), total=cfg.steps, progress="ppo-lag")
     history: list[dict[str, float]] = []
     restarts = failed_saves = 0
     try:
@@ -452,8 +476,8 @@ def run(cfg) -> list[dict[str, float]]:
                     name_actors(exc, driver.actor_names())
                 restarts += FAILURES[kind].restart
                 resume_point = checkpoint_dir.latest_checkpoint(out) or resume_point
-                handle_failure(exc, kind, driver, restarts=restarts, resume_point=resume_point,
-                               fault_log=fault_log, cfg=cfg, out=out)
+                handle_failure(exc, kind, driver.step_index if driver else None, restarts=restarts,
+                               resume_point=resume_point, fault_log=fault_log, cfg=cfg, out=out)
             finally:
                 if driver is not None:
                     driver.shutdown()  # kills every worker, the hung ones too
@@ -488,15 +512,16 @@ def save_unless_disk_full(driver: PPOLagDriver, root: Path, fault_log: FaultLog,
         return failed_in_a_row + 1
 
 
-def handle_failure(exc: Exception, kind: str, driver: PPOLagDriver | None, *, restarts: int,
+def handle_failure(exc: Exception, kind: str, steps_done: int | None, *, restarts: int,
                    resume_point: Path | None, fault_log: FaultLog, cfg, out: Path) -> None:
     """Record a classified worker failure in faults.jsonl and the log; return to restart from
-    ``resume_point``, or raise ``WorkerFailedError`` saying what happened and what to do."""
+    ``resume_point``, or raise ``WorkerFailedError`` saying what happened and what to do.
+    ``steps_done``: the driver's completed steps (None: it had not started)."""
     failure, phase = FAILURES[kind], phase_of(exc)
     actors = failed_actors(exc)
     who = ", ".join(actors)
-    step = None if driver is None else driver.step_index if phase == "save" else driver.step_index + 1
-    if driver is None or phase == "start":
+    step = None if steps_done is None else steps_done if phase == "save" else steps_done + 1
+    if steps_done is None or phase == "start":
         when = "while starting (or loading the checkpoint)"
     elif phase == "save":
         when = f"while saving after step {step}"

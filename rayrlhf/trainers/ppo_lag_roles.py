@@ -1,17 +1,20 @@
 """The Ray actors of a PPO-Lag run, by role, and the plain function that builds them.
 
-Trainable roles run as DeepSpeed ranks: the policy and the two critics (one class, a
-different config each). The frozen roles (reference policy, reward model, cost model) share
-one actor by default (``resources.colocate_frozen``) and take fractional CPUs; the rollout
-engines are one actor each. ``build_roles`` starts them all and returns once every engine
-is ready, so that a step's timings never include start-up.
+Trainable roles run as DeepSpeed ranks: the policy and the critics (one class for every
+critic layout: one shared backbone with a reward and a cost head by default, or Safe RLHF's
+two critics, ``ppo.critic_layout``). The frozen models (reference policy, reward model, cost
+model) need no process of their own: by default the trainers' rank-0 processes host them,
+spread so that each process does a like share of the score phase
+(``resources.frozen_placement``); the rollout engines are one actor each. ``build_roles``
+starts them all and returns once every engine is ready, so that a step's timings never
+include start-up.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,51 +26,41 @@ from rayrlhf.faults import name_actors
 from rayrlhf.types import RolloutBatch
 from rayrlhf.workers.base import OptimConfig
 from rayrlhf.workers.critic import CriticWorker
-from rayrlhf.workers.frozen import FrozenWorker
+from rayrlhf.workers.frozen import FROZEN_ROLES, FrozenModels, FrozenSpec, FrozenWorker
 from rayrlhf.workers.group import ActorGroup, get_fail_fast
 from rayrlhf.workers.policy import PolicyWorker
 from rayrlhf.workers.rollout_worker import RolloutWorker
-from rayrlhf.workers.scorer import ScorerWorker
 
 
 @dataclass
 class Roles:
-    """Every actor of a PPO-Lag run. The frozen models live in ``frozen`` (one colocated
-    actor) or in ``reference``, ``reward_model`` and ``cost_model`` (one actor each)."""
+    """Every actor of a PPO-Lag run."""
 
     policy: ActorGroup
-    reward_critic: ActorGroup
-    cost_critic: ActorGroup | None  # None when λ is fixed at 0 (plain PPO never reads cost values)
+    critics: list[ActorGroup]  # one shared critic, or a reward critic and a cost critic
+    critic_streams: list[tuple[str, ...]]  # the value heads of each critic ("reward", "cost")
     rollout_workers: list  # one RolloutWorker actor per engine
     rollout_names: list[str]
-    frozen: ActorGroup | None = None
-    reference: ActorGroup | None = None
-    reward_model: ActorGroup | None = None
-    cost_model: ActorGroup | None = None
+    # "reference" | "reward" | "cost" -> the group whose rank 0 hosts that frozen model.
+    frozen_hosts: dict[str, ActorGroup] = field(default_factory=dict)
+    frozen_groups: list[ActorGroup] = field(default_factory=list)  # actors that host frozen models only
     # The precision each side really computes in ("auto" depends on the machine).
     policy_dtype: str = "float32"
     engine_dtype: str | None = None
 
     @property
     def groups(self) -> tuple[ActorGroup, ...]:
-        frozen = (self.frozen,) if self.frozen is not None else (self.reference, self.reward_model, self.cost_model)
-        return tuple(g for g in (self.policy, *self.critics, *frozen))
-
-    @property
-    def critics(self) -> tuple[ActorGroup, ...]:
-        return tuple(c for c in (self.reward_critic, self.cost_critic) if c is not None)
+        return (self.policy, *self.critics, *self.frozen_groups)
 
     def frozen_calls(self, batch: RolloutBatch, prompts: list[str], responses: list[str],
                      response_ids: list[list[int]]) -> list[list[ray.ObjectRef]]:
-        """Futures of the reference log-probs, the rewards and the costs."""
-        texts = (prompts, responses, response_ids)
-        if self.frozen is not None:
-            return [self.frozen.call(FrozenWorker.reference_logprobs, batch),
-                    self.frozen.call(FrozenWorker.reward_scores, *texts),
-                    self.frozen.call(FrozenWorker.cost_scores, *texts)]
-        return [self.reference.call(PolicyWorker.logprobs, batch),
-                self.reward_model.call(ScorerWorker.score, *texts),
-                self.cost_model.call(ScorerWorker.score, *texts)]
+        """Futures of the reference log-probs, the rewards and the costs (responses the length
+        limit cut off are scored as unfinished)."""
+        texts = (prompts, responses, response_ids, batch.finished.tolist())
+        hosts = self.frozen_hosts
+        return [[hosts["reference"].call_rank0(FrozenModels.reference_logprobs, batch)],
+                [hosts["reward"].call_rank0(FrozenModels.reward_scores, *texts)],
+                [hosts["cost"].call_rank0(FrozenModels.cost_scores, *texts)]]
 
     def save_checkpoint(self, folder: Path) -> None:
         """Every rank of the trainable roles writes its DeepSpeed state into ``folder``."""
@@ -100,11 +93,35 @@ class Roles:
         wait_until_names_free(names)
 
 
+def critic_layout(layout: str, cost_critic: bool) -> list[tuple[str, tuple[str, ...]]]:
+    """(group name, value streams) of each critic: one shared critic or one per stream."""
+    streams = ("reward", "cost") if cost_critic else ("reward",)
+    if layout == "shared":
+        return [("critic", streams)]
+    if layout == "separate":
+        return [(f"{stream}-critic", (stream,)) for stream in streams]
+    raise ValueError(f"unknown ppo.critic_layout {layout!r}; choose shared or separate")
+
+
+def place_judges(trainer_loads: dict[str, int]) -> dict[str, str]:
+    """Which trainer hosts each judge when they ride with the trainers: each judge goes to the
+    trainer with the fewest score-phase forwards so far (``trainer_loads``: group name ->
+    forwards it already runs; the policy runs the reference's), ties to the later-listed
+    trainers (the critics: the policy's own train phase is the longest)."""
+    loads = dict(trainer_loads)
+    placed = {}
+    for judge in ("reward", "cost"):
+        host = min(reversed(list(loads)), key=lambda name: loads[name])
+        placed[judge] = host
+        loads[host] += 1
+    return placed
+
+
 def build_roles(cfg, policy_path: str, cost_critic: bool = True) -> Roles:
     """Start every actor a ``ppo_lag`` config asks for and wait until all can work
-    (``cost_critic=False``: none for the cost stream, for runs that never use it). If any
-    fails or hangs while starting, the actors already started are killed before the error
-    propagates, so that a rebuild can take their names."""
+    (``cost_critic=False``: no cost value head, for runs that never use it). If any fails or
+    hangs while starting, the actors already started are killed before the error propagates, so
+    that a rebuild can take their names."""
     started: list[tuple[str, Any]] = []  # (name, actor) of every actor, as it starts
     try:
         return _build_roles(cfg, policy_path, cost_critic, started)
@@ -125,8 +142,9 @@ def _build_roles(cfg, policy_path: str, cost_critic: bool, started: list[tuple[s
     rows_per_rank = cfg.rollout.prompts_per_step // max(res.policy_ranks, res.critic_ranks)
     actor_optim = OptimConfig(lr=ppo.actor_lr, weight_decay=ppo.weight_decay, max_grad_norm=ppo.max_grad_norm,
                               zero_stage=ppo.zero_stage, bf16=ppo.bf16,
-                              micro_batch_size=min(ppo.minibatch_size, rows_per_rank),
-                              gradient_checkpointing=ppo.gradient_checkpointing)
+                              micro_batch_size=min(ppo.micro_batch_size, ppo.minibatch_size, rows_per_rank),
+                              gradient_checkpointing=ppo.gradient_checkpointing, caller_accumulates=True,
+                              trainable_layers=ppo.trainable_layers)
     critic_optim = OptimConfig(**{**asdict(actor_optim), "lr": ppo.critic_lr})
     gpus = 1 if res.use_gpu else 0
     # Only where faults.inject lists faults (tests, drills): the workers' injection points.
@@ -134,9 +152,9 @@ def _build_roles(cfg, policy_path: str, cost_critic: bool, started: list[tuple[s
     runtime_env = {"env_vars": env} if env else None
     trainable = {"num_cpus": res.cpus_per_worker, "num_gpus": gpus, "distributed": True,
                  "backend": "nccl" if res.use_gpu else "gloo", "dtype": dtype, "threads": threads, "seed": seed,
-                 "runtime_env": runtime_env}
+                 "micro_batch_size": ppo.micro_batch_size, "runtime_env": runtime_env}
 
-    def group(*args, **kwargs) -> ActorGroup:
+    def start_group(*args, **kwargs) -> ActorGroup:
         built = ActorGroup(*args, **kwargs)
         started.extend(zip(built.actor_names, built.actors))
         return built
@@ -146,32 +164,49 @@ def _build_roles(cfg, policy_path: str, cost_critic: bool, started: list[tuple[s
             return resolve_model_path(explicit)
         return policy_path if source.startswith(RULE_PREFIX) else resolve_model_path(source)
 
-    policy = group(PolicyWorker, res.policy_ranks, policy_path, name="policy", optim=actor_optim, **trainable)
-    reward_critic = group(CriticWorker, res.critic_ranks, "reward", critic_init(cfg.reward_critic_init, cfg.reward),
-                          name="reward-critic", optim=critic_optim, **trainable)
-    cost_critic = group(CriticWorker, res.critic_ranks, "cost", critic_init(cfg.cost_critic_init, cfg.cost),
-                        name="cost-critic", optim=critic_optim, **trainable) if cost_critic else None
-    frozen = {"num_cpus": res.cpus_per_frozen_worker, "num_gpus": gpus * 0.25, "threads": threads,
-              "runtime_env": runtime_env}
-    if res.colocate_frozen:
-        frozen_roles = {"frozen": group(FrozenWorker, 1, policy_path, cfg.reward, cfg.cost, name="frozen",
-                                        **frozen, dtype=dtype, seed=seed)}
-    else:
-        frozen_roles = {
-            "reference": group(PolicyWorker, 1, policy_path, name="reference", **frozen, dtype=dtype, seed=seed),
-            "reward_model": group(ScorerWorker, 1, cfg.reward, name="reward-model", **frozen),
-            "cost_model": group(ScorerWorker, 1, cfg.cost, name="cost-model", **frozen),
-        }
+    sources = {"reference": policy_path, "reward": cfg.reward, "cost": cfg.cost}
+    layout = critic_layout(ppo.critic_layout, cost_critic)
+    frozen_of: dict[str, FrozenSpec] = {}  # trainer group name -> the frozen models its rank 0 hosts
+    every = FrozenSpec(dtype=dtype, micro_batch_size=ppo.micro_batch_size)
+    if res.frozen_placement == "with_trainers":
+        # The reference goes with the policy (same model, same inputs); the judges balance the rest.
+        recompute = 1 if ppo.logprobs_source == "recompute" else 0
+        placed = place_judges({"policy": 1 + recompute, **{name: 1 for name, _ in layout}})
+        for name in ("policy", *(name for name, _ in layout)):
+            roles_here = {role: sources[role] for role, host in {"reference": "policy", **placed}.items() if host == name}
+            if roles_here:
+                frozen_of[name] = replace(every, **roles_here)
+
+    policy = start_group(PolicyWorker, res.policy_ranks, policy_path, name="policy", optim=actor_optim,
+                         frozen=frozen_of.get("policy"), **trainable)
+    init_paths = {"reward": critic_init(cfg.reward_critic_init, cfg.reward),
+                  "cost": critic_init(cfg.cost_critic_init, cfg.cost)}
+    critics = [start_group(CriticWorker, res.critic_ranks, streams, {s: init_paths[s] for s in streams}, name=name,
+                           optim=critic_optim, frozen=frozen_of.get(name), **trainable)
+               for name, streams in layout]
+    hosts = {"policy": policy, **{name: group for (name, _), group in zip(layout, critics)}}
+    frozen_hosts: dict[str, ActorGroup] = {role: hosts[name] for name, spec in frozen_of.items() for role in spec.roles()}
+    frozen_groups: list[ActorGroup] = []
+    frozen_actor = {"num_cpus": res.cpus_per_frozen_worker, "num_gpus": gpus * 0.25, "threads": threads,
+                    "runtime_env": runtime_env}
+    if res.frozen_placement == "one_actor":
+        group = start_group(FrozenWorker, 1, replace(every, **sources), name="frozen", **frozen_actor)
+        frozen_groups, frozen_hosts = [group], {role: group for role in FROZEN_ROLES}
+    elif res.frozen_placement == "own_actors":
+        for role in FROZEN_ROLES:
+            name = {"reference": "reference", "reward": "reward-model", "cost": "cost-model"}[role]
+            group = start_group(FrozenWorker, 1, replace(every, **{role: sources[role]}), name=name, **frozen_actor)
+            frozen_groups.append(group)
+            frozen_hosts[role] = group
     rollout_names, rollout_workers = start_rollout_engines(cfg, policy_path, gpus, runtime_env)
     started.extend(zip(rollout_names, rollout_workers))
-    started = get_fail_fast([w.ready.remote() for w in rollout_workers]
-                            + policy.call(PolicyWorker.init_engine)
-                            + reward_critic.call(CriticWorker.init_engine)
-                            + (cost_critic.call(CriticWorker.init_engine) if cost_critic else []))
+    ready = get_fail_fast([w.ready.remote() for w in rollout_workers]
+                          + policy.call(PolicyWorker.init_engine)
+                          + [ref for critic in critics for ref in critic.call(CriticWorker.init_engine)])
     policy_dtype = get_fail_fast([policy.call_rank0(PolicyWorker.info)])[0]["compute_dtype"]
-    return Roles(policy=policy, reward_critic=reward_critic, cost_critic=cost_critic, rollout_workers=rollout_workers,
-                 rollout_names=rollout_names, policy_dtype=policy_dtype, engine_dtype=started[0]["dtype"],
-                 **frozen_roles)
+    return Roles(policy=policy, critics=critics, critic_streams=[streams for _, streams in layout],
+                 rollout_workers=rollout_workers, rollout_names=rollout_names, frozen_hosts=frozen_hosts,
+                 frozen_groups=frozen_groups, policy_dtype=policy_dtype, engine_dtype=ready[0]["dtype"])
 
 
 def start_rollout_engines(cfg, policy_path: str, gpus: int, runtime_env: dict | None = None) -> tuple[list[str], list]:

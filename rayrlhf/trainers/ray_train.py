@@ -132,41 +132,56 @@ def save_and_report(engine, rank: int, metrics: dict[str, Any]) -> None:
 
 
 def run_steps(engine, plan: StepPlan, rank: int, training: dict[str, Any], *, step: int,
-              micro_loss, evaluate, desc: str, carry: dict[str, Any] | None = None) -> int:
+              micro_loss, evaluate, desc: str, carry: dict[str, Any] | None = None,
+              tracking: dict[str, Any] | None = None) -> int:
     """The optimiser steps from ``step`` to the end (or ``stop_at_step``); returns the last.
 
     ``micro_loss(row_indices)`` gives one micro-batch's loss; ``evaluate()`` the held-out
     metrics (every ``eval_every`` steps and at the end); ``carry`` is added to every report.
-    Reports to Ray Train every ``log_every`` steps; checkpoints every ``save_every`` steps
-    and at the end.
+    Rank 0 logs every step's metrics to the run's loggers (``tracking``: the driver's
+    ``tracking_settings``; metrics.jsonl, TensorBoard, W&B, MLflow). Reports to Ray Train
+    every ``log_every`` steps; checkpoints every ``save_every`` steps and at the end.
     """
     import ray.train as rt
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=plan.total_steps, initial=step, desc=desc, disable=rank != 0)
+    from rayrlhf.logs import progress_interval_s
+    from rayrlhf.trainers.metrics_log import MetricsLog
+
+    # Per step from rank 0, here: under Ray Train V2 a report without a checkpoint keeps
+    # nothing, so the result holds only the last metrics, not the curve.
+    metrics_log = MetricsLog(tracking) if tracking and rank == 0 else None
+    bar = tqdm(total=plan.total_steps, initial=step, desc=desc, disable=rank != 0,
+               mininterval=progress_interval_s())
     last_step = min(plan.total_steps, training["stop_at_step"] or plan.total_steps)
-    while step < last_step:
-        losses = []
-        for micro in plan.micro_batches(step, rank):
-            loss = micro_loss(micro)
-            engine.backward(loss)
-            engine.step()
-            losses.append(loss.item())
-        step += 1
-        bar.update(1)
-        metrics = {"step": step, "train/loss": sum(losses) / len(losses),
-                   "train/lr": engine.lr_scheduler.get_last_lr()[0], **(carry or {})}
-        if step % training["eval_every"] == 0 or step == last_step:
-            metrics.update(evaluate())
-        if step % training["log_every"] == 0 and rank == 0:
-            bar.set_postfix(loss=f"{metrics['train/loss']:.4f}")
-        if step % training["save_every"] == 0 or step == last_step:
-            save_and_report(engine, rank, metrics)
-        elif step % training["log_every"] == 0:
-            # Not every step: Ray Train's controller takes one report per worker per poll
-            # (every 2 s), so a report per step would make short steps take 2 s each.
-            rt.report(metrics)
-    bar.close()
+    try:
+        while step < last_step:
+            losses = []
+            for micro in plan.micro_batches(step, rank):
+                loss = micro_loss(micro)
+                engine.backward(loss)
+                engine.step()
+                losses.append(loss.item())
+            step += 1
+            bar.update(1)
+            metrics = {"step": step, "train/loss": sum(losses) / len(losses),
+                       "train/lr": engine.lr_scheduler.get_last_lr()[0], **(carry or {})}
+            if step % training["eval_every"] == 0 or step == last_step:
+                metrics.update(evaluate())
+            if metrics_log is not None:
+                metrics_log.log(metrics)
+            if step % training["log_every"] == 0 and rank == 0:
+                bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", refresh=False)
+            if step % training["save_every"] == 0 or step == last_step:
+                save_and_report(engine, rank, metrics)
+            elif step % training["log_every"] == 0:
+                # Not every step: Ray Train's controller takes one report per worker per poll
+                # (every 2 s), so a report per step would make short steps take 2 s each.
+                rt.report(metrics)
+    finally:
+        bar.close()
+        if metrics_log is not None:
+            metrics_log.close()
     return step
 
 
@@ -188,28 +203,36 @@ def find_resume(resume_from: str | None) -> Path | None:
 
 
 def fit(loop, loop_config: dict[str, Any], cfg, out: Path, name: str) -> dict[str, float]:
-    """Run ``loop`` on ``training.num_workers`` Ray Train workers; write metrics.json and
-    config.yaml into ``out``; return the last reported numeric metrics."""
+    """Run ``loop`` on ``training.num_workers`` Ray Train workers (its config gets
+    ``"tracking"``: where rank 0 logs each step); write metrics.json and config.yaml into
+    ``out``; return the last reported numeric metrics."""
     from omegaconf import OmegaConf
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from rayrlhf.eval.metrics import format_table
+    from rayrlhf.logs import ray_train_log_level
     from rayrlhf.runs import write_json
+
+    from rayrlhf.trainers.metrics_log import tracking_settings
 
     training = cfg.training
     trainer = TorchTrainer(
         loop,
-        train_loop_config=loop_config,
+        train_loop_config={**loop_config, "tracking": tracking_settings(cfg, out)},
         torch_config=TorchConfig(backend="nccl" if training.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=training.num_workers, use_gpu=training.use_gpu,
                                      resources_per_worker={"CPU": training.cpus_per_worker}),
         run_config=RunConfig(storage_path=str((out / "ray_train").resolve()), name=name,
-                             checkpoint_config=CheckpointConfig(num_to_keep=training.keep_last_checkpoints)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=training.keep_last_checkpoints),
+                             logging_config=LoggingConfig(log_level=ray_train_log_level())),
     )
     result = trainer.fit()
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     write_json(out / "metrics.json", metrics)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    print(format_table(metrics))
+    # The console gets the headline numbers; per-category ones (14 harm categories) stay in the file.
+    headline = {k: v for k, v in metrics.items() if "/per_category_" not in k}
+    print(format_table(headline) + (f"\n(per-category metrics: {out / 'metrics.json'})"
+                                     if len(headline) < len(metrics) else ""))
     return metrics

@@ -115,7 +115,7 @@ def train_loop(config: dict[str, Any]) -> None:
 
     start_time = time.perf_counter()
     step = run_steps(engine, plan, rank, training, step=step, micro_loss=micro_loss,
-                     evaluate=evaluate, desc=f"train {kind}")
+                     evaluate=evaluate, desc=f"train {kind}", tracking=config.get("tracking"))
 
     # Final transformers directory (ZeRO-3 gathers the shards on rank 0 first).
     state_dict = full_state_dict(engine, training["zero_stage"])

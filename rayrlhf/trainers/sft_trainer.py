@@ -160,7 +160,8 @@ def train_loop(config: dict[str, Any]) -> None:
         carry = {"eval/initial_loss": initial["eval/loss"], "eval/initial_perplexity": initial["eval/perplexity"]}
     start_time = time.perf_counter()
     step = run_steps(engine, plan, rank, training, step=step, micro_loss=micro_loss,
-                     evaluate=evaluate, desc="train sft", carry=carry)
+                     evaluate=evaluate, desc="train sft", carry=carry,
+                     tracking=config.get("tracking"))
 
     state_dict = full_state_dict(engine, training["zero_stage"])
     if rank == 0:

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+
+from rayrlhf.fault_injection import inject_fault
+from rayrlhf.types import RolloutBatch
 
 
 def free_address() -> tuple[str, int]:
@@ -39,10 +42,15 @@ class OptimConfig:
     gradient_checkpointing: bool = False
     # Micro-batches whose gradients DeepSpeed sums before each optimiser step.
     accumulation: int = 1
+    # True: the caller sums any number of micro-batches per step (each ``backward`` adds its
+    # weighted share, ``step`` applies them); PPO mini-batches are cut by length, so the count varies.
+    caller_accumulates: bool = False
+    # Train only the top N decoder layers (and the head); None trains the whole model.
+    trainable_layers: int | None = None
 
 
 def deepspeed_config(micro_batch_size: int, accumulation: int, max_grad_norm: float, zero_stage: int,
-                     bf16: bool) -> dict[str, Any]:
+                     bf16: bool, caller_accumulates: bool = False) -> dict[str, Any]:
     """DeepSpeed settings for one rank; the optimiser itself is built in code."""
     if zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"zero_stage must be 0-3, got {zero_stage}")
@@ -55,6 +63,7 @@ def deepspeed_config(micro_batch_size: int, accumulation: int, max_grad_norm: fl
         "zero_optimization": {"stage": zero_stage, "reduce_bucket_size": 5e7,
                               "allgather_bucket_size": 5e7},
         "bf16": {"enabled": bool(bf16)},
+        "managed_gradient_accumulation": not caller_accumulates,
         "steps_per_print": 10**9,  # we log ourselves
         "wall_clock_breakdown": False,
     }
@@ -77,17 +86,41 @@ def build_engine(model: torch.nn.Module, optim: OptimConfig, model_dtype: str = 
 
     from rayrlhf.models.zoo import resolve_bf16
 
+    from rayrlhf.models.freezing import freeze_lower_layers
+
     if optim.gradient_checkpointing:
         enable_gradient_checkpointing(model)
+    if optim.trainable_layers is not None:
+        freeze_lower_layers(model, optim.trainable_layers)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=optim.lr,
                                   weight_decay=optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule) if lr_schedule is not None else None
     config = deepspeed_config(optim.micro_batch_size, optim.accumulation, optim.max_grad_norm, optim.zero_stage,
-                              resolve_bf16(optim.bf16, model_dtype))
+                              resolve_bf16(optim.bf16, model_dtype), optim.caller_accumulates)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config,
                                       dist_init_required=False)
     engine.train()
     return engine
+
+
+@dataclass
+class PartLoss:
+    """A micro-batch's loss and its stats: ``loss_stats`` are aggregated like the loss (seq- or
+    token-mean), ``token_stats`` are token means (clip fraction, KL, entropy)."""
+
+    loss: torch.Tensor
+    loss_stats: dict[str, float] = field(default_factory=dict)
+    token_stats: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class StepOutcome:
+    """What ``step_on_micro_batches`` did: mini-batch stats over the applied micro-batches."""
+
+    stats: dict[str, float] = field(default_factory=dict)
+    applied: int = 0  # backward passes that entered the step
+    left_out: bool = False  # a micro-batch (or the extra loss) was NaN/Inf and left out
+    extra_loss: float | None = None
 
 
 class DistributedWorker:
@@ -111,6 +144,52 @@ class DistributedWorker:
         if self.world_size > 1 and dist.is_initialized():
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)
         return bad.item() == 0.0
+
+    def step_on_micro_batches(self, minibatch: RolloutBatch, micro_batch_size: int, aggregation: str,
+                              part_loss: Callable[[RolloutBatch], PartLoss],
+                              extra_loss: Callable[[], torch.Tensor] | None = None) -> StepOutcome:
+        """One optimiser step on ``minibatch``, computed in length-sorted, trimmed micro-batches
+        of ``micro_batch_size`` rows (no forward or backward over columns that are padding in
+        all of a micro-batch's rows). Each micro-batch's loss enters the gradient with its share
+        of the mini-batch's aggregated loss (``aggregation_share``), so the step equals the
+        unsplit mini-batch's; ``extra_loss()`` (the PTX term) is added with weight 1.
+
+        A micro-batch whose loss is NaN/Inf on any rank is left out on every rank (a NaN would
+        poison the weights, and a rank that alone skipped would leave the others waiting in a
+        collective); with nothing left, no step is taken."""
+        from rayrlhf.algorithms import aggregation_share
+
+        engine, tokens = self.engine, float(minibatch.response_mask.sum())
+        outcome = StepOutcome()
+        for index in minibatch.length_groups(micro_batch_size):
+            part = minibatch.select(index).trimmed()
+            got = part_loss(part)
+            loss = got.loss
+            if inject_fault("loss") == "nan":  # FAULT-INJECTION POINT (tests and drills only)
+                loss = loss + float("nan")
+            if not self.all_ranks_finite(loss):
+                outcome.left_out = True
+                continue
+            share = aggregation_share(part.response_mask, minibatch.response_mask, aggregation)
+            engine.backward(loss * share)
+            outcome.applied += 1
+            token_share = float(part.response_mask.sum()) / max(tokens, 1.0)
+            for name, value in got.loss_stats.items():
+                outcome.stats[name] = outcome.stats.get(name, 0.0) + value * share
+            for name, value in got.token_stats.items():
+                outcome.stats[name] = outcome.stats.get(name, 0.0) + value * token_share
+        if extra_loss is not None:
+            extra = extra_loss()
+            if self.all_ranks_finite(extra):
+                engine.backward(extra)
+                outcome.applied += 1
+                outcome.extra_loss = extra.item()
+            else:
+                outcome.left_out = True
+        if outcome.applied:
+            engine.step()
+            inject_fault("train_step")  # FAULT-INJECTION POINT (tests and drills only)
+        return outcome
 
     def free_address(self) -> tuple[str, int]:
         return free_address()

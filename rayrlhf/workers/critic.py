@@ -1,80 +1,148 @@
-"""The reward critic and the cost critic: one class, configured by which returns it fits."""
+"""The critics: one class for every layout of the value functions.
+
+A ``CriticWorker`` fits one value head per *stream* it owns. Safe RLHF's reference layout runs
+two of them, a reward critic (``streams=("reward",)``) and a cost critic (``("cost",)``); the
+shared layout (``ppo.critic_layout=shared``) runs one with both streams: one backbone, two
+heads, so reward and cost values come from one forward pass and both losses from one backward
+pass, at half the critics' arithmetic, memory and processes. Plain PPO (λ fixed at 0) runs
+one with the reward stream only.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
 from rayrlhf.algorithms import clipped_value_loss
 from rayrlhf.fault_injection import inject_fault
-from rayrlhf.models.forward import response_values
+from rayrlhf.models.forward import response_values, rollout_values
 from rayrlhf.types import CriticStats, RolloutBatch
-from rayrlhf.workers.base import DistributedWorker, OptimConfig, build_engine
+from rayrlhf.workers.base import DistributedWorker, OptimConfig, PartLoss, build_engine
+from rayrlhf.workers.frozen import FrozenModels, FrozenSpec
 
-# Which RolloutBatch fields a critic reads: (its old values, its value targets).
+# Which RolloutBatch fields a stream's head reads: (its old values, its value targets).
 CRITIC_FIELDS = {"reward": ("reward_values", "reward_returns"), "cost": ("cost_values", "cost_returns")}
 
 
-class CriticWorker(DistributedWorker):
-    """A value model V(s_t) per response token, initialised from a score model or an LM.
+def score_head_rows(path: str) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(weight [1, H], bias [1] or None) of a one-output score model's head, or None when
+    ``path`` is not a rayrlhf score model with one output (a plain LM starts a fresh head)."""
+    from safetensors import safe_open
 
-    Starting from the trained reward (cost) model, as Safe RLHF does, gives the critic a
-    head that already ranks responses; starting from the policy LM gives a fresh head.
-    """
+    from rayrlhf.models.score_model import read_metadata
 
-    def __init__(self, stream: str, init_path: str, *, optim: OptimConfig, dtype: str = "auto",
-                 threads: int | None = None, seed: int = 0) -> None:
-        from rayrlhf.models.score_model import ScoreModel
+    meta = read_metadata(path)
+    if meta is None or len(meta.get("labels", [])) != 1:
+        return None
+    for file in sorted(Path(path).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as tensors:
+            if "score.weight" in tensors.keys():
+                bias = tensors.get_tensor("score.bias") if "score.bias" in tensors.keys() else None
+                return tensors.get_tensor("score.weight").float(), bias
+    return None
 
-        if stream not in CRITIC_FIELDS:
-            raise ValueError(f"unknown critic stream {stream!r}; choose reward or cost")
+
+def load_critic(streams: tuple[str, ...], init_paths: dict[str, str]):
+    """A ScoreModel with one value head per stream on the backbone of the first stream's
+    starting point. Each head starts as its stream's score model's head (Safe RLHF starts each
+    critic from its judge) or, for a plain LM, fresh."""
+    from rayrlhf.models.score_model import ScoreModel
+
+    model = ScoreModel.from_pretrained(init_paths[streams[0]], kind="critic", labels=["value"], dtype="float32")
+    if len(streams) == 1:
+        return model
+    head = model.inner.score
+    heads = torch.nn.Linear(head.in_features, len(streams), bias=head.bias is not None)
+    with torch.no_grad():
+        heads.weight.normal_(0.0, getattr(model.config, "initializer_range", 0.02))
+        if heads.bias is not None:
+            heads.bias.zero_()
+        heads.weight[0] = head.weight[0]
+        if heads.bias is not None:
+            heads.bias[0] = head.bias[0]
+        for row, stream in enumerate(streams[1:], start=1):
+            found = score_head_rows(init_paths[stream])
+            if found is not None and found[0].shape[-1] == head.in_features:
+                heads.weight[row] = found[0][0]
+                if heads.bias is not None and found[1] is not None:
+                    heads.bias[row] = found[1][0].float()
+    model.inner.score = heads
+    model.labels = [f"{stream}_value" for stream in streams]
+    return model
+
+
+class CriticWorker(DistributedWorker, FrozenModels):
+    """Value models V_k(s_t) per response token, one head per stream, initialised from score
+    models or an LM (see ``load_critic``). Rank 0 may also host frozen models (``frozen``)."""
+
+    def __init__(self, streams: tuple[str, ...] | list[str] | str, init_paths: dict[str, str] | str, *,
+                 optim: OptimConfig, dtype: str = "auto", threads: int | None = None, seed: int = 0,
+                 micro_batch_size: int = 16, frozen: FrozenSpec | None = None) -> None:
+        self.streams = (streams,) if isinstance(streams, str) else tuple(streams)
+        unknown = [s for s in self.streams if s not in CRITIC_FIELDS]
+        if unknown or not self.streams:
+            raise ValueError(f"unknown critic streams {unknown or self.streams!r}; choose from reward, cost")
+        if isinstance(init_paths, str):
+            init_paths = {stream: init_paths for stream in self.streams}
         self.configure(threads, seed)
-        self.stream = stream
         self.optim = optim
         self.dtype = dtype  # the policy's: the critics train in the same precision
-        self.model = ScoreModel.from_pretrained(init_path, kind="critic", labels=["value"], dtype="float32")
+        self.micro_batch_size = micro_batch_size
+        self.pending_frozen = frozen
+        self.model = load_critic(self.streams, init_paths)
         self.engine = None
+
+    @property
+    def tag(self) -> str:
+        """Checkpoint tag: reward_critic, cost_critic, or reward_cost_critic (shared)."""
+        return "_".join(self.streams) + "_critic"
 
     def init_engine(self) -> None:
         self.engine = build_engine(self.model, self.optim, self.dtype)
+        if self.rank == 0 and self.pending_frozen is not None:
+            self.host_frozen(self.pending_frozen)
 
-    @torch.no_grad()
-    def values(self, batch: RolloutBatch, micro_batch_size: int = 16) -> torch.Tensor:
+    def values(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
+        """{stream: [b, R] values at the response tokens (0 on padding)}."""
         module = (self.engine.module if self.engine is not None else self.model).eval()
-        parts = []
-        for start in range(0, len(batch), micro_batch_size):
-            part = batch.select(slice(start, start + micro_batch_size))
-            parts.append(response_values(module, part.sequences, part.attention_mask, part.prompt_length)
-                         * part.response_mask)
-        return torch.cat(parts)
+        out = rollout_values(module, batch, self.micro_batch_size)
+        return {stream: out[..., k] for k, stream in enumerate(self.streams)}
 
     def train(self, batch: RolloutBatch, *, epochs: int, minibatch_size: int, clip_range_value: float,
-              seed: int = 0, loss_aggregation: str = "seq_mean") -> CriticStats:
-        """Value-clipped regression onto this critic's GAE returns."""
-        old_field, target_field = CRITIC_FIELDS[self.stream]
+              seed: int = 0, loss_aggregation: str = "seq_mean") -> dict[str, CriticStats]:
+        """Value-clipped regression of each head onto its stream's GAE returns; the heads'
+        losses add up to one loss, so a shared backbone takes one backward pass for both."""
         engine = self.engine
         engine.train()
         generator = torch.Generator().manual_seed(seed)
-        losses, skipped = [], 0
+        losses: dict[str, list[float]] = {stream: [] for stream in self.streams}
+        skipped = 0
+
+        def part_loss(part: RolloutBatch) -> PartLoss:
+            values = response_values(engine, part.sequences, part.attention_mask, part.prompt_length)
+            mask = part.response_mask.float()
+            per_stream = {}
+            for k, stream in enumerate(self.streams):
+                old_field, target_field = CRITIC_FIELDS[stream]
+                per_stream[stream] = clipped_value_loss(values[..., k], getattr(part, old_field),
+                                                        getattr(part, target_field), mask, clip_range_value,
+                                                        loss_aggregation)
+            return PartLoss(sum(per_stream.values()), loss_stats={s: loss.item() for s, loss in per_stream.items()})
+
         for _ in range(epochs):
             for mb in batch.minibatches(minibatch_size, generator):
-                values = response_values(engine, mb.sequences, mb.attention_mask, mb.prompt_length)
-                loss = clipped_value_loss(values, getattr(mb, old_field), getattr(mb, target_field),
-                                          mb.response_mask.float(), clip_range_value, loss_aggregation)
-                if inject_fault("loss") == "nan":  # FAULT-INJECTION POINT (tests and drills only)
-                    loss = loss + float("nan")
-                if not self.all_ranks_finite(loss):  # a NaN step would poison the weights
-                    skipped += 1
-                    continue
-                engine.backward(loss)
-                engine.step()
-                inject_fault("train_step")  # FAULT-INJECTION POINT (tests and drills only)
-                losses.append(loss.item())
-        return CriticStats(loss=sum(losses) / len(losses) if losses else float("nan"),
-                           nonfinite_minibatches=float(skipped))
+                outcome = self.step_on_micro_batches(mb, self.micro_batch_size, loss_aggregation, part_loss)
+                skipped += int(outcome.left_out)
+                if outcome.applied:
+                    for stream in self.streams:
+                        losses[stream].append(outcome.stats[stream])
+        return {stream: CriticStats(loss=sum(v) / len(v) if v else float("nan"), nonfinite_minibatches=float(skipped))
+                for stream, v in losses.items()}
 
     def save_checkpoint(self, out_dir: str) -> None:
-        self.engine.save_checkpoint(out_dir, tag=f"{self.stream}_critic")
+        self.engine.save_checkpoint(out_dir, tag=self.tag)
         inject_fault("save_checkpoint")  # FAULT-INJECTION POINT (tests and drills only)
 
     def load_checkpoint(self, in_dir: str) -> None:
-        self.engine.load_checkpoint(in_dir, tag=f"{self.stream}_critic")
+        self.engine.load_checkpoint(in_dir, tag=self.tag)

@@ -7,11 +7,12 @@ from typing import Any
 
 import torch
 
-from rayrlhf.algorithms import entropy_from_logits, mean_entropy_per_row, ppo_actor_loss, response_nll
+from rayrlhf.algorithms import entropy_from_logits, ppo_actor_loss, response_nll
 from rayrlhf.fault_injection import inject_fault
-from rayrlhf.models.forward import response_logits, token_logprobs
+from rayrlhf.models.forward import response_logits, rollout_logprobs, token_logprobs
 from rayrlhf.types import ActorStats, PTXBatch, RolloutBatch
-from rayrlhf.workers.base import DistributedWorker, OptimConfig, build_engine
+from rayrlhf.workers.base import DistributedWorker, OptimConfig, PartLoss, build_engine
+from rayrlhf.workers.frozen import FrozenModels, FrozenSpec
 
 log = logging.getLogger(__name__)
 
@@ -22,11 +23,13 @@ def ptx_lm_loss(model, part: PTXBatch) -> torch.Tensor:
     return response_nll(logits.float(), part.input_ids, part.loss_mask)
 
 
-class PolicyWorker(DistributedWorker):
-    """A causal LM rank. Trainable (the policy, DeepSpeed) or frozen (the reference)."""
+class PolicyWorker(DistributedWorker, FrozenModels):
+    """A causal LM rank. Trainable (the policy, DeepSpeed) or frozen (the reference). Rank 0 of
+    the policy may also host frozen models (``frozen``: the reference, a judge)."""
 
     def __init__(self, model_path: str, *, dtype: str = "auto", optim: OptimConfig | None = None,
-                 threads: int | None = None, seed: int = 0) -> None:
+                 threads: int | None = None, seed: int = 0, micro_batch_size: int = 16,
+                 frozen: FrozenSpec | None = None) -> None:
         from rayrlhf.models import load_causal_lm
 
         self.configure(threads, seed)
@@ -36,30 +39,27 @@ class PolicyWorker(DistributedWorker):
         self.model = load_causal_lm(model_path, dtype="float32" if self.trainable else dtype)
         self.optim = optim
         self.dtype = dtype
+        self.micro_batch_size = micro_batch_size
+        self.pending_frozen = frozen
         self.engine = None
         if not self.trainable:
             self.model.eval().requires_grad_(False)
 
     def init_engine(self) -> None:
-        """Build the DeepSpeed engine (after ``setup_distributed``)."""
+        """Build the DeepSpeed engine (after ``setup_distributed``); rank 0 loads the frozen
+        models it hosts."""
         if self.trainable:
             self.engine = build_engine(self.model, self.optim, self.dtype)
+        if self.rank == 0 and self.pending_frozen is not None:
+            self.host_frozen(self.pending_frozen)
 
     @property
     def module(self) -> torch.nn.Module:
         return self.engine.module if self.engine is not None else self.model
 
-    @torch.no_grad()
-    def logprobs(self, batch: RolloutBatch, micro_batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    def logprobs(self, batch: RolloutBatch, micro_batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """([b, R] log-probs of the response tokens, [b] mean token entropy per response)."""
-        module = self.module.eval()
-        logps, entropies = [], []
-        for start in range(0, len(batch), micro_batch_size):
-            part = batch.select(slice(start, start + micro_batch_size))
-            logits = response_logits(module, part.sequences, part.attention_mask, part.prompt_length)
-            logps.append(token_logprobs(logits, part.response_ids))
-            entropies.append(mean_entropy_per_row(logits.float(), part.response_mask))
-        return torch.cat(logps), torch.cat(entropies)
+        return rollout_logprobs(self.module.eval(), batch, micro_batch_size or self.micro_batch_size)
 
     def train(self, batch: RolloutBatch, *, epochs: int, minibatch_size: int, clip_ratio: float,
               entropy_coef: float = 0.0, seed: int = 0, loss_aggregation: str = "seq_mean",
@@ -71,33 +71,32 @@ class PolicyWorker(DistributedWorker):
         generator = torch.Generator().manual_seed(seed)
         stats: dict[str, list[float]] = {"loss": [], "clip_fraction": [], "approx_kl": [], "entropy": [], "ptx_loss": []}
         skipped = 0
+
+        def part_loss(part: RolloutBatch) -> PartLoss:
+            logits = response_logits(engine, part.sequences, part.attention_mask, part.prompt_length)
+            logp = token_logprobs(logits, part.response_ids)
+            mask = part.response_mask.float()
+            loss, info = ppo_actor_loss(logp, part.old_logprobs, part.advantages, mask, clip_ratio, loss_aggregation)
+            entropy = entropy_from_logits(logits.float(), mask)
+            if entropy_coef:
+                loss = loss - entropy_coef * entropy
+            return PartLoss(loss, loss_stats={"loss": loss.item()},
+                            token_stats={"clip_fraction": float(info["clip_fraction"]),
+                                         "approx_kl": float(info["approx_kl"]), "entropy": entropy.item()})
+
         for _ in range(epochs):
             minibatches = batch.minibatches(minibatch_size, generator)
             ptx_parts = ptx.shard(self.rank, self.world_size).chunks(len(minibatches)) if ptx and ptx_coef else []
             for i, mb in enumerate(minibatches):
-                logits = response_logits(engine, mb.sequences, mb.attention_mask, mb.prompt_length)
-                logp = token_logprobs(logits, mb.response_ids)
-                mask = mb.response_mask.float()
-                loss, info = ppo_actor_loss(logp, mb.old_logprobs, mb.advantages, mask, clip_ratio, loss_aggregation)
-                entropy = entropy_from_logits(logits.float(), mask)
-                if entropy_coef:
-                    loss = loss - entropy_coef * entropy
-                ptx_loss = ptx_lm_loss(engine, ptx_parts[i % len(ptx_parts)]) if ptx_parts else None
-                total = loss if ptx_loss is None else loss + ptx_coef * ptx_loss
-                if inject_fault("loss") == "nan":  # FAULT-INJECTION POINT (tests and drills only)
-                    total = total + float("nan")
-                if not self.all_ranks_finite(total):  # a NaN step would poison the weights
-                    skipped += 1
-                    continue
-                engine.backward(total)
-                engine.step()
-                inject_fault("train_step")  # FAULT-INJECTION POINT (tests and drills only)
-                stats["loss"].append(loss.item())
-                stats["clip_fraction"].append(float(info["clip_fraction"]))
-                stats["approx_kl"].append(float(info["approx_kl"]))
-                stats["entropy"].append(entropy.item())
-                if ptx_loss is not None:
-                    stats["ptx_loss"].append(ptx_loss.item())
+                ptx_part = ptx_parts[i % len(ptx_parts)] if ptx_parts else None
+                extra = (lambda: ptx_coef * ptx_lm_loss(engine, ptx_part)) if ptx_part is not None else None
+                outcome = self.step_on_micro_batches(mb, self.micro_batch_size, loss_aggregation, part_loss, extra)
+                skipped += int(outcome.left_out)
+                if "loss" in outcome.stats:
+                    for name in ("loss", "clip_fraction", "approx_kl", "entropy"):
+                        stats[name].append(outcome.stats[name])
+                if outcome.extra_loss is not None:
+                    stats["ptx_loss"].append(outcome.extra_loss / ptx_coef)
         return ActorStats(**{k: sum(v) / len(v) if v else float("nan") for k, v in stats.items()},
                           nonfinite_minibatches=float(skipped))
 

@@ -37,7 +37,7 @@ def test_log_lambda_uses_mean_of_episode_costs():
 
 
 def test_log_lambda_window_averages_recent_calls():
-    # window = 2: J = mean of the last two calls' mean costs.
+    # window = 2, one number per call (each counts as one episode): J = mean of the last two.
     #   call 1: J = 2          → ln λ = 0.1·1·(2 − 1)          = 0.1
     #   call 2: J = (2 + 4)/2 = 3 → ln λ = 0.1 + 0.1·e^0.1·2
     #   call 3: J = (4 + 0)/2 = 2 → ln λ += 0.1·λ·1   (the cost 2 of call 1 has left the window)
@@ -49,6 +49,24 @@ def test_log_lambda_window_averages_recent_calls():
     controller.update(0.0)
     expected += 0.1 * math.exp(expected) * 1.0
     assert controller.log_lambda == pytest.approx(expected)
+
+
+def test_log_lambda_window_counts_episodes_across_rollouts():
+    # window = 4 episodes. Rollout 1 has costs [1, 1, 1]: J = 1, ln λ = 0.1·1·(1 − 0) = 0.1.
+    # Rollout 2 has [5, 5]: the window holds the last 4 episodes [1, 1, 5, 5], J = 3.
+    controller = LogLambdaController(threshold=0.0, lambda_init=1.0, lambda_lr=0.1, window=4)
+    controller.update([1.0, 1.0, 1.0])
+    assert controller.log_lambda == pytest.approx(0.1)
+    controller.update([5.0, 5.0])
+    assert list(controller.recent_costs) == [1.0, 1.0, 5.0, 5.0]
+    assert controller.log_lambda == pytest.approx(0.1 + 0.1 * math.exp(0.1) * 3.0)
+    # window=None: only the current rollout counts (J = 5 here, not 3).
+    this_rollout = LogLambdaController(threshold=0.0, lambda_init=1.0, lambda_lr=0.1)
+    this_rollout.update([1.0, 1.0, 1.0])
+    this_rollout.update([5.0, 5.0])
+    assert this_rollout.log_lambda == pytest.approx(0.1 + 0.1 * math.exp(0.1) * 5.0)
+    with pytest.raises(ValueError, match="window must be >= 1 episodes"):
+        LogLambdaController(threshold=0.0, lambda_init=1.0, lambda_lr=0.1, window=0)
 
 
 def test_log_lambda_delay_holds_lambda_but_records_costs():

@@ -87,3 +87,24 @@ def test_seq_mean_gives_each_response_equal_gradient_weight():
     aggregate_token_losses(x, mask, "seq_mean").backward()
     # Row 0 spreads 1/2 over 4 tokens, row 1 puts 1/2 on its single token.
     torch.testing.assert_close(x.grad, torch.tensor([[0.125] * 4, [0.5, 0.0, 0.0, 0.0]]))
+
+
+@pytest.mark.parametrize("how", ["seq_mean", "token_mean"])
+def test_shares_of_parts_add_up_to_the_whole_batch_loss(how):
+    """A mini-batch computed as several micro-batches: Σ share · loss(part) = loss(whole), by
+    hand for rows of 3, 1 and 2 valid tokens (the third row is empty in the second part)."""
+    from rayrlhf.algorithms import aggregate_token_losses, aggregation_share
+
+    losses = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0], [5.0, 7.0, 0.0], [9.0, 9.0, 9.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0], [0, 0, 0]])
+    # seq_mean by hand: row means 2, 4, 6 (the empty row is left out) -> 4;
+    # token_mean: (1 + 2 + 3 + 4 + 5 + 7) / 6 = 11/3.
+    assert float(aggregate_token_losses(losses, mask, how)) == pytest.approx(4.0 if how == "seq_mean" else 11 / 3)
+    parts = [[0], [1, 3], [2]]
+    shares = [aggregation_share(mask[p], mask, how) for p in parts]
+    assert shares == pytest.approx([1 / 3, 1 / 3, 1 / 3] if how == "seq_mean" else [3 / 6, 1 / 6, 2 / 6])
+    total = sum(s * float(aggregate_token_losses(losses[p], mask[p], how)) for s, p in zip(shares, parts))
+    assert total == pytest.approx(float(aggregate_token_losses(losses, mask, how)))
+    assert aggregation_share(mask[[3]], mask[[3]], how) == 0.0  # nothing valid anywhere
+    with pytest.raises(ValueError, match="unknown loss aggregation"):
+        aggregation_share(mask, mask, "row_sum")

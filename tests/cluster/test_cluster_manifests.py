@@ -439,8 +439,8 @@ def test_every_container_in_every_manifest_runs_unprivileged():
             for container in containers_in(doc):
                 seen += 1
                 assert security_problems(container) == [], (path.name, container["name"])
-    # raycluster 3 pods, each RayJob 2 + its submitter, the RayService 2, the publish job 1
-    assert seen == 3 + 3 + 3 + 2 + 1, seen
+    # raycluster 3 pods, each of the 3 RayJobs 2 + its submitter, the RayService 2, the publish job 1
+    assert seen == 3 + 3 + 3 + 3 + 2 + 1, seen
 
 
 @pytest.mark.parametrize("change", [
@@ -564,14 +564,28 @@ def test_every_ray_pod_carries_the_label_the_policies_select():
 
 
 def parse_rayrlhf_command(command: str) -> tuple[str, list[str]]:
-    """``rayrlhf <stage> key=value ...`` -> (stage, overrides); fails on anything else."""
+    """``rayrlhf <stage> key=value ...`` or ``rayrlhf sweep [options] -- <stage> key=a,b ...``
+    -> (stage, overrides); fails on anything else."""
     argv = shlex.split(command)
     assert argv and argv[0] == "rayrlhf", argv
+    if argv[1:2] == ["sweep"]:
+        from rayrlhf.sweep_jobs import parse_args
+
+        args = parse_args(argv[2:])  # the sweep's own options parse, and a stage follows `--`
+        argv = ["rayrlhf", args.stage, *args.overrides]
     assert len(argv) >= 2 and argv[1] in STAGES, f"unknown stage in {argv}"
     overrides = argv[2:]
     for item in overrides:
         assert "=" in item and not item.startswith("-"), f"not a Hydra override: {item!r}"
     return argv[1], overrides
+
+
+def trials_of(command: str) -> tuple[str, list[list[str]]]:
+    """(stage, the overrides of every trial): one for a plain command, each of a sweep's."""
+    from rayrlhf.sweep_jobs import expand_trials
+
+    stage, overrides = parse_rayrlhf_command(command)
+    return stage, expand_trials(overrides) if shlex.split(command)[1] == "sweep" else [overrides]
 
 
 def composed(stage: str, overrides: list[str], tmp_path: Path) -> Any:
@@ -584,11 +598,43 @@ RAYJOBS = manifests_of_kind("RayJob")
 
 @pytest.mark.parametrize(("path", "job"), RAYJOBS, ids=[p.name for p, _ in RAYJOBS])
 def test_rayjob_entrypoint_is_a_composable_rayrlhf_command(path, job, tmp_path):
-    stage, overrides = parse_rayrlhf_command(job["spec"]["entrypoint"])
-    cfg = composed(stage, overrides, tmp_path)
-    # Only `address: auto` joins the Ray cluster KubeRay created; `local` would start a
-    # private one inside the head pod and leave the workers idle.
-    assert cfg.cluster.address == "auto", path.name
+    from rayrlhf.config.validate import validate_config
+
+    stage, trials = trials_of(job["spec"]["entrypoint"])
+    for overrides in trials:
+        cfg = composed(stage, overrides, tmp_path)
+        validate_config(cfg)  # values that can work, and nothing mandatory left out
+        # Only `address: auto` joins the Ray cluster KubeRay created; `local` would start a
+        # private one inside the head pod and leave the workers idle.
+        assert cfg.cluster.address == "auto", path.name
+
+
+def test_threshold_sweep_rayjob_holds_its_parallel_trials(tmp_path):
+    """Three thresholds at once: every trial's GPUs and CPUs, counted independently, times the
+    trials run in parallel, fit the worker groups; the runs go to the shared volume."""
+    (path, job), = [(p, j) for p, j in RAYJOBS if p.name == "rayjob-threshold-sweep.yaml"]
+    from rayrlhf.sweep_jobs import parse_args
+
+    stage, trials = trials_of(job["spec"]["entrypoint"])
+    assert stage == "ppo-lag" and len(trials) == 3
+    configs = [composed(stage, overrides, tmp_path) for overrides in trials]
+    assert sorted(c.lagrange.threshold for c in configs) == [-0.5, 0.0, 0.5]
+    parallel = parse_args(shlex.split(job["spec"]["entrypoint"])[2:]).max_parallel
+    assert parallel == 3
+    workers = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    for cfg in configs:
+        assert cfg.resources.use_gpu and cfg.reward and cfg.cost
+    res, rollout = configs[0].resources, configs[0].rollout
+    gpus_per_trial = res.policy_ranks + 2 * res.critic_ranks + rollout.num_engines + math.ceil(3 * 0.25)
+    assert sum(g["replicas"] * group_gpus(g) for g in workers) >= parallel * gpus_per_trial
+    cpus_per_trial = (res.cpus_per_worker * (res.policy_ranks + 2 * res.critic_ranks)
+                      + 3 * res.cpus_per_frozen_worker + rollout.num_engines * rollout.cpus_per_engine)
+    assert sum(g["replicas"] * group_cpus(g) for g in workers) >= parallel * cpus_per_trial
+    # The sweep and its report need one runs folder every pod sees.
+    head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    runs_dir = {e["name"]: e["value"] for e in head["env"]}["RAYRLHF_RUNS_DIR"]
+    mounts = {m["mountPath"] for m in head["volumeMounts"]}
+    assert any(runs_dir.startswith(m + "/") for m in mounts) and Path(runs_dir).is_absolute()
 
 
 @pytest.mark.parametrize(("path", "job"), RAYJOBS, ids=[p.name for p, _ in RAYJOBS])

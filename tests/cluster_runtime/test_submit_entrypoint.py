@@ -10,7 +10,8 @@ import pytest
 
 from rayrlhf import paths
 from rayrlhf.submit import (
-    SubmitError, build_entrypoint, build_runtime_env, parse_args, passed_env, submit, wait,
+    SubmitError, build_entrypoint, build_runtime_env, local_paths_left_behind, parse_args, passed_env,
+    read_runtime_env, submit, wait,
 )
 
 
@@ -35,7 +36,12 @@ def test_stages_without_ray_get_no_cluster_override():
     ("ppo-lagg", [], "unknown stage 'ppo-lagg'"),
     ("ppo-lag", ["+experiment=synthetic", "steps=two"], "Integer"),
     ("ppo-lag", ["+experiment=synthetic", "rollout.no_such_key=1"], "no_such_key"),
-    ("ppo-lag", ["--multirun", "steps=1,2"], "not Hydra flags"),
+    ("ppo-lag", ["--cfg", "job"], "not other Hydra flags"),
+    # Values are checked too, every trial of a sweep, and one line says which and why.
+    ("ppo-lag", ["+experiment=synthetic", "ppo.actor_lr=-1"], "ppo.actor_lr=-1.0: must be > 0"),
+    ("ppo-lag", ["--multirun", "+experiment=synthetic", "steps=2,0"], "trial 1 .*steps=0: must be >= 1"),
+    ("ppo-lag", ["steps=2"], "reward='\\?\\?\\?': mandatory"),
+    ("ppo-lag", ["+experiment=synthetic", "rollout.num_engins=2"], "did you mean 'rollout.num_engines'"),
 ])
 def test_bad_submissions_fail_before_any_network(stage, overrides, words):
     class NoClient:  # any use of the cluster would be a bug
@@ -46,15 +52,44 @@ def test_bad_submissions_fail_before_any_network(stage, overrides, words):
         submit(stage, overrides, client=NoClient())
 
 
-def test_runtime_env_uploads_the_code_and_passes_only_rayrlhf_and_auth_mode():
-    environ = {"RAYRLHF_RUNS_DIR": "/shared/runs", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "secret",
-               "HOME": "/root"}
+def test_runtime_env_uploads_the_code_and_passes_no_local_paths():
+    environ = {"RAYRLHF_RUNS_DIR": "/home/me/runs", "RAYRLHF_CACHE_DIR": "/home/me/.cache", "RAY_AUTH_MODE": "token",
+               "RAY_AUTH_TOKEN": "secret", "HOME": "/root"}
     env = build_runtime_env("/repo", environ=environ)
     assert env["working_dir"] == "/repo"
     assert {"/.venv/", "/runs/", "/.git/", "/outputs/"} <= set(env["excludes"])
-    assert env["env_vars"] == {"RAYRLHF_RUNS_DIR": "/shared/runs", "RAY_AUTH_MODE": "token"}
+    assert env["env_vars"] == {"RAY_AUTH_MODE": "token"}  # the laptop's folders mean nothing there
     assert "pip" not in env
     assert passed_env({"PATH": "/bin"}) == {}
+    assert local_paths_left_behind(environ) == ["RAYRLHF_CACHE_DIR", "RAYRLHF_RUNS_DIR"]
+    # The cluster's runs folder is said explicitly.
+    env = build_runtime_env("/repo", environ=environ, runs_dir="/shared/runs")
+    assert env["env_vars"] == {"RAY_AUTH_MODE": "token", "RAYRLHF_RUNS_DIR": "/shared/runs"}
+
+
+def test_a_user_runtime_env_adds_to_the_jobs(tmp_path):
+    path = tmp_path / "env.yaml"
+    path.write_text("env_vars:\n  HF_HOME: /shared/hf\nexcludes: [/data/]\nconda: ml\n")
+    extra = read_runtime_env(str(path), '{"env_vars": {"OMP_NUM_THREADS": "2"}}')
+    assert extra == {"env_vars": {"HF_HOME": "/shared/hf", "OMP_NUM_THREADS": "2"}, "excludes": ["/data/"],
+                     "conda": "ml"}
+    env = build_runtime_env("/repo", environ={}, runs_dir="/shared/runs", extra=extra)
+    assert env["env_vars"] == {"RAYRLHF_RUNS_DIR": "/shared/runs", "HF_HOME": "/shared/hf", "OMP_NUM_THREADS": "2"}
+    assert "/data/" in env["excludes"] and "/.venv/" in env["excludes"] and env["conda"] == "ml"
+    with pytest.raises(SubmitError, match="both say what to install"):
+        build_runtime_env("/repo", pip_lock=True, environ={}, extra={"pip": ["x"]})
+    with pytest.raises(SubmitError, match="a runtime_env is a mapping"):
+        read_runtime_env(None, "[1, 2]")
+
+
+def test_a_sweep_runs_as_one_job_of_parallel_trials():
+    entrypoint = build_entrypoint("ppo-lag", ["--multirun", "+experiment=synthetic", "lagrange.threshold=-0.1,0.1"],
+                                  max_parallel=2)
+    assert shlex.split(entrypoint) == ["python", "-m", "rayrlhf.cli", "sweep", "--max-parallel", "2", "--", "ppo-lag",
+                                       "cluster=existing", "+experiment=synthetic", "lagrange.threshold=-0.1,0.1"]
+    with pytest.raises(SubmitError, match="is relative"):
+        submit("ppo-lag", ["--multirun", "+experiment=synthetic", "steps=2,3"], runs_dir="runs",
+               client=object())
 
 
 def test_pip_lock_installs_the_pinned_stack():

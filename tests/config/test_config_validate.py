@@ -171,8 +171,9 @@ def test_prompts_must_split_evenly_over_the_data_parallel_ranks():
 
 
 @pytest.mark.parametrize(("stage", "overrides", "needed"), [
-    # 1 policy + 2 critics x 1 CPU, the colocated frozen actor 0.5, 4 engines x 1 (cluster.required_cpus)
-    ("ppo_lag", ["rollout.num_engines=4"], 7.5),
+    # 1 policy + 1 shared critic x 1 CPU (frozen models ride with them), 4 engines x 1
+    # (cluster.required_cpus)
+    ("ppo_lag", ["rollout.num_engines=4"], 6),
     ("train_reward", ["training.num_workers=3"], 3),
     ("serve", ["num_cpus=4"], 4),
     ("pipeline", ["score_training.num_workers=6"], 6),

@@ -75,3 +75,24 @@ def test_report_with_comparison(tmp_path):
     assert "| moderation | F1 of \"flagged\" (any harm) | 0.800 |" in text
     assert "(compare.png)" in text and (tmp_path / "compare.png").stat().st_size > 10_000
     assert "**Prompt (harmful, privacy_violation):**" in text
+
+
+def test_report_shows_the_score_and_sft_loss_curves_after_the_evaluation(tmp_path):
+    recs = {"initial": records(0.9, False), "ppo_lag": records(0.3, False)}
+    sft = [{"step": s, "train/loss": 3.0 - 0.1 * s, "eval/initial_loss": 3.2, **({"eval/loss": 2.5} if s == 8 else {})}
+           for s in range(1, 9)]
+    reward = [{"step": s, "train/loss": 0.7 - 0.01 * s} for s in range(1, 13)]
+    path = write_report(tmp_path, history=history(-0.1), evaluation=evaluation(recs), records=recs,
+                        splits={"heldout_fraction": 0.25, "heldout_harmful": 20, "heldout_benign": 10,
+                                "heldout_harmful_source": "test"},
+                        score_models={}, timings={"train_reward": 1.0},
+                        loss_curves={"train-sft": sft, "train-reward": reward, "train-cost": []})
+    text = path.read_text()
+    # The held-out evaluation stays first; the loss curves come after PPO-Lag's training curves.
+    assert text.index("## Held-out evaluation") < text.index("## PPO-Lag training") < text.index(
+        "## Score-model and SFT training") < text.index("## Sample held-out answers")
+    # Means of the first and last 5 training losses, computed here from the rows.
+    assert "| train-sft | 8 | 2.7000 | 2.4000 |" in text
+    assert f"| train-reward | 12 | {0.7 - 0.03:.4f} | {0.7 - 0.10:.4f} |" in text
+    assert "train-cost" not in text  # a stage that logged nothing gets no panel
+    assert "(loss_curves.png)" in text and (tmp_path / "loss_curves.png").stat().st_size > 10_000

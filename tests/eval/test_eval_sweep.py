@@ -250,7 +250,7 @@ def test_real_threshold_multirun_with_an_unreachable_threshold_and_report(tmp_pa
     proc = subprocess.run(
         [rayrlhf, "ppo-lag", "--multirun", "+experiment=synthetic", "lagrange.threshold=-0.1,0.1", f"steps={steps}",
          "rollout.prompts_per_step=8", "rollout.max_new_tokens=8", "ppo.minibatch_size=8", "ppo.epochs=1",
-         "tensorboard=false", f"hydra.sweep.dir={sweep}"],
+         "logger=[jsonl]", f"hydra.sweep.dir={sweep}"],
         capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Each trial started its own local cluster (the first one's was shut down after it).

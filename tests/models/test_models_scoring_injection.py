@@ -136,3 +136,27 @@ def test_lone_surrogates_are_refused_with_the_field_named(judge):
     _, tokenizer = judge
     with pytest.raises(ValueError, match="response is not valid Unicode text: a lone surrogate at character 3"):
         render_conversation(PROMPT, "abc\ud800", "chat", tokenizer)
+
+
+# ------------------------------------------------------------------ responses cut by the length limit
+def test_a_cut_response_is_rendered_unfinished(tiny_model_dir):
+    """The length limit cut it: the judge reads the prompt and the answer, and no end of turn,
+    so an unfinished answer does not look like a complete one."""
+    from rayrlhf.models import load_tokenizer
+    from rayrlhf.models.scoring import conversation_texts, encode_conversations
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    prompts, responses = ["How do I bake bread?"] * 2, ["Mix flour and water, then"] * 2
+    done, cut = conversation_texts(tokenizer, prompts, responses, "chat", finished=[True, False])
+    assert done.startswith(cut) and len(done) > len(cut)
+    assert cut.endswith(responses[0]) and tokenizer.eos_token not in cut[-len(responses[0]) - 1:]
+    assert "<|im_end|>" in done[len(cut):]
+    # safe_rlhf: EOS (where the score is read) only after a finished answer.
+    done, cut = conversation_texts(tokenizer, prompts, responses, "safe_rlhf", finished=[True, False])
+    assert done == cut + tokenizer.eos_token
+    ids = encode_conversations(tokenizer, prompts, responses, "chat", 256).input_ids
+    assert ids.shape[0] == 2
+    import pytest
+
+    with pytest.raises(ValueError, match="1 finished flags for 2 responses"):
+        conversation_texts(tokenizer, prompts, responses, "chat", finished=[True])

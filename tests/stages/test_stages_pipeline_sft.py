@@ -7,8 +7,14 @@ from rayrlhf.config.schema import PPOLagConfig, SFTConfig
 from rayrlhf.stages.pipeline import ppo_lag_config, sft_config
 
 
-def test_sft_is_off_by_default():
-    assert compose_config("pipeline", [], output_dir="/tmp/o").run_sft is False
+def test_sft_is_on_by_default_and_ptx_uses_its_rows():
+    cfg = compose_config("pipeline", [], output_dir="/tmp/o")
+    assert cfg.run_sft is True and cfg.ppo.ptx_coef > 0
+    sub = ppo_lag_config(cfg, "r", "c", "/tmp/o/ppo-lag", ptx=cfg.sft)
+    assert sub.ptx.source == cfg.sft.source
+    no_ptx = ppo_lag_config(compose_config("pipeline", ["ppo.ptx_coef=0"], output_dir="/tmp/o"), "r", "c",
+                            "/tmp/o/ppo-lag", ptx=cfg.sft)
+    assert no_ptx.ptx is None
 
 
 def test_sft_stage_config_follows_the_pipeline(tmp_path):

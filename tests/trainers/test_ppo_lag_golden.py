@@ -187,7 +187,7 @@ def test_the_workers_losses_of_one_step_are_the_reference_losses(ray_cluster, ti
         get_fail_fast([ref for group, method in zip(groups, (PolicyWorker, CriticWorker, CriticWorker))
                        for ref in group.call(method.init_engine)])
         (policy_logp, _), = get_fail_fast(policy.call(PolicyWorker.logprobs, batch))
-        (reward_values,), (cost_values,) = (get_fail_fast(group.call(CriticWorker.values, batch))
+        (reward_values,), (cost_values,) = (get_fail_fast(group.call(CriticWorker.values, batch))[0].values()
                                             for group in (reward_critic, cost_critic))
         # What the score phase would hand on, shifted as the reference's inputs are.
         old_logp = policy_logp.double() + OLD_SHIFT * MASK
@@ -200,7 +200,7 @@ def test_the_workers_losses_of_one_step_are_the_reference_losses(ray_cluster, ti
                           reward_values=old_reward_values.float(), reward_returns=adv.reward_returns.float(),
                           cost_values=old_cost_values.float(), cost_returns=adv.cost_returns.float())
         one_minibatch = {"epochs": 1, "minibatch_size": 2, "seed": 0}
-        (actor,), (reward,), (cost,) = (
+        (actor,), (reward_by_stream,), (cost_by_stream,) = (
             get_fail_fast(policy.call(PolicyWorker.train, trained, clip_ratio=CLIP_RATIO, **one_minibatch)),
             get_fail_fast(reward_critic.call(CriticWorker.train, trained, clip_range_value=CLIP_VALUE,
                                              **one_minibatch)),
@@ -209,6 +209,7 @@ def test_the_workers_losses_of_one_step_are_the_reference_losses(ray_cluster, ti
     finally:
         for group in groups:
             group.kill()
+    reward, cost = reward_by_stream["reward"], cost_by_stream["cost"]
     # The workers read the same log-probs and values as the plain transformers forward ...
     np.testing.assert_allclose(policy_logp.numpy() * MASK.numpy(), logp, atol=1e-5)
     np.testing.assert_allclose(reward_values.numpy(), values["reward"], atol=1e-5)
@@ -218,3 +219,79 @@ def test_the_workers_losses_of_one_step_are_the_reference_losses(ray_cluster, ti
     assert 0 < expected["clip_fraction"] < 1
     assert got == pytest.approx(expected, abs=1e-5)
     assert actor.nonfinite_minibatches == reward.nonfinite_minibatches == cost.nonfinite_minibatches == 0
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_micro_batches_and_the_shared_critic_take_the_unsplit_two_critic_step(ray_cluster, tiny_model_dir, tmp_path):
+    """One optimiser step on a 3-row mini-batch: computed row by row (micro-batches of 1,
+    trimmed) it lands on the weights the whole padded mini-batch gives; a shared critic reads
+    the reward critic's values from its reward head, starts its cost head from the cost model's
+    head, and reports each head's loss as the two critics do."""
+    from rayrlhf.models.score_model import ScoreModel
+    from rayrlhf.workers.base import OptimConfig
+    from rayrlhf.workers.critic import CriticWorker
+    from rayrlhf.workers.group import ActorGroup, get_fail_fast
+    from rayrlhf.workers.policy import PolicyWorker
+
+    critic_dirs = {}
+    for seed, stream in enumerate(("reward", "cost")):
+        torch.manual_seed(seed)
+        critic_dirs[stream] = str(ScoreModel.from_pretrained(tiny_model_dir, kind=stream, dtype="float32")
+                                  .save_pretrained(tmp_path / stream))
+    batch = build_rollout_batch([[5, 6, 7, 8], [9, 10], [4]], [[11, 12, 13], [14, 15], [16, 17, 18, 19]],
+                                [False, True, True], 0, rollout_logprobs=[[-1.0] * 3, [-2.0] * 2, [-1.5] * 4])
+    mask = batch.response_mask.float()
+    steps = torch.linspace(-1.0, 1.0, mask.numel()).reshape(mask.shape) * mask
+    trained = replace(batch, old_logprobs=batch.rollout_logprobs, advantages=steps,
+                      reward_values=0.1 * steps, reward_returns=steps, cost_values=-0.1 * steps, cost_returns=-steps)
+    optim = OptimConfig(lr=1e-2, bf16=False, micro_batch_size=1, caller_accumulates=True)
+    common = {"num_cpus": 0.5, "distributed": True, "dtype": "float32", "optim": optim, "threads": 1, "seed": 0}
+    groups = {
+        "policy_whole": ActorGroup(PolicyWorker, 1, tiny_model_dir, name="mb-policy-whole", micro_batch_size=3, **common),
+        "policy_rows": ActorGroup(PolicyWorker, 1, tiny_model_dir, name="mb-policy-rows", micro_batch_size=1, **common),
+        "reward": ActorGroup(CriticWorker, 1, "reward", critic_dirs["reward"], name="mb-reward", micro_batch_size=3,
+                             **common),
+        "cost": ActorGroup(CriticWorker, 1, "cost", critic_dirs["cost"], name="mb-cost", micro_batch_size=3, **common),
+        "shared": ActorGroup(CriticWorker, 1, ("reward", "cost"), critic_dirs, name="mb-shared", micro_batch_size=1,
+                             **common),
+    }
+    try:
+        get_fail_fast([ref for g in groups.values() for ref in
+                       g.call(PolicyWorker.init_engine if g.name.startswith("mb-policy") else CriticWorker.init_engine)])
+        values = {name: get_fail_fast(groups[name].call(CriticWorker.values, batch))[0]
+                  for name in ("reward", "cost", "shared")}
+        one = {"epochs": 1, "minibatch_size": 3, "seed": 0}
+        (whole,), (rows,) = (get_fail_fast(groups[name].call(PolicyWorker.train, trained, clip_ratio=CLIP_RATIO, **one))
+                             for name in ("policy_whole", "policy_rows"))
+        weights = {name: get_fail_fast([groups[name].call_rank0(PolicyWorker.weights)])[0]
+                   for name in ("policy_whole", "policy_rows")}
+        (reward,), (cost,), (shared,) = (get_fail_fast(groups[name].call(CriticWorker.train, trained,
+                                                                         clip_range_value=CLIP_VALUE, **one))
+                                         for name in ("reward", "cost", "shared"))
+    finally:
+        for group in groups.values():
+            group.kill()
+    # The row-by-row step is the whole mini-batch's step (the loss and the new weights).
+    assert rows.loss == pytest.approx(whole.loss, abs=1e-6)
+    assert rows.clip_fraction == pytest.approx(whole.clip_fraction, abs=1e-6)
+    moved = max(float((weights["policy_whole"][n] - before).abs().max())
+                for n, before in get_initial_weights(tiny_model_dir).items())
+    assert moved > 1e-4  # the step did move the weights
+    for name, tensor in weights["policy_whole"].items():
+        torch.testing.assert_close(weights["policy_rows"][name], tensor, atol=2e-6, rtol=1e-5)
+    # Shared critic: reward head = the reward critic; the cost head is the cost model's head on
+    # the reward model's backbone, so its values differ from the separate cost critic's.
+    torch.testing.assert_close(values["shared"]["reward"], values["reward"]["reward"], atol=1e-5, rtol=1e-5)
+    assert set(values["shared"]) == {"reward", "cost"}
+    assert not torch.allclose(values["shared"]["cost"], values["cost"]["cost"], atol=1e-3)
+    # Its losses before the step: the reward head's is the reward critic's (same weights, same
+    # data); row by row, as the mini-batch's seq_mean.
+    assert shared["reward"].loss == pytest.approx(reward["reward"].loss, abs=1e-6)
+    assert math.isfinite(shared["cost"].loss) and math.isfinite(cost["cost"].loss)
+
+
+def get_initial_weights(model_dir: str) -> dict[str, torch.Tensor]:
+    from transformers import AutoModelForCausalLM
+
+    return dict(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).state_dict())
