@@ -142,7 +142,8 @@ _DEADLINE: ContextVar[tuple[str, float, float] | None] = ContextVar("rayrlhf_pha
 def deadline_scope(phase: str, seconds: float) -> Iterator[None]:
     """Every wait on workers inside (``rayrlhf.workers.group.get_fail_fast``) ends with a
     ``PhaseTimeoutError`` once ``seconds`` have passed since the scope began (inf: never)."""
-    token = _DEADLINE.set((phase, seconds, time.monotonic() + seconds))
+    # No deadline is None, not an infinite one: ray.wait cannot take an infinite timeout.
+    token = _DEADLINE.set((phase, seconds, time.monotonic() + seconds) if math.isfinite(seconds) else None)
     try:
         yield
     finally:

@@ -27,7 +27,7 @@ from rayrlhf.types import RolloutBatch
 from rayrlhf.workers.base import OptimConfig
 from rayrlhf.workers.critic import CriticWorker
 from rayrlhf.workers.frozen import FROZEN_ROLES, FrozenModels, FrozenSpec, FrozenWorker
-from rayrlhf.workers.group import ActorGroup, get_fail_fast
+from rayrlhf.workers.group import ActorGroup, get_fail_fast, wait_until_all_ended
 from rayrlhf.workers.policy import PolicyWorker
 from rayrlhf.workers.rollout_worker import RolloutWorker
 
@@ -63,9 +63,15 @@ class Roles:
                 [hosts["cost"].call_rank0(FrozenModels.cost_scores, *texts)]]
 
     def save_checkpoint(self, folder: Path) -> None:
-        """Every rank of the trainable roles writes its DeepSpeed state into ``folder``."""
-        get_fail_fast(self.policy.call(PolicyWorker.save_checkpoint, str(folder))
-                      + [ref for critic in self.critics for ref in critic.call(CriticWorker.save_checkpoint, str(folder))])
+        """Every rank of the trainable roles writes its DeepSpeed state into ``folder``; when one
+        fails, the error is raised once the others have stopped writing there."""
+        refs = (self.policy.call(PolicyWorker.save_checkpoint, str(folder))
+                + [ref for critic in self.critics for ref in critic.call(CriticWorker.save_checkpoint, str(folder))])
+        try:
+            get_fail_fast(refs)
+        except Exception:
+            wait_until_all_ended(refs)
+            raise
 
     def load_checkpoint(self, folder: Path) -> None:
         get_fail_fast(self.policy.call(PolicyWorker.load_checkpoint, str(folder))

@@ -44,6 +44,15 @@ def get_fail_fast(refs: list[ray.ObjectRef]) -> list[Any]:
     return ray.get(list(refs))
 
 
+def wait_until_all_ended(refs: list[ray.ObjectRef]) -> None:
+    """Wait until every call of ``refs`` has returned or failed (no longer than the phase's
+    deadline allows): after one rank's save failed, the others may still be writing into the
+    folder that is about to be removed."""
+    deadline = current_deadline()
+    timeout = None if deadline is None else max(0.0, deadline[2] - time.monotonic())
+    ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
+
+
 def called_actor(ref: ray.ObjectRef) -> str:
     """Hex id of the actor whose method call returns ``ref`` ("" for a plain task or object)."""
     actor_id = ref.task_id().actor_id()

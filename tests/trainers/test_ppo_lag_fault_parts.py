@@ -353,6 +353,9 @@ def test_a_phase_is_measured_when_it_completes_and_names_itself_when_it_fails():
     assert "train" not in deadlines.slowest and "save" not in deadlines.slowest
     with deadlines.enforce("advantages"):  # no workers to wait on: no deadline
         assert current_deadline() is None
+    deadlines.fixed["sync"] = math.inf  # faults.phase_timeout_s={sync: 0}
+    with deadlines.enforce("sync"):  # none at all: ray.wait takes no infinite timeout
+        assert current_deadline() is None
 
 
 @pytest.mark.parametrize(("setting", "expected"), [
