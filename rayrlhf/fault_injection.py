@@ -9,9 +9,9 @@ milliseconds of it or not at all), so the workers carry these few labelled point
 
 A fault is ``<actor>.<point>:<action>:<calls>``:
 
-* ``actor``: a worker's Ray actor name (``policy-0``, ``reward-critic-0``, ``rollout-0``, ...);
+* ``actor``: a worker's Ray actor name (``policy-0``, ``critic-0``, ``rollout-0``, ...);
 * ``point``: where its code calls ``inject_fault(point)``: ``train_step`` (after each
-  optimiser step of a policy or critic rank), ``loss`` (each mini-batch's loss, before the
+  optimiser step of a policy or critic rank), ``loss`` (each micro-batch's loss, before the
   NaN/Inf check), ``update_weights`` (a rollout engine receiving new weights),
   ``save_checkpoint`` (after a rank wrote its checkpoint files);
 * ``action``: one of ``ACTIONS``;
@@ -51,34 +51,8 @@ def _enospc() -> None:
     raise OSError(errno.ENOSPC, "No space left on device (injected fault)")
 
 
-def _cuda_oom() -> None:
-    import torch
-
-    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected fault)")
-
-
-def _nccl_timeout() -> None:
-    import torch.distributed as dist
-
-    raise dist.DistBackendError("[Rank 0] Watchdog caught collective operation timeout: WorkNCCL(OpType=ALLREDUCE)"
-                                " ran for 600000 milliseconds before timing out (injected fault)")
-
-
-def _object_store_full() -> None:
-    from ray.exceptions import ObjectStoreFullError
-
-    raise ObjectStoreFullError("Failed to put object in object store because it is full (injected fault)")
-
-
-def _error() -> None:
-    raise ValueError("injected fault: an exception in worker code")
-
-
 # action -> what the worker does; "nan" is applied by the caller (inject_fault returns it).
-ACTIONS: dict[str, Callable[[], None] | None] = {
-    "hang": _hang, "kill": _kill, "nan": None, "enospc": _enospc, "cuda_oom": _cuda_oom,
-    "nccl_timeout": _nccl_timeout, "object_store_full": _object_store_full, "error": _error,
-}
+ACTIONS: dict[str, Callable[[], None] | None] = {"hang": _hang, "kill": _kill, "nan": None, "enospc": _enospc}
 POINTS = ("train_step", "loss", "update_weights", "save_checkpoint")
 _SPEC = re.compile(r"^(?P<actor>[\w-]+)\.(?P<point>\w+):(?P<action>\w+):(?P<first>\d+)(?:-(?P<last>\d+))?$")
 
