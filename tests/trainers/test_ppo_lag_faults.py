@@ -1,9 +1,8 @@
 """Faults in real PPO-Lag runs (tiny model, synthetic task, real Ray actors and DeepSpeed):
 worker processes SIGKILLed between and inside phases, a worker hung inside ``train``, a save
-that finds the disk full, CUDA out of memory, a driver SIGKILLed and resumed with its one
-command, NaN scores and NaN-loss streaks. Each faulted run that recovery is promised for is
-compared with the same run left alone: metrics step by step, and the final policy weights
-tensor by tensor.
+that finds the disk full, a driver SIGKILLed and resumed with its one command, NaN scores and
+NaN-loss streaks. Each faulted run that recovery is promised for is compared with the same run
+left alone: metrics step by step, and the final policy weights tensor by tensor.
 
 Faults inside a phase are fired by the workers' labelled fault-injection points
 (``faults.inject``, rayrlhf.fault_injection): a real SIGKILL of the worker's own process, a
