@@ -6,7 +6,7 @@ or inside a function, so a lazy import counts the same), nothing is imported to 
 
 The layers, lowest first (README, "Layout"):
 
-  0  basics       rayrlhf (package), paths, types, runs, faults, cluster, logs: no rayrlhf imports
+  0  basics       rayrlhf (package), paths, types, runs, faults, fault_injection, cluster, logs: no rayrlhf imports
   1  data, algorithms   typed rows and templates; pure PPO-Lag math
   2  models, rewards    model zoo, score heads; reward/cost sources (score models or rules)
   3  rollout            generation engines
@@ -29,8 +29,8 @@ import rayrlhf
 PACKAGE = Path(rayrlhf.__file__).parent
 
 LAYERS: list[tuple[str, ...]] = [
-    ("rayrlhf", "rayrlhf.paths", "rayrlhf.types", "rayrlhf.runs", "rayrlhf.faults", "rayrlhf.cluster",
-     "rayrlhf.logs"),
+    ("rayrlhf", "rayrlhf.paths", "rayrlhf.types", "rayrlhf.runs", "rayrlhf.faults", "rayrlhf.fault_injection",
+     "rayrlhf.cluster", "rayrlhf.logs"),
     ("rayrlhf.data", "rayrlhf.algorithms"),
     ("rayrlhf.models", "rayrlhf.rewards"),
     ("rayrlhf.rollout",),

@@ -85,6 +85,17 @@ def _nonfinite_policies() -> tuple[str, ...]:
     return NONFINITE_POLICIES
 
 
+def _injected_faults(value: Any) -> str | None:
+    from rayrlhf.fault_injection import parse_fault
+
+    for spec in value or []:
+        try:
+            parse_fault(str(spec))
+        except ValueError as exc:
+            return str(exc)
+    return None
+
+
 DTYPE = one_of(_dtype_names)
 ENGINE = one_of(_engine_kinds)
 LAGRANGE_CONTROLLER = one_of(_lagrange_targets)
@@ -579,21 +590,53 @@ class ResourcesConfig:
 
 @dataclass
 class FaultsConfig:
-    """What the PPO-Lag driver does when a worker dies or a number is NaN/Inf."""
+    """What the PPO-Lag driver does when a worker dies, hangs or fails, or a number is NaN/Inf
+    (README: "Faults"; rayrlhf.faults)."""
 
-    # A dead worker actor (OOM kill, lost node) is detected, every worker is rebuilt and the run
-    # continues from the last checkpoint (or from the start) at most this many times.
+    # A dead or hung worker actor (OOM kill, lost node, a phase past its deadline) and the
+    # failures a rebuild can cure (rayrlhf.faults.FAILURES) are logged, every worker is rebuilt
+    # and the run continues from the last checkpoint (or from the start) at most this many times.
     max_restarts: int = checked(2, NON_NEGATIVE)
+    # Seconds a phase (start, generate, score, train, sync, save) may wait on its workers before
+    # they count as hung: killed, logged with the workers that had not answered, and restarted
+    # like a death. None: derived from this run's measured phase times (the three keys below);
+    # a number: every phase; a mapping ({train: 1200, sync: 60}): those phases. 0: no deadline.
+    phase_timeout_s: Any = None  # checked in FaultsConfig.checks (a mapping is no leaf)
+    # Derived deadline: this factor times the slowest run of the phase so far. Responses grow
+    # towards rollout.max_new_tokens and a shared machine slows down several-fold without
+    # anything being stuck; 10x allows both.
+    phase_timeout_factor: float = checked(10.0, greater(1.0))
+    # ...but never less: 300 s is 10x the slowest phase measured for SmolLM2-135M on 2 CPU cores
+    # (train, 26 s; benchmarks/results/ppo_lag_step_cpu.json), so a pause never cuts a 2 s sync.
+    phase_timeout_min_s: float = checked(300.0, POSITIVE)
+    # A phase's first run with new workers (and starting them): it loads models, compiles
+    # kernels (vLLM's CUDA graphs take minutes for a 7B model) and allocates memory. 30x the
+    # 57 s warm-up step measured on CPU.
+    first_phase_timeout_s: float = checked(1800.0, POSITIVE)
+    # Checkpoint saves in a row that may fail on a full disk: the run trains on (a save changes
+    # nothing it trains with) and retries at the next save point; one more stops it.
+    max_failed_saves: int = checked(1, NON_NEGATIVE)
     # NaN/Inf in scores, log-probs, values, advantages or losses: skip the step (no update,
     # λ unchanged, logged to faults.jsonl) or stop the run with the tensor, source and rows.
     nonfinite: str = checked("skip", one_of(_nonfinite_policies))
-    # Stop anyway after this many skipped steps in a row (a broken judge, not a glitch).
+    # Stop anyway after this many steps in a row lost to NaN/Inf, skipped or with mini-batches
+    # not applied (a broken judge or a diverged model, not a glitch); a clean step resets it.
     max_consecutive_skips: int = checked(3, COUNT)
     # λ at its cap (lagrange.lambda_max) this many steps in a row: the run reports the threshold
     # as not reachable with this policy/budget (metrics lagrange/threshold_unreachable,
     # faults.jsonl, the log, sweep-report) and trains on at the cap. 10 steps rule out a
     # passing cost spike.
     threshold_unreachable_after: int = checked(10, COUNT)
+    # FAULT INJECTION, for tests and fault drills only (rayrlhf.fault_injection): faults the
+    # workers fire, "<actor>.<point>:<action>:<N or N-M>", e.g. "policy-0.train_step:hang:3".
+    inject: list[str] = checked(None, _injected_faults, factory=list)
+
+    @classmethod
+    def checks(cls, faults: Any, prefix: str) -> list[Problem]:
+        from rayrlhf.faults import phase_timeout_problem
+
+        why = phase_timeout_problem(faults.phase_timeout_s)
+        return [(f"{prefix}phase_timeout_s", faults.phase_timeout_s, why)] if why else []
 
 
 def ranks_split_the_step(cfg: Any, prefix: str = "") -> list[Problem]:

@@ -10,7 +10,8 @@ stage.
 **Atomic saves** (PPO-Lag), below ``root``::
 
     step_000010/        complete checkpoints (each holds COMPLETE, written last)
-    .tmp_step_000020/   a save in progress (or one a crash interrupted; removed on the next save)
+    .tmp_step_000020/   a save in progress (or one a crash interrupted; removed on the next save;
+                        a save that fails with an error removes its own)
     latest              the name of the newest complete checkpoint
 
 A save writes everything into the temporary folder, flushes every file and folder in it to
@@ -58,10 +59,14 @@ def publish_checkpoint(root: Path, step: int, write: Callable[[Path], None], *,
         remove_stale_saves(root)
         tmp = root / f".tmp_{final.name}"
         tmp.mkdir()
-        write(tmp)
-        fsync_tree(tmp)
-        mark_complete(tmp, step)
-        _fsync_dir(tmp)
+        try:
+            write(tmp)
+            fsync_tree(tmp)
+            mark_complete(tmp, step)
+            _fsync_dir(tmp)
+        except Exception:
+            shutil.rmtree(tmp, ignore_errors=True)  # half a save is no use, and a full disk needs the space
+            raise
         shutil.rmtree(final, ignore_errors=True)  # an incomplete leftover of the same name
         os.replace(tmp, final)
         _fsync_dir(root)

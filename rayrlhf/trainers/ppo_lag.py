@@ -13,7 +13,9 @@
 
 The math lives in ``rayrlhf.algorithms``, the actors in ``rayrlhf.workers`` (built by
 ``ppo_lag_roles.build_roles``); this file composes them. Checkpoints, the metrics log and
-resuming live beside it (``checkpoint_dir``, ``metrics_log``, ``resume``).
+resuming live beside it (``checkpoint_dir``, ``metrics_log``, ``resume``). Each phase that
+waits on workers has a deadline (``rayrlhf.faults.PhaseDeadlines``); what ``run`` does when a
+worker dies, hangs or fails is in ``rayrlhf.faults.FAILURES``.
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ from rayrlhf.algorithms import (
 )
 from rayrlhf.cluster import check_cluster_capacity, required_cpus
 from rayrlhf.config import to_object
-from rayrlhf.faults import FaultLog, NonFiniteError, WorkerFailedError, actor_failure_types, describe_nonfinite, \
-    findings_message, note_unreachable_threshold
+from rayrlhf.faults import FAILURES, FaultLog, NonFiniteError, PhaseDeadlines, PhaseTimeoutError, WorkerFailedError, \
+    classify_failure, describe_nonfinite, failed_actors, findings_message, name_actors, note_unreachable_threshold, \
+    phase_of, worker_error
 from rayrlhf.rollout import SamplingSpec
 from rayrlhf.trainers import checkpoint_dir
 from rayrlhf.trainers.fingerprints import ppo_lag_inputs, write_fingerprints
@@ -98,16 +101,19 @@ def ptx_rows(cfg, tokenizer) -> PTXBatch | None:
 
 
 class PhaseTimer:
-    """Seconds of each named phase of one step, and of the whole step since the timer started."""
+    """Seconds of each named phase of one step, and of the whole step since the timer started;
+    each phase runs under its deadline (``deadlines.enforce``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, deadlines: PhaseDeadlines) -> None:
         self.started = time.perf_counter()
         self.seconds: dict[str, float] = {}
+        self.deadlines = deadlines
 
     @contextmanager
     def phase(self, name: str):
         start = time.perf_counter()
-        yield
+        with self.deadlines.enforce(name):
+            yield
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
     def metrics(self) -> dict[str, float]:
@@ -120,7 +126,7 @@ class PhaseTimer:
 class PPOLagDriver:
     """Builds the roles from a ``ppo_lag`` config and runs steps."""
 
-    def __init__(self, cfg, fault_log: FaultLog | None = None) -> None:
+    def __init__(self, cfg, fault_log: FaultLog | None = None, deadlines: PhaseDeadlines | None = None) -> None:
         from rayrlhf.data import encode_prompts, load_dataset_from_config
         from rayrlhf.models import load_tokenizer, resolve_model_path
         from rayrlhf.models.zoo import logprob_gap_tolerance
@@ -136,6 +142,9 @@ class PPOLagDriver:
         self.ptx = ptx_rows(cfg, self.tokenizer)
         self.step_index = 0
         self.fault_log = fault_log or FaultLog(None)
+        # How long each phase may wait on the workers (measured with these workers).
+        self.deadlines = deadlines or PhaseDeadlines.from_config(cfg.faults)
+        # Steps in a row that lost data to NaN/Inf: skipped, or with mini-batches not applied.
         self.consecutive_skips = 0
         # λ fixed at 0 is plain PPO: the cost never reaches the policy, so no cost critic trains.
         self.roles: Roles = build_roles(cfg, self.policy_path, cost_critic=not ignores_cost(self.lagrange))
@@ -155,7 +164,7 @@ class PPOLagDriver:
     def step(self) -> dict[str, float]:
         """One PPO-Lag step. A NaN/Inf among the update's inputs stops or skips it before
         anything changes (``faults.nonfinite``); the metrics are ``step_metrics``."""
-        timer, lambda_used = PhaseTimer(), self.lagrange.value
+        timer, lambda_used = PhaseTimer(self.deadlines), self.lagrange.value
         index = prompt_order(len(self.prompts), self.cfg.rollout.prompts_per_step, self.step_index, self.seed)
         with timer.phase("generate"):
             rollout = self.generate(index, self.sampling_spec())
@@ -174,7 +183,6 @@ class PPOLagDriver:
         with timer.phase("sync"):
             self.sync()
         self.step_index += 1
-        self.consecutive_skips = 0
         return step_metrics(self.step_index, batch, stats, lambda_used=lambda_used, lambda_new=lambda_new,
                             threshold=self.lagrange.threshold, at_cap_steps=self.lagrange.at_cap_steps,
                             old_logprobs=self.old_logprobs.metrics(self.step_index - 1), timer=timer)
@@ -295,15 +303,14 @@ class PPOLagDriver:
         the prompts count as used so that the run moves on)."""
         message = findings_message(self.step_index + 1, findings)
         policy = self.cfg.faults.nonfinite
-        self.fault_log.record("nonfinite", step=self.step_index + 1, findings=findings, action=policy,
-                              message=message)
+        too_many = policy == "skip" and self.nonfinite_streak_too_long()
+        self.fault_log.record("nonfinite", step=self.step_index + 1, findings=findings,
+                              action="stop" if policy == "stop" or too_many else "skip",
+                              consecutive=self.consecutive_skips, message=message)
         if policy == "stop":
             raise NonFiniteError(f"{message} (faults.nonfinite=stop)")
-        self.consecutive_skips += 1
-        limit = self.cfg.faults.max_consecutive_skips
-        if self.consecutive_skips > limit:
-            raise NonFiniteError(f"{message}: {self.consecutive_skips} steps in a row skipped "
-                                 f"(faults.max_consecutive_skips={limit}); the source is broken, not noisy")
+        if too_many:
+            raise self.nonfinite_streak_error(message)
         log.warning("%s: step skipped (faults.nonfinite=skip)", message)
         self.step_index += 1
         return {"step": self.step_index, "faults/skipped_nonfinite": 1.0,
@@ -311,16 +318,34 @@ class PPOLagDriver:
 
     def report_skipped_minibatches(self, skipped: dict[str, float]) -> None:
         """Mini-batches whose loss was NaN/Inf were not applied (all ranks of the role skipped
-        them): logged, and under ``faults.nonfinite=stop`` the end of the run."""
+        them): logged, and under ``faults.nonfinite=stop`` the end of the run. The step counts
+        towards ``faults.max_consecutive_skips`` like a skipped one; a clean step ends the streak."""
         if not any(skipped.values()):
+            self.consecutive_skips = 0
             return
         message = f"step {self.step_index + 1}: NaN/Inf loss, mini-batches not applied: " + ", ".join(
             f"{role} {count:.0f}" for role, count in skipped.items() if count)
+        policy = self.cfg.faults.nonfinite
+        too_many = policy == "skip" and self.nonfinite_streak_too_long()
         self.fault_log.record("nonfinite_loss", step=self.step_index + 1, skipped_minibatches=skipped,
-                              message=message)
-        if self.cfg.faults.nonfinite == "stop":
+                              action="stop" if policy == "stop" or too_many else "skip",
+                              consecutive=self.consecutive_skips, message=message)
+        if policy == "stop":
             raise NonFiniteError(message)
+        if too_many:
+            raise self.nonfinite_streak_error(message)
         log.warning(message)
+
+    def nonfinite_streak_too_long(self) -> bool:
+        """Count one more step in a row that lost data to NaN/Inf: whether the streak is now
+        longer than ``faults.max_consecutive_skips`` (the source is broken, not noisy)."""
+        self.consecutive_skips += 1
+        return self.consecutive_skips > self.cfg.faults.max_consecutive_skips
+
+    def nonfinite_streak_error(self, message: str) -> NonFiniteError:
+        return NonFiniteError(f"{message}: {self.consecutive_skips} steps in a row lost to NaN/Inf "
+                              f"(faults.max_consecutive_skips={self.cfg.faults.max_consecutive_skips}); "
+                              "the source is broken, not noisy")
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, root: Path) -> Path:
@@ -331,7 +356,9 @@ class PPOLagDriver:
                      "python_random": repr(random.getstate()), "torch_seed": torch.initial_seed()}
             (folder / DRIVER_STATE).write_text(json.dumps(state, indent=2))
 
-        return checkpoint_dir.publish_checkpoint(root, self.step_index, write, keep_last=self.cfg.keep_last_checkpoints)
+        with self.deadlines.enforce("save"):
+            return checkpoint_dir.publish_checkpoint(root, self.step_index, write,
+                                                     keep_last=self.cfg.keep_last_checkpoints)
 
     def load_checkpoint(self, path: Path) -> None:
         self.roles.load_checkpoint(path)
@@ -341,7 +368,8 @@ class PPOLagDriver:
         self.sync()  # the engines still hold the initial weights
 
     def save_policy(self, out_dir: Path) -> Path:
-        get_fail_fast(self.roles.policy.call(PolicyWorker.save_pretrained, str(out_dir), self.policy_path))
+        with self.deadlines.enforce("save"):
+            get_fail_fast(self.roles.policy.call(PolicyWorker.save_pretrained, str(out_dir), self.policy_path))
         return out_dir
 
     def actor_names(self) -> dict[str, str]:
@@ -387,8 +415,11 @@ def step_metrics(step: int, batch: RolloutBatch, stats: TrainStats, *, lambda_us
 def run(cfg) -> list[dict[str, float]]:
     """Entry of ``rayrlhf ppo-lag``: build the workers, run ``cfg.steps`` steps, save.
 
-    A dead worker actor costs a restart: every worker is rebuilt and the run continues from
-    its newest checkpoint (metrics after it are recomputed), up to ``faults.max_restarts``."""
+    A worker that dies, hangs past its phase's deadline or fails in a way a rebuild can cure
+    (``rayrlhf.faults.FAILURES``) costs a restart: every worker is killed and rebuilt and the
+    run continues from its newest checkpoint (metrics after it are recomputed), up to
+    ``faults.max_restarts``. The other failures stop the run, saying what to do; a periodic save
+    that finds the disk full is retried at the next save point. Each is a line in faults.jsonl."""
     from omegaconf import OmegaConf
 
     from rayrlhf.cluster import init_ray
@@ -410,15 +441,17 @@ def run(cfg) -> list[dict[str, float]]:
     fault_log = FaultLog(out / "faults.jsonl")
     metrics_log = MetricsLog(tracking_settings(cfg, out), total=cfg.steps, progress="ppo-lag")
     history: list[dict[str, float]] = []
-    restarts = 0
+    restarts = failed_saves = 0
     try:
         while True:
             driver = None
+            deadlines = PhaseDeadlines.from_config(cfg.faults)  # measured anew with each set of workers
             try:
-                driver = PPOLagDriver(cfg, fault_log)
-                if resume_point is not None:
-                    driver.load_checkpoint(resume_point)
-                    log.info("continuing from %s at step %d", resume_point, driver.step_index)
+                with deadlines.enforce("start"):
+                    driver = PPOLagDriver(cfg, fault_log, deadlines)
+                    if resume_point is not None:
+                        driver.load_checkpoint(resume_point)
+                        log.info("continuing from %s at step %d", resume_point, driver.step_index)
                 history = [m for m in history if m["step"] <= driver.step_index]
                 if restarts:
                     dropped = metrics_log.rewind(driver.step_index)
@@ -431,28 +464,89 @@ def run(cfg) -> list[dict[str, float]]:
                     history.append(metrics)
                     metrics_log.log(metrics)
                     if cfg.save_every and driver.step_index % cfg.save_every == 0:
-                        driver.save_checkpoint(out / "checkpoints")
+                        failed_saves = save_unless_disk_full(driver, out / "checkpoints", fault_log, failed_saves)
                 driver.save_checkpoint(out / "checkpoints")
                 driver.save_policy(out / "policy")
                 return history
-            except actor_failure_types() as exc:
-                dead = driver.actor_names().get(getattr(exc, "actor_id", None) or "", "a worker") if driver else \
-                    "a worker (while starting)"
-                restarts += 1
+            except Exception as exc:
+                kind = classify_failure(exc)
+                if kind is None:  # the driver's own error (a NaN stop, bad input): not a worker fault
+                    raise
+                if driver is not None:
+                    name_actors(exc, driver.actor_names())
+                restarts += FAILURES[kind].restart
                 resume_point = checkpoint_dir.latest_checkpoint(out) or resume_point
-                step = driver.step_index + 1 if driver else None  # the step in progress
-                fault_log.record("worker_died", actor=dead, step=step, restart=restarts,
-                                 resume_from=str(resume_point) if resume_point else "the start",
-                                 error=f"{type(exc).__name__}: {str(exc)[:2000]}")
-                if restarts > cfg.faults.max_restarts:
-                    raise WorkerFailedError(
-                        f"{dead} died during step {step} ({type(exc).__name__}); gave up after "
-                        f"faults.max_restarts={cfg.faults.max_restarts} restarts. Checkpoint: {resume_point}. "
-                        f"Details in {fault_log.path}.{resume_hint(out)}") from exc
-                log.error("%s died during step %s (%s); restart %d/%d from %s", dead, step, type(exc).__name__,
-                          restarts, cfg.faults.max_restarts, resume_point or "the start")
+                handle_failure(exc, kind, driver.step_index if driver else None, restarts=restarts,
+                               resume_point=resume_point, fault_log=fault_log, cfg=cfg, out=out)
             finally:
                 if driver is not None:
-                    driver.shutdown()
+                    driver.shutdown()  # kills every worker, the hung ones too
     finally:
         metrics_log.close()
+
+
+def save_unless_disk_full(driver: PPOLagDriver, root: Path, fault_log: FaultLog, failed_in_a_row: int) -> int:
+    """A periodic checkpoint. When the disk is full the save is dropped (its partial folder
+    too), the previous checkpoint stays the newest, and the run trains on: a save changes
+    nothing the workers train with, and the next save point retries. More than
+    ``faults.max_failed_saves`` such saves in a row stop the run (``handle_failure``).
+    Returns the failed saves in a row."""
+    try:
+        driver.save_checkpoint(root)
+        return 0
+    except Exception as exc:
+        limit = driver.cfg.faults.max_failed_saves
+        if classify_failure(exc) != "disk_full" or failed_in_a_row >= limit:
+            raise
+        cause = worker_error(exc)
+        message = (f"saving the checkpoint of step {driver.step_index} failed, the disk is full "
+                   f"({type(cause).__name__}: {cause}); training goes on, the next save point retries "
+                   f"({failed_in_a_row + 1} of faults.max_failed_saves={limit} in a row)")
+        latest = checkpoint_dir.latest_checkpoint(root)
+        fault_log.record("save_failed", step=driver.step_index, phase="save",
+                         actor=", ".join(failed_actors(name_actors(exc, driver.actor_names()))),
+                         action="train on, retry at the next save", failed_in_a_row=failed_in_a_row + 1,
+                         latest_checkpoint=str(latest) if latest else None, message=message,
+                         error=f"{type(exc).__name__}: {str(exc)[:2000]}")
+        log.error(message)
+        return failed_in_a_row + 1
+
+
+def handle_failure(exc: Exception, kind: str, steps_done: int | None, *, restarts: int,
+                   resume_point: Path | None, fault_log: FaultLog, cfg, out: Path) -> None:
+    """Record a classified worker failure in faults.jsonl and the log; return to restart from
+    ``resume_point``, or raise ``WorkerFailedError`` saying what happened and what to do.
+    ``steps_done``: the driver's completed steps (None: it had not started)."""
+    failure, phase = FAILURES[kind], phase_of(exc)
+    actors = failed_actors(exc)
+    who = ", ".join(actors)
+    step = None if steps_done is None else steps_done if phase == "save" else steps_done + 1
+    if steps_done is None or phase == "start":
+        when = "while starting (or loading the checkpoint)"
+    elif phase == "save":
+        when = f"while saving after step {step}"
+    else:
+        when = f"during step {step} ({phase})"
+    if kind == "worker_died":
+        what = f"{who} died {when}"
+    elif kind == "worker_hung":
+        what = f"{who} did not answer within {exc.seconds:.0f} s {when} (hung)"
+    else:
+        cause = worker_error(exc)
+        what = f"{who} failed {when}: {failure.what} ({type(cause).__name__}: {str(cause)[:300]})"
+    entry = {"actor": who, "phase": phase, "step": step,
+             "action": "restart" if failure.restart else "stop",
+             "error": f"{type(exc).__name__}: {str(exc)[:2000]}"}
+    if isinstance(exc, PhaseTimeoutError):
+        entry.update(not_answered=actors, timeout_s=exc.seconds)
+    resume = str(resume_point) if resume_point else "the start"
+    if not failure.restart:
+        fault_log.record(kind, **entry, message=what)
+        raise WorkerFailedError(f"{what}. {failure.remedy[:1].upper()}{failure.remedy[1:]}. Checkpoint: "
+                                f"{resume_point or 'none yet'}. Details in {fault_log.path}.{resume_hint(out)}") from exc
+    fault_log.record(kind, **entry, restart=restarts, resume_from=resume, message=what)
+    if restarts > cfg.faults.max_restarts:
+        raise WorkerFailedError(
+            f"{what} ({type(exc).__name__}); gave up after faults.max_restarts={cfg.faults.max_restarts} "
+            f"restarts. Checkpoint: {resume_point}. Details in {fault_log.path}.{resume_hint(out)}") from exc
+    log.error("%s (%s); restart %d/%d from %s", what, type(exc).__name__, restarts, cfg.faults.max_restarts, resume)

@@ -21,11 +21,13 @@ from typing import Any
 import ray
 
 from rayrlhf.cluster import rollout_placement_options
+from rayrlhf.fault_injection import injection_env
+from rayrlhf.faults import name_actors
 from rayrlhf.types import RolloutBatch
 from rayrlhf.workers.base import OptimConfig
 from rayrlhf.workers.critic import CriticWorker
 from rayrlhf.workers.frozen import FROZEN_ROLES, FrozenModels, FrozenSpec, FrozenWorker
-from rayrlhf.workers.group import ActorGroup, get_fail_fast
+from rayrlhf.workers.group import ActorGroup, get_fail_fast, wait_until_all_ended
 from rayrlhf.workers.policy import PolicyWorker
 from rayrlhf.workers.rollout_worker import RolloutWorker
 
@@ -61,9 +63,15 @@ class Roles:
                 [hosts["cost"].call_rank0(FrozenModels.cost_scores, *texts)]]
 
     def save_checkpoint(self, folder: Path) -> None:
-        """Every rank of the trainable roles writes its DeepSpeed state into ``folder``."""
-        get_fail_fast(self.policy.call(PolicyWorker.save_checkpoint, str(folder))
-                      + [ref for critic in self.critics for ref in critic.call(CriticWorker.save_checkpoint, str(folder))])
+        """Every rank of the trainable roles writes its DeepSpeed state into ``folder``; when one
+        fails, the error is raised once the others have stopped writing there."""
+        refs = (self.policy.call(PolicyWorker.save_checkpoint, str(folder))
+                + [ref for critic in self.critics for ref in critic.call(CriticWorker.save_checkpoint, str(folder))])
+        try:
+            get_fail_fast(refs)
+        except Exception:
+            wait_until_all_ended(refs)
+            raise
 
     def load_checkpoint(self, folder: Path) -> None:
         get_fail_fast(self.policy.call(PolicyWorker.load_checkpoint, str(folder))
@@ -117,7 +125,21 @@ def place_judges(trainer_loads: dict[str, int]) -> dict[str, str]:
 
 def build_roles(cfg, policy_path: str, cost_critic: bool = True) -> Roles:
     """Start every actor a ``ppo_lag`` config asks for and wait until all can work
-    (``cost_critic=False``: no cost value head, for runs that never use it)."""
+    (``cost_critic=False``: no cost value head, for runs that never use it). If any fails or
+    hangs while starting, the actors already started are killed before the error propagates, so
+    that a rebuild can take their names."""
+    started: list[tuple[str, Any]] = []  # (name, actor) of every actor, as it starts
+    try:
+        return _build_roles(cfg, policy_path, cost_critic, started)
+    except BaseException as exc:
+        name_actors(exc, {actor._actor_id.hex(): name for name, actor in started})
+        for _, actor in started:
+            ray.kill(actor)
+        wait_until_names_free([name for name, _ in started])
+        raise
+
+
+def _build_roles(cfg, policy_path: str, cost_critic: bool, started: list[tuple[str, Any]]) -> Roles:
     from rayrlhf.models import resolve_model_path
     from rayrlhf.rewards import RULE_PREFIX
 
@@ -131,9 +153,17 @@ def build_roles(cfg, policy_path: str, cost_critic: bool = True) -> Roles:
                               trainable_layers=ppo.trainable_layers)
     critic_optim = OptimConfig(**{**asdict(actor_optim), "lr": ppo.critic_lr})
     gpus = 1 if res.use_gpu else 0
+    # Only where faults.inject lists faults (tests, drills): the workers' injection points.
+    env = injection_env(cfg.faults.inject, cfg.run.output_dir)
+    runtime_env = {"env_vars": env} if env else None
     trainable = {"num_cpus": res.cpus_per_worker, "num_gpus": gpus, "distributed": True,
                  "backend": "nccl" if res.use_gpu else "gloo", "dtype": dtype, "threads": threads, "seed": seed,
-                 "micro_batch_size": ppo.micro_batch_size}
+                 "micro_batch_size": ppo.micro_batch_size, "runtime_env": runtime_env}
+
+    def start_group(*args, **kwargs) -> ActorGroup:
+        built = ActorGroup(*args, **kwargs)
+        started.extend(zip(built.actor_names, built.actors))
+        return built
 
     def critic_init(explicit, source):
         if explicit:
@@ -153,37 +183,39 @@ def build_roles(cfg, policy_path: str, cost_critic: bool = True) -> Roles:
             if roles_here:
                 frozen_of[name] = replace(every, **roles_here)
 
-    policy = ActorGroup(PolicyWorker, res.policy_ranks, policy_path, name="policy", optim=actor_optim,
-                        frozen=frozen_of.get("policy"), **trainable)
+    policy = start_group(PolicyWorker, res.policy_ranks, policy_path, name="policy", optim=actor_optim,
+                         frozen=frozen_of.get("policy"), **trainable)
     init_paths = {"reward": critic_init(cfg.reward_critic_init, cfg.reward),
                   "cost": critic_init(cfg.cost_critic_init, cfg.cost)}
-    critics = [ActorGroup(CriticWorker, res.critic_ranks, streams, {s: init_paths[s] for s in streams}, name=name,
-                          optim=critic_optim, frozen=frozen_of.get(name), **trainable)
+    critics = [start_group(CriticWorker, res.critic_ranks, streams, {s: init_paths[s] for s in streams}, name=name,
+                           optim=critic_optim, frozen=frozen_of.get(name), **trainable)
                for name, streams in layout]
     hosts = {"policy": policy, **{name: group for (name, _), group in zip(layout, critics)}}
     frozen_hosts: dict[str, ActorGroup] = {role: hosts[name] for name, spec in frozen_of.items() for role in spec.roles()}
     frozen_groups: list[ActorGroup] = []
-    frozen_actor = {"num_cpus": res.cpus_per_frozen_worker, "num_gpus": gpus * 0.25, "threads": threads}
+    frozen_actor = {"num_cpus": res.cpus_per_frozen_worker, "num_gpus": gpus * 0.25, "threads": threads,
+                    "runtime_env": runtime_env}
     if res.frozen_placement == "one_actor":
-        group = ActorGroup(FrozenWorker, 1, replace(every, **sources), name="frozen", **frozen_actor)
+        group = start_group(FrozenWorker, 1, replace(every, **sources), name="frozen", **frozen_actor)
         frozen_groups, frozen_hosts = [group], {role: group for role in FROZEN_ROLES}
     elif res.frozen_placement == "own_actors":
         for role in FROZEN_ROLES:
             name = {"reference": "reference", "reward": "reward-model", "cost": "cost-model"}[role]
-            group = ActorGroup(FrozenWorker, 1, replace(every, **{role: sources[role]}), name=name, **frozen_actor)
+            group = start_group(FrozenWorker, 1, replace(every, **{role: sources[role]}), name=name, **frozen_actor)
             frozen_groups.append(group)
             frozen_hosts[role] = group
-    rollout_names, rollout_workers = start_rollout_engines(cfg, policy_path, gpus)
-    started = get_fail_fast([w.ready.remote() for w in rollout_workers]
-                            + policy.call(PolicyWorker.init_engine)
-                            + [ref for critic in critics for ref in critic.call(CriticWorker.init_engine)])
+    rollout_names, rollout_workers = start_rollout_engines(cfg, policy_path, gpus, runtime_env)
+    started.extend(zip(rollout_names, rollout_workers))
+    ready = get_fail_fast([w.ready.remote() for w in rollout_workers]
+                          + policy.call(PolicyWorker.init_engine)
+                          + [ref for critic in critics for ref in critic.call(CriticWorker.init_engine)])
     policy_dtype = get_fail_fast([policy.call_rank0(PolicyWorker.info)])[0]["compute_dtype"]
     return Roles(policy=policy, critics=critics, critic_streams=[streams for _, streams in layout],
                  rollout_workers=rollout_workers, rollout_names=rollout_names, frozen_hosts=frozen_hosts,
-                 frozen_groups=frozen_groups, policy_dtype=policy_dtype, engine_dtype=started[0]["dtype"])
+                 frozen_groups=frozen_groups, policy_dtype=policy_dtype, engine_dtype=ready[0]["dtype"])
 
 
-def start_rollout_engines(cfg, policy_path: str, gpus: int) -> tuple[list[str], list]:
+def start_rollout_engines(cfg, policy_path: str, gpus: int, runtime_env: dict | None = None) -> tuple[list[str], list]:
     """One RolloutWorker actor per engine, placed as ``rollout.placement`` says."""
     rollout = cfg.rollout
     engine_kwargs: dict[str, Any] = {}
@@ -193,7 +225,8 @@ def start_rollout_engines(cfg, policy_path: str, gpus: int) -> tuple[list[str], 
     placement = rollout_placement_options(rollout.placement)
     threads = rollout.threads_per_engine or engine_threads_default(rollout.num_engines)
     names = [f"rollout-{i}" for i in range(rollout.num_engines)]
-    workers = [RolloutWorker.options(num_cpus=rollout.cpus_per_engine, num_gpus=gpus, name=name, **placement)
+    workers = [RolloutWorker.options(num_cpus=rollout.cpus_per_engine, num_gpus=gpus, name=name,
+                                     runtime_env=runtime_env, **placement)
                .remote(rollout.engine, policy_path, engine_kwargs, threads) for name in names]
     return names, workers
 

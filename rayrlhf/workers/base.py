@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import torch
 
+from rayrlhf.fault_injection import inject_fault
 from rayrlhf.types import RolloutBatch
 
 
@@ -163,11 +164,14 @@ class DistributedWorker:
         for index in minibatch.length_groups(micro_batch_size):
             part = minibatch.select(index).trimmed()
             got = part_loss(part)
-            if not self.all_ranks_finite(got.loss):
+            loss = got.loss
+            if inject_fault("loss") == "nan":  # FAULT-INJECTION POINT (tests and drills only)
+                loss = loss + float("nan")
+            if not self.all_ranks_finite(loss):
                 outcome.left_out = True
                 continue
             share = aggregation_share(part.response_mask, minibatch.response_mask, aggregation)
-            engine.backward(got.loss * share)
+            engine.backward(loss * share)
             outcome.applied += 1
             token_share = float(part.response_mask.sum()) / max(tokens, 1.0)
             for name, value in got.loss_stats.items():
@@ -184,6 +188,7 @@ class DistributedWorker:
                 outcome.left_out = True
         if outcome.applied:
             engine.step()
+            inject_fault("train_step")  # FAULT-INJECTION POINT (tests and drills only)
         return outcome
 
     def free_address(self) -> tuple[str, int]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from rayrlhf.algorithms import clipped_value_loss
+from rayrlhf.fault_injection import inject_fault
 from rayrlhf.models.forward import response_values, rollout_values
 from rayrlhf.types import CriticStats, RolloutBatch
 from rayrlhf.workers.base import DistributedWorker, OptimConfig, PartLoss, build_engine
@@ -141,6 +142,7 @@ class CriticWorker(DistributedWorker, FrozenModels):
 
     def save_checkpoint(self, out_dir: str) -> None:
         self.engine.save_checkpoint(out_dir, tag=self.tag)
+        inject_fault("save_checkpoint")  # FAULT-INJECTION POINT (tests and drills only)
 
     def load_checkpoint(self, in_dir: str) -> None:
         self.engine.load_checkpoint(in_dir, tag=self.tag)

@@ -4,28 +4,62 @@ The driver talks to a group as if it were one worker: ``call`` runs a method on 
 with the same arguments; ``call_split`` gives each rank its share of a batch's rows and
 returns the per-rank results in rank order. Methods are passed as real references
 (``group.call_split(PolicyWorker.logprobs, batch)``), never as strings.
+
+Every wait on workers goes through ``get_fail_fast``: the first failure surfaces at once, and
+inside a phase's ``rayrlhf.faults.deadline_scope`` no wait outlives the phase's deadline.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 import ray
 from ray.util.placement_group import PlacementGroup
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from rayrlhf.faults import PhaseTimeoutError, blame_actor, current_deadline
 from rayrlhf.types import RolloutBatch
 
 
 def get_fail_fast(refs: list[ray.ObjectRef]) -> list[Any]:
     """``ray.get(refs)``, but an error surfaces as soon as any call fails: when one rank of a
     role dies, its peers may wait forever in a collective, and a plain ``ray.get`` in list
-    order could be waiting on one of them."""
+    order could be waiting on one of them. Inside a ``deadline_scope``, calls still running
+    when its deadline passes raise ``PhaseTimeoutError`` naming their actors (a hung engine or
+    collective would otherwise hold the run, and its accelerators, forever)."""
     pending = list(refs)
+    deadline = current_deadline()
     while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        ray.get(ready)  # raises the failure of a dead actor at once
+        timeout = None if deadline is None else max(0.0, deadline[2] - time.monotonic())
+        ready, pending = ray.wait(pending, num_returns=1, timeout=timeout)
+        if not ready:
+            phase, seconds, _ = deadline
+            raise PhaseTimeoutError(phase, seconds, [called_actor(ref) for ref in pending])
+        try:
+            ray.get(ready)  # raises the failure of a dead actor at once
+        except Exception as exc:
+            blame_actor(exc, called_actor(ready[0]))
+            raise
     return ray.get(list(refs))
+
+
+def wait_until_all_ended(refs: list[ray.ObjectRef]) -> None:
+    """Wait until every call of ``refs`` has returned or failed (no longer than the phase's
+    deadline allows): after one rank's save failed, the others may still be writing into the
+    folder that is about to be removed."""
+    deadline = current_deadline()
+    timeout = None if deadline is None else max(0.0, deadline[2] - time.monotonic())
+    ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
+
+
+def called_actor(ref: ray.ObjectRef) -> str:
+    """Hex id of the actor whose method call returns ``ref`` ("" for a plain task or object)."""
+    actor_id = ref.task_id().actor_id()
+    # A task outside any actor (the driver's, a plain task) carries its job's nil actor id:
+    # every byte but the job's is 0xff.
+    unique = actor_id.binary()[:-len(actor_id.job_id.binary())]
+    return "" if actor_id.is_nil() or unique == b"\xff" * len(unique) else actor_id.hex()
 
 
 def get_fail_fast_groups(groups: list[list[ray.ObjectRef]]) -> list[list[Any]]:
@@ -59,9 +93,13 @@ class ActorGroup:
                     placement_group=pg, placement_group_bundle_index=bundle)
             self.actors.append(remote_cls.options(**options).remote(*args, **kwargs))
         if distributed:
-            address, port = ray.get(self.actors[0].free_address.remote())
-            ray.get([actor.setup_distributed.remote(rank, num_ranks, address, port, backend)
-                     for rank, actor in enumerate(self.actors)])
+            try:
+                address, port = get_fail_fast([self.actors[0].free_address.remote()])[0]
+                get_fail_fast([actor.setup_distributed.remote(rank, num_ranks, address, port, backend)
+                               for rank, actor in enumerate(self.actors)])
+            except BaseException:
+                self.kill()  # nobody else holds these actors yet
+                raise
 
     def __len__(self) -> int:
         return len(self.actors)

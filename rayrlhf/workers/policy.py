@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from rayrlhf.algorithms import entropy_from_logits, ppo_actor_loss, response_nll
+from rayrlhf.fault_injection import inject_fault
 from rayrlhf.models.forward import response_logits, rollout_logprobs, token_logprobs
 from rayrlhf.types import ActorStats, PTXBatch, RolloutBatch
 from rayrlhf.workers.base import DistributedWorker, OptimConfig, PartLoss, build_engine
@@ -118,6 +119,7 @@ class PolicyWorker(DistributedWorker, FrozenModels):
 
     def save_checkpoint(self, out_dir: str) -> None:
         self.engine.save_checkpoint(out_dir, tag="policy")
+        inject_fault("save_checkpoint")  # FAULT-INJECTION POINT (tests and drills only)
 
     def load_checkpoint(self, in_dir: str) -> None:
         self.engine.load_checkpoint(in_dir, tag="policy")

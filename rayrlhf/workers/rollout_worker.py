@@ -16,7 +16,9 @@ from typing import Any, Sequence, TypeVar
 import ray
 import torch
 
+from rayrlhf.fault_injection import inject_fault
 from rayrlhf.rollout import Completion, SamplingSpec, make_engine, shard_spec
+from rayrlhf.workers.group import get_fail_fast
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ class _RolloutWorker:
 
     def update_weights(self, named_tensors: dict[str, torch.Tensor]) -> float:
         """Push new policy weights; returns the seconds spent inside the engine."""
+        inject_fault("update_weights")  # FAULT-INJECTION POINT (tests and drills only)
         start = time.perf_counter()
         self.engine.update_weights(named_tensors)
         seconds = time.perf_counter() - start
@@ -97,4 +100,4 @@ def generate_across(workers: Sequence, prompt_ids: list[list[int]], spec: Sampli
         if chunk:
             refs.append(worker.generate.remote(chunk, shard_spec(spec, offset)))
         offset += len(chunk)
-    return [completion for part in ray.get(refs) for completion in part]
+    return [completion for part in get_fail_fast(refs) for completion in part]

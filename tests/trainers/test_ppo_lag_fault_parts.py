@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from rayrlhf.trainers import checkpoint_dir
-from rayrlhf.faults import FaultLog, describe_nonfinite, findings_message, nonfinite_rows, note_unreachable_threshold
+from rayrlhf.faults import FaultLog, NonFiniteError, describe_nonfinite, findings_message, nonfinite_rows, \
+    note_unreachable_threshold
 from rayrlhf.trainers.metrics_log import MetricsLog
 from rayrlhf.trainers.resume import config_changes
 
@@ -95,7 +96,8 @@ def test_a_failing_save_leaves_the_previous_checkpoint(tmp_path):
     assert checkpoint_dir.latest_checkpoint(tmp_path) == good
     assert (good / "weights.bin").read_text() == "two"
     assert not (tmp_path / "step_000004").exists()
-    # The next save clears the leftover of the crashed one.
+    # The failed save removed its half-written folder at once: a full disk needs the space back.
+    assert not list(tmp_path.glob(".tmp_*"))
     checkpoint_dir.publish_checkpoint(tmp_path, 6, write_files("six"))
     assert not list(tmp_path.glob(".tmp_*"))
 
@@ -317,3 +319,200 @@ def test_resuming_a_folder_without_a_config_snapshot_is_refused(tmp_path):
     with pytest.raises(ValueError, match="no ppo_lag_config.yaml"):
         ppo_lag.check_resume_config(resumed_config(tmp_path, first), first)
     ppo_lag.check_resume_config(resumed_config(tmp_path, first, "resume_allow_changes=true"), first)
+
+
+# ------------------------------------------------------------------ phase deadlines
+def test_deadlines_allow_the_first_run_then_follow_the_slowest_measured_run():
+    from rayrlhf.faults import PhaseDeadlines
+
+    deadlines = PhaseDeadlines(factor=10.0, floor_s=30.0, first_s=1800.0, fixed={"sync": 60.0})
+    assert deadlines.seconds("train") == 1800.0  # not measured yet: compile and warm-up allowance
+    deadlines.measured("train", 2.0)
+    assert deadlines.seconds("train") == 30.0  # 10 x 2 s is below the floor
+    deadlines.measured("train", 5.0)
+    deadlines.measured("train", 4.0)  # the slowest run counts, not the last
+    assert deadlines.seconds("train") == 50.0
+    deadlines.measured("sync", 100.0)
+    assert deadlines.seconds("sync") == 60.0  # set outright, never derived
+
+
+def test_a_phase_is_measured_when_it_completes_and_names_itself_when_it_fails():
+    from rayrlhf.faults import PhaseDeadlines, current_deadline, phase_of
+
+    deadlines = PhaseDeadlines(factor=10.0, floor_s=0.001, first_s=99.0)
+    with deadlines.enforce("score"):
+        phase, seconds, _ = current_deadline()
+        assert (phase, seconds) == ("score", 99.0)
+    assert current_deadline() is None
+    assert 0 < deadlines.slowest["score"] < 1
+    with pytest.raises(ValueError) as info:
+        with deadlines.enforce("train"):
+            with deadlines.enforce("save"):
+                raise ValueError("boom")
+    assert phase_of(info.value) == "save"  # the innermost phase
+    assert "train" not in deadlines.slowest and "save" not in deadlines.slowest
+    with deadlines.enforce("advantages"):  # no workers to wait on: no deadline
+        assert current_deadline() is None
+    deadlines.fixed["sync"] = math.inf  # faults.phase_timeout_s={sync: 0}
+    with deadlines.enforce("sync"):  # none at all: ray.wait takes no infinite timeout
+        assert current_deadline() is None
+
+
+@pytest.mark.parametrize(("setting", "expected"), [
+    (None, {}),
+    (120, {p: 120.0 for p in ("start", "generate", "score", "train", "sync", "save")}),
+    ({"train": 600, "sync": 0}, {"train": 600.0, "sync": math.inf}),
+])
+def test_phase_timeout_setting(setting, expected):
+    from rayrlhf.faults import fixed_deadlines, phase_timeout_problem
+
+    assert fixed_deadlines(setting) == expected
+    assert phase_timeout_problem(setting) is None
+
+
+def test_phase_timeouts_and_injected_faults_are_checked_in_the_config():
+    from rayrlhf.config import compose_config
+    from rayrlhf.config.validate import ConfigValueError, validate_config
+    from rayrlhf.faults import PhaseDeadlines
+
+    def composed(*overrides):
+        return compose_config("ppo_lag", ["+experiment=synthetic", *overrides])
+
+    cfg = composed("faults.phase_timeout_s={train:600,sync:30}", "faults.phase_timeout_min_s=5")
+    validate_config(cfg)
+    deadlines = PhaseDeadlines.from_config(cfg.faults)
+    assert (deadlines.seconds("train"), deadlines.seconds("sync"), deadlines.seconds("score")) == (600, 30, 1800)
+    deadlines.measured("score", 0.1)
+    assert deadlines.seconds("score") == 5.0
+    with pytest.raises(ConfigValueError) as info:
+        validate_config(composed("faults.phase_timeout_s={trian:600}", "faults.phase_timeout_factor=0.5",
+                                 "faults.inject=[policy-0.train_step:explode:1]"))
+    message = str(info.value)
+    assert "faults.phase_timeout_s" in message and "names no phase: trian" in message
+    assert "faults.phase_timeout_factor=0.5: must be > 1" in message
+    assert "unknown action 'explode'" in message
+    with pytest.raises(ConfigValueError, match="must be seconds >= 0"):
+        validate_config(composed("faults.phase_timeout_s=-1"))
+
+
+# ------------------------------------------------------------------ failure kinds
+def raised_in_worker(error: BaseException) -> BaseException:
+    """The exception ``ray.get`` raises for ``error`` raised inside an actor's method (Ray's own
+    wrapping, as its worker does it), noted as ``get_fail_fast`` notes it."""
+    from ray.exceptions import RayTaskError
+
+    from rayrlhf.faults import blame_actor
+
+    wrapped = RayTaskError("PolicyWorker.train", "Traceback (most recent call last): ...", error).as_instanceof_cause()
+    blame_actor(wrapped, "ab" * 16)
+    return wrapped
+
+
+def test_failures_are_classified_by_what_the_worker_raised():
+    import errno
+
+    import torch.distributed as dist
+    from ray import exceptions as rex
+
+    from rayrlhf.faults import FAILURES, PhaseTimeoutError, classify_failure, failed_actors, name_actors
+
+    cases = {
+        "disk_full": [raised_in_worker(OSError(errno.ENOSPC, "No space left on device")),
+                      raised_in_worker(OSError(errno.EDQUOT, "Disk quota exceeded")),
+                      OSError(errno.ENOSPC, "No space left on device", "metrics.jsonl"),  # the driver's own write
+                      rex.OutOfDiskError("spill folder full")],
+        "accelerator_oom": [raised_in_worker(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))],
+        "collective_failed": [raised_in_worker(dist.DistBackendError("Watchdog caught collective operation timeout")),
+                              raised_in_worker(RuntimeError("[gloo/transport/tcp/pair.cc:534] Connection closed by "
+                                                            "peer [127.0.0.1]:29500"))],
+        "object_store_full": [rex.ObjectStoreFullError("object store full"),
+                              raised_in_worker(rex.ObjectStoreFullError("object store full"))],
+        "object_lost": [rex.ObjectLostError("ab" * 14, "owner", "call site"),
+                        rex.OwnerDiedError("ab" * 14, "owner", "call site")],
+        "worker_died": [rex.ActorDiedError(), rex.WorkerCrashedError()],
+        "worker_hung": [PhaseTimeoutError("train", 30.0, ["cd" * 16])],
+        "task_error": [raised_in_worker(ValueError("shapes do not match")), raised_in_worker(KeyError("x"))],
+    }
+    assert set(cases) == set(FAILURES)
+    for kind, errors in cases.items():
+        for error in errors:
+            assert classify_failure(error) == kind, (kind, repr(error))
+    # The driver's own errors are no worker fault: they propagate unchanged.
+    assert classify_failure(NonFiniteError("NaN")) is None
+    assert classify_failure(ValueError("bad config")) is None
+    assert classify_failure(OSError(errno.EACCES, "Permission denied")) is None
+    # Restart only where a rebuild can cure it.
+    assert {k for k, f in FAILURES.items() if f.restart} == {
+        "worker_died", "worker_hung", "object_store_full", "object_lost", "collective_failed"}
+    # Which actors: the one whose call failed, or every one that had not answered.
+    names = {"ab" * 16: "policy-0", "cd" * 16: "rollout-0"}
+    assert failed_actors(name_actors(raised_in_worker(ValueError("x")), names)) == ["policy-0"]
+    assert failed_actors(name_actors(PhaseTimeoutError("sync", 9.0, ["cd" * 16, "ef" * 16]), names)) == [
+        "rollout-0", "actor " + "ef" * 6]
+    assert failed_actors(rex.ObjectStoreFullError("full")) == ["a worker"]
+
+
+
+# ------------------------------------------------------------------ fault injection
+def test_injected_faults_are_parsed_and_fire_once_per_run(tmp_path, monkeypatch):
+    from rayrlhf import fault_injection
+
+    with pytest.raises(ValueError, match="unknown point 'trian_step'"):
+        fault_injection.parse_fault("policy-0.trian_step:hang:1")
+    with pytest.raises(ValueError, match="N <= M"):
+        fault_injection.parse_fault("policy-0.loss:nan:4-2")
+    assert fault_injection.parse_fault("rollout-0.update_weights:kill:3") == fault_injection.Fault(
+        "rollout-0", "update_weights", "kill", 3, 3)
+
+    env = fault_injection.injection_env(["policy-0.loss:nan:2-3", "reward-critic-0.loss:nan:1"], tmp_path)
+    monkeypatch.setenv(fault_injection.ENV, env[fault_injection.ENV])
+    monkeypatch.setattr(fault_injection, "_calls", {})
+    monkeypatch.setattr(fault_injection, "_actor_name", lambda: "policy-0")  # as if inside that actor
+    assert [fault_injection.inject_fault("loss") for _ in range(4)] == [None, "nan", "nan", None]
+    assert set(fault_injection.fired(tmp_path)) == {"policy-0.loss.nan.2", "policy-0.loss.nan.3"}
+    monkeypatch.setattr(fault_injection, "_calls", {})  # a rebuilt worker counts from 1 again
+    assert [fault_injection.inject_fault("loss") for _ in range(4)] == [None, None, None, None]
+    monkeypatch.delenv(fault_injection.ENV)
+    assert fault_injection.inject_fault("loss") is None  # off: nothing is read
+    with pytest.raises(OSError, match="No space left") as info:
+        fault_injection.ACTIONS["enospc"]()
+    assert info.value.errno == 28
+
+
+def test_failures_a_restart_cannot_cure_stop_with_what_to_do(tmp_path):
+    """A full disk during a save and CUDA out of memory in train stop the run at once (no
+    restart is counted), naming the worker, the step and what to do; a hung worker is recorded
+    with the workers that had not answered and restarts, until faults.max_restarts is spent."""
+    import errno
+
+    from rayrlhf.config import compose_config
+    from rayrlhf.faults import PhaseTimeoutError, WorkerFailedError, name_actors
+    from rayrlhf.trainers.ppo_lag import handle_failure
+
+    cfg = compose_config("ppo_lag", ["+experiment=synthetic", "faults.max_restarts=1"], output_dir=str(tmp_path))
+    log = FaultLog(tmp_path / "faults.jsonl")
+    names = {"ab" * 16: "critic-0", "cd" * 16: "policy-0"}
+    checkpoint = tmp_path / "checkpoints" / "step_000004"
+
+    def fail(error, kind, phase, restarts=0):
+        error.rayrlhf_phase = phase
+        handle_failure(name_actors(error, names), kind, 4, restarts=restarts, resume_point=checkpoint,
+                       fault_log=log, cfg=cfg, out=tmp_path)
+
+    with pytest.raises(WorkerFailedError, match=r"critic-0 failed while saving after step 4: a disk is full .*"
+                                                r"OSError: \[Errno 28\] No space left.*Free space there.*step_000004"):
+        fail(raised_in_worker(OSError(errno.ENOSPC, "No space left on device")), "disk_full", "save")
+    oom = raised_in_worker(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    oom.rayrlhf_actor_id = "cd" * 16
+    with pytest.raises(WorkerFailedError, match=r"policy-0 failed during step 5 \(train\): CUDA out of memory.*"
+                                                r"Lower ppo.minibatch_size"):
+        fail(oom, "accelerator_oom", "train")
+    fail(PhaseTimeoutError("sync", 30.0, ["cd" * 16]), "worker_hung", "sync", restarts=1)  # returns: restart
+    with pytest.raises(WorkerFailedError, match=r"policy-0 did not answer within 30 s during step 5 \(sync\) \(hung\)"
+                                                r".*gave up after faults.max_restarts=1"):
+        fail(PhaseTimeoutError("sync", 30.0, ["cd" * 16]), "worker_hung", "sync", restarts=2)
+    rows = [json.loads(line) for line in (tmp_path / "faults.jsonl").read_text().splitlines()]
+    assert [(r["kind"], r["action"], r["step"], r["actor"]) for r in rows] == [
+        ("disk_full", "stop", 4, "critic-0"), ("accelerator_oom", "stop", 5, "policy-0"),
+        ("worker_hung", "restart", 5, "policy-0"), ("worker_hung", "restart", 5, "policy-0")]
+    assert rows[2]["not_answered"] == ["policy-0"] and rows[2]["resume_from"] == str(checkpoint)

@@ -1,10 +1,17 @@
 """Faults in real PPO-Lag runs (tiny model, synthetic task, real Ray actors and DeepSpeed):
-worker processes SIGKILLed mid-run, a driver SIGKILLed and resumed with its one command,
-and NaN scores. Each faulted run is compared with the same run left alone."""
+worker processes SIGKILLed between and inside phases, a worker hung inside ``train``, a save
+that finds the disk full, a driver SIGKILLed and resumed with its one command, NaN scores and
+NaN-loss streaks. Each faulted run that recovery is promised for is compared with the same run
+left alone: metrics step by step, and the final policy weights tensor by tensor.
+
+Faults inside a phase are fired by the workers' labelled fault-injection points
+(``faults.inject``, rayrlhf.fault_injection): a real SIGKILL of the worker's own process, a
+real endless sleep, a real OSError(ENOSPC) raised in the checkpoint writer."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import signal
@@ -12,10 +19,13 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
+from rayrlhf import fault_injection
 from rayrlhf.config import compose_config
 from rayrlhf.trainers import ppo_lag
 from rayrlhf.faults import FaultLog, NonFiniteError, WorkerFailedError
@@ -46,14 +56,31 @@ def assert_same_trajectory(rows: list[dict], reference: list[dict]) -> None:
             assert row[key] == pytest.approx(by_step[row["step"]][key], abs=1e-5), (row["step"], key)
 
 
+def assert_same_weights(run_dir: Path, reference_dir: Path) -> None:
+    """The final policies (policy/model.safetensors) are equal, tensor by tensor."""
+    from safetensors.torch import load_file
+
+    got, want = (load_file(d / "policy" / "model.safetensors") for d in (run_dir, reference_dir))
+    assert sorted(got) == sorted(want)
+    different = [name for name in want if not torch.equal(got[name], want[name])]
+    assert not different, f"{len(different)} of {len(want)} tensors differ, e.g. {different[:3]}"
+
+
+@dataclass
+class Undisturbed:
+    rows: list[dict]  # metrics per step
+    folder: Path  # its run folder (the final policy is in policy/)
+
+
 @pytest.fixture(scope="module")
-def undisturbed(ray_cluster, tmp_path_factory) -> list[dict]:
+def undisturbed(ray_cluster, tmp_path_factory) -> Undisturbed:
     out = tmp_path_factory.mktemp("undisturbed")
     history = ppo_lag.run(config(out, "keep_last_checkpoints=2"))
     assert [m["step"] for m in history] == [1, 2, 3, 4, 5]
     # Saved at steps 2, 4 and 5 (the end); the oldest was deleted once two newer ones existed.
     assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == ["step_000004", "step_000005"]
-    return history
+    assert not fault_rows(out)
+    return Undisturbed(history, out)
 
 
 def kill_actor_when(run_dir: Path, kills: list[tuple[int, str]], killed: list[str]) -> threading.Thread:
@@ -101,7 +128,8 @@ def test_killed_worker_processes_are_replaced_and_the_run_continues(ray_cluster,
     # The run finished; metrics.jsonl holds every step once, recomputed steps replaced.
     rows = metrics_rows(tmp_path)
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5] == [m["step"] for m in history]
-    assert_same_trajectory(rows, undisturbed)  # λ and metrics continue from the checkpoint
+    assert_same_trajectory(rows, undisturbed.rows)  # λ and metrics continue from the checkpoint
+    assert_same_weights(tmp_path, undisturbed.folder)
     died = [f for f in fault_rows(tmp_path) if f["kind"] == "worker_died"]
     assert [(f["actor"], f["restart"]) for f in died] == [(name, i + 1) for i, (_, name) in enumerate(kills)]
     assert died[0]["resume_from"] == "the start"  # no checkpoint before step 2
@@ -111,7 +139,6 @@ def test_killed_worker_processes_are_replaced_and_the_run_continues(ray_cluster,
     assert died[2]["resume_from"] == str(tmp_path / "checkpoints" / "step_000004")
     for fault in died:
         assert "ActorDiedError" in fault["error"]
-    assert (tmp_path / "policy" / "model.safetensors").is_file()
 
 
 def test_a_worker_dying_past_max_restarts_stops_with_a_clear_message(ray_cluster, tmp_path):
@@ -190,7 +217,8 @@ def test_a_killed_driver_resumes_with_one_command(ray_cluster, tmp_path, undistu
     rows = metrics_rows(second)
     checkpoint_step = int((first / "checkpoints" / "latest").read_text().removeprefix("step_"))
     assert rows[0]["step"] > checkpoint_step and rows[-1]["step"] == 5
-    assert_same_trajectory(rows, undisturbed)
+    assert_same_trajectory(rows, undisturbed.rows)
+    assert_same_weights(second, undisturbed.folder)
     assert not stale.exists()  # cleaned when the run was resumed
 
 
@@ -201,3 +229,108 @@ def test_a_run_that_cannot_fit_on_the_local_cluster_fails_at_once(ray_cluster, t
     with pytest.raises(RuntimeError, match=r"has 6 CPUs, but this run's actors reserve 6.5"):
         ppo_lag.PPOLagDriver(config(tmp_path, "rollout.num_engines=3"))
     assert len(ray_cluster.util.list_named_actors()) == actors_before
+
+
+# ------------------------------------------------------------------ faults inside a phase
+# SMALL trains 16 rows in mini-batches of 16 for 2 epochs: each step is 2 optimiser steps
+# (train_step calls) of every trainable rank, so train_step call 5 is inside step 3. Each
+# mini-batch is 4 micro-batches of 4 rows (ppo.micro_batch_size): 8 loss calls per trained step.
+def test_a_worker_hung_inside_train_is_killed_and_the_run_restarts_from_its_checkpoint(
+        ray_cluster, tmp_path, undisturbed):
+    """policy-0 sleeps forever after its first optimiser step of step 3. The train phase's
+    deadline, derived from steps 1 and 2 (10x the slowest, at least 20 s here), expires: the
+    hung process is killed, the line in faults.jsonl names the phase and the worker that had not
+    answered, and the run continues from step 2's checkpoint to the undisturbed run's end."""
+    import psutil
+
+    history = ppo_lag.run(config(tmp_path, "faults.phase_timeout_min_s=20",
+                                 "faults.inject=[policy-0.train_step:hang:5]"))
+    assert [m["step"] for m in history] == [1, 2, 3, 4, 5]
+    (hung,) = [f for f in fault_rows(tmp_path) if f["kind"] != "recomputed_steps"]
+    assert hung["kind"] == "worker_hung" and hung["action"] == "restart" and hung["restart"] == 1
+    assert (hung["phase"], hung["step"], hung["not_answered"]) == ("train", 3, ["policy-0"])
+    assert 20 <= hung["timeout_s"] < 1800  # derived from the measured steps, not the first-run allowance
+    assert hung["resume_from"] == str(tmp_path / "checkpoints" / "step_000002")
+    (pid,) = fault_injection.fired(tmp_path).values()
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    rows = metrics_rows(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert_same_trajectory(rows, undisturbed.rows)
+    assert_same_weights(tmp_path, undisturbed.folder)
+
+
+def test_workers_killed_inside_train_and_inside_the_weight_sync_are_replaced(ray_cluster, tmp_path, undisturbed):
+    """policy-0 is SIGKILLed between the two optimiser steps of step 3 (its weights half
+    updated); then rollout-0 is SIGKILLed inside the weight sync of step 4 (the policy trained
+    and λ moved, the engine not yet updated). Each time every worker is rebuilt from the newest
+    checkpoint, and the run ends as the undisturbed one does."""
+    # Calls are counted per process from 1, and each fault fires once per run. policy-0's
+    # train_step 5 is in step 3 of the first set of workers; rollout-0's update_weights 3 is
+    # reached only by the second set (1 loads step 2's checkpoint, 2 is step 3's sync, 3 step 4's).
+    faults = ["policy-0.train_step:kill:5", "rollout-0.update_weights:kill:3"]
+    history = ppo_lag.run(config(tmp_path, f"faults.inject=[{','.join(faults)}]"))
+    assert [m["step"] for m in history] == [1, 2, 3, 4, 5]
+    assert len(fault_injection.fired(tmp_path)) == 2
+    failures = [f for f in fault_rows(tmp_path) if f["kind"] != "recomputed_steps"]
+    assert [(f["kind"], f["actor"], f["phase"], f["step"], f["restart"]) for f in failures] == [
+        ("worker_died", "policy-0", "train", 3, 1), ("worker_died", "rollout-0", "sync", 4, 2)]
+    step_2 = str(tmp_path / "checkpoints" / "step_000002")
+    assert [f["resume_from"] for f in failures] == [step_2, step_2]
+    rows = metrics_rows(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert_same_trajectory(rows, undisturbed.rows)
+    assert_same_weights(tmp_path, undisturbed.folder)
+
+
+def test_a_save_that_finds_the_disk_full_is_retried_at_the_next_save(ray_cluster, tmp_path, undisturbed):
+    """critic-0's checkpoint writer raises OSError(ENOSPC) in the save after step 2: the save is
+    dropped with its partial folder, training goes on, the save after step 4 succeeds, and the
+    run ends as the undisturbed one does. (A disk that stays full stops the run: a unit test in
+    test_ppo_lag_fault_parts.py.)"""
+    history = ppo_lag.run(config(tmp_path, "faults.inject=[critic-0.save_checkpoint:enospc:1]"))
+    assert [m["step"] for m in history] == [1, 2, 3, 4, 5]
+    (failed,) = fault_rows(tmp_path)
+    assert (failed["kind"], failed["step"], failed["actor"], failed["failed_in_a_row"]) == (
+        "save_failed", 2, "critic-0", 1)
+    assert "No space left on device" in failed["error"] and failed["latest_checkpoint"] is None
+    checkpoints = tmp_path / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step_000004", "step_000005"]
+    assert_same_trajectory(metrics_rows(tmp_path), undisturbed.rows)
+    assert_same_weights(tmp_path, undisturbed.folder)
+
+
+def test_nan_loss_streaks_count_towards_max_consecutive_skips(ray_cluster, tmp_path):
+    """Steps lost to NaN/Inf in a row, whether skipped (NaN rewards on every second call) or
+    trained with mini-batches not applied (every policy-0 loss NaN in step 5), stop the run
+    past faults.max_consecutive_skips=2; a clean step in between resets the count. A step whose
+    policy mini-batches were all NaN leaves the policy's weights as they were."""
+    from rayrlhf.workers.group import get_fail_fast
+    from rayrlhf.workers.policy import PolicyWorker
+
+    rule = "rule:rayrlhf.rewards.faulty:nan_on_even_calls"
+    # policy-0's loss calls (8 per trained step): 1-8 in step 1, 9-16 in step 3 (2 and 4 are
+    # skipped before training), 17-24 in step 5.
+    cfg = config(tmp_path, f"reward={rule}", "faults.max_consecutive_skips=2",
+                 "faults.inject=[policy-0.loss:nan:17-24]")
+    driver = ppo_lag.PPOLagDriver(cfg, FaultLog(tmp_path / "faults.jsonl"))
+    try:
+        rows = [driver.step() for _ in range(4)]
+        assert [r.get("faults/skipped_nonfinite", 0.0) for r in rows] == [0.0, 1.0, 0.0, 1.0]
+
+        def policy_weights():
+            return get_fail_fast([driver.roles.policy.call_rank0(PolicyWorker.weights)])[0]
+
+        before = policy_weights()
+        fifth = driver.step()
+        assert fifth["faults/nonfinite_minibatches"] == 2.0 and math.isnan(fifth["actor/loss"])
+        assert math.isfinite(fifth["critic/reward_loss"])  # the critic trained
+        after = policy_weights()
+        assert all(torch.equal(before[name], after[name]) for name in before)
+        with pytest.raises(NonFiniteError, match=r"step 6: NaN/Inf in rewards .*: 3 steps in a row lost to NaN/Inf "
+                                                 r"\(faults.max_consecutive_skips=2\)"):
+            driver.step()
+    finally:
+        driver.shutdown()
+    logged = [(f["kind"], f["step"], f["action"], f["consecutive"]) for f in fault_rows(tmp_path)]
+    assert logged == [("nonfinite", 2, "skip", 1), ("nonfinite", 4, "skip", 1), ("nonfinite_loss", 5, "skip", 2),
+                      ("nonfinite", 6, "stop", 3)]
