@@ -25,7 +25,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Sequence
 
@@ -144,7 +144,8 @@ class Trial:
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     def record(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "process"}
+        # Not asdict: it deep-copies every field first, and the process holds a lock.
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "process"}
 
 
 def start_trial(stage: str, trial: Trial, env: dict[str, str]) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,6 +32,13 @@ log = logging.getLogger(__name__)
 
 # MLflow caps a param value at 6000 characters (older servers: 500); longer ones are cut.
 MLFLOW_PARAM_CHARS = 500
+# MLflow metric names take alphanumerics, _ - . space : and / only; harm categories hold commas.
+_MLFLOW_UNSAFE = re.compile(r"[^\w\-. :/]", re.ASCII)
+
+
+def mlflow_metric_name(key: str) -> str:
+    """``eval/per_category_f1/controversial_topics,politics`` -> ``..._topics_politics``."""
+    return _MLFLOW_UNSAFE.sub("_", key)
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -155,7 +163,7 @@ class MlflowSink:
         from mlflow.entities import Metric
 
         step, now = int(metrics["step"]), _now_ms()
-        self.client.log_batch(self.run_id, metrics=[Metric(key, float(value), now, step)
+        self.client.log_batch(self.run_id, metrics=[Metric(mlflow_metric_name(key), float(value), now, step)
                                                     for key, value in metrics.items() if key != "step"])
 
     def close(self) -> None:

@@ -12,7 +12,8 @@ from rayrlhf.trainers.metrics_log import MetricsLog, flatten, tracking_settings,
 from tracker_files import read_mlflow, read_wandb_offline
 
 ROWS = [{"step": 1, "train/loss": 0.9, "train/lr": 1e-4},
-        {"step": 2, "train/loss": 0.7, "train/lr": 2e-4, "eval/accuracy": 0.6},
+        {"step": 2, "train/loss": 0.7, "train/lr": 2e-4, "eval/accuracy": 0.6,
+         "eval/per_category_f1/controversial_topics,politics": 0.25},
         {"step": 3, "train/loss": 0.5, "train/lr": 1e-4}]
 
 
@@ -73,6 +74,8 @@ def test_every_logger_holds_every_step(tmp_path, monkeypatch):
     (mlflow_run,) = read_mlflow(settings["mlflow_tracking_uri"]).values()
     assert mlflow_run["metrics"]["train/loss"] == [(1, 0.9), (2, 0.7), (3, 0.5)]
     assert mlflow_run["metrics"]["eval/accuracy"] == [(2, 0.6)]
+    # MLflow refuses commas in names; harm-category metrics carry them.
+    assert mlflow_run["metrics"]["eval/per_category_f1/controversial_topics_politics"] == [(2, 0.25)]
     assert mlflow_run["params"]["training.lr"] == "0.0001" and mlflow_run["params"]["kind"] == "reward"
     assert mlflow_run["tags"]["rayrlhf.group"] == "unit" and mlflow_run["status"] == "FINISHED"
 

@@ -223,11 +223,12 @@ def test_a_killed_driver_resumes_with_one_command(ray_cluster, tmp_path, undistu
 
 
 def test_a_run_that_cannot_fit_on_the_local_cluster_fails_at_once(ray_cluster, tmp_path):
-    """3 engines need 6.5 CPUs; the test cluster has 6: refused before any actor starts,
-    instead of waiting forever for a CPU that never comes."""
+    """5 engines need 7 CPUs (policy 1 + shared critic 1 + 5 engines; the frozen models live in
+    the trainers); the test cluster has 6: refused before any actor starts, instead of waiting
+    forever for a CPU that never comes."""
     actors_before = len(ray_cluster.util.list_named_actors())
-    with pytest.raises(RuntimeError, match=r"has 6 CPUs, but this run's actors reserve 6.5"):
-        ppo_lag.PPOLagDriver(config(tmp_path, "rollout.num_engines=3"))
+    with pytest.raises(RuntimeError, match=r"has 6 CPUs, but this run's actors reserve 7 "):
+        ppo_lag.PPOLagDriver(config(tmp_path, "rollout.num_engines=5"))
     assert len(ray_cluster.util.list_named_actors()) == actors_before
 
 

@@ -43,7 +43,7 @@ def test_a_call_past_the_deadline_names_its_actor(actors):
     with pytest.raises(PhaseTimeoutError) as info:
         with deadline_scope("sync", 2.0):
             get_fail_fast([quick.nap.remote(0.0), stuck.nap.remote(60.0)])
-    assert 2.0 <= time.monotonic() - start < 10.0
+    assert 1.9 <= time.monotonic() - start < 10.0  # the 2 s deadline, within clock granularity
     assert (info.value.phase, info.value.seconds) == ("sync", 2.0)
     assert failed_actors(name_actors(info.value, names)) == ["stuck-0"]  # quick-0 had answered
     assert classify_failure(info.value) == "worker_hung"
