@@ -18,8 +18,9 @@ so ``hydra.utils.instantiate`` builds it and every argument can be set.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -37,52 +38,21 @@ ZERO_STAGES = (0, 1, 2, 3)
 
 # The consumers' own constants, read when a config is checked: their modules import torch,
 # which composing a config (rayrlhf submit, --cfg job) should not have to.
+def _constant(module: str, name: str) -> Callable[[], tuple[str, ...]]:
+    """The choices a consumer module defines, imported only when a config is checked."""
+    return lambda: tuple(getattr(importlib.import_module(module), name))
+
+
 def _dtype_names() -> tuple[str, ...]:
     from rayrlhf.models.zoo import DTYPES
 
     return ("auto", *DTYPES)
 
 
-def _engine_kinds() -> tuple[str, ...]:
-    from rayrlhf.rollout import ENGINE_KINDS
-
-    return ENGINE_KINDS
-
-
-def _judge_kinds() -> tuple[str, ...]:
-    from rayrlhf.models.score_model import JUDGE_KINDS
-
-    return JUDGE_KINDS
-
-
-def _lr_schedules() -> tuple[str, ...]:
-    from rayrlhf.algorithms.schedules import LR_SCHEDULES
-
-    return LR_SCHEDULES
-
-
 def _lagrange_targets() -> tuple[str, ...]:
     from rayrlhf.algorithms import LAGRANGE_CONTROLLERS
 
     return tuple(f"{cls.__module__}.{cls.__qualname__}" for cls in LAGRANGE_CONTROLLERS.values())
-
-
-def _loss_aggregations() -> tuple[str, ...]:
-    from rayrlhf.algorithms import LOSS_AGGREGATIONS
-
-    return LOSS_AGGREGATIONS
-
-
-def _logprobs_sources() -> tuple[str, ...]:
-    from rayrlhf.rollout import LOGPROBS_SOURCES
-
-    return LOGPROBS_SOURCES
-
-
-def _nonfinite_policies() -> tuple[str, ...]:
-    from rayrlhf.faults import NONFINITE_POLICIES
-
-    return NONFINITE_POLICIES
 
 
 def _injected_faults(value: Any) -> str | None:
@@ -97,7 +67,7 @@ def _injected_faults(value: Any) -> str | None:
 
 
 DTYPE = one_of(_dtype_names)
-ENGINE = one_of(_engine_kinds)
+ENGINE = one_of(_constant("rayrlhf.rollout", "ENGINE_KINDS"))
 LAGRANGE_CONTROLLER = one_of(_lagrange_targets)
 
 
@@ -266,7 +236,7 @@ class TrainingConfig:
     weight_decay: float = checked(0.0, NON_NEGATIVE)
     # Linear warm-up over this fraction of the steps, then `lr_scheduler` decay.
     warmup_ratio: float = checked(0.03, UNIT)
-    lr_scheduler: str = checked("cosine", one_of(_lr_schedules))  # cosine | linear | constant
+    lr_scheduler: str = checked("cosine", one_of(_constant("rayrlhf.algorithms.schedules", "LR_SCHEDULES")))  # cosine | linear | constant
     max_grad_norm: float = checked(1.0, POSITIVE)
     # ZeRO stage 0-3; 2 shards optimiser states and gradients, what fits 2 CPU workers best.
     zero_stage: int = checked(2, one_of(ZERO_STAGES))
@@ -298,7 +268,7 @@ class ScoreTrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     # reward (helpfulness), cost (harmfulness; cost > 0 means unsafe) or moderation (14 labels).
-    kind: str = checked(MISSING, one_of(_judge_kinds))
+    kind: str = checked(MISSING, one_of(_constant("rayrlhf.models.score_model", "JUDGE_KINDS")))
     # Backbone: any causal LM (alias, path or hub id); the head is new.
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -470,7 +440,7 @@ class PPOConfig:
     # they agree to rounding: ~1e-5 in fp32). The engine's are checked against the policy on
     # `logprob_check_rows` rows every `logprob_check_every` steps (rollout/logprob_gap); a gap
     # above the tolerance of the two precisions switches the run to recompute for good.
-    logprobs_source: str = checked("auto", one_of(_logprobs_sources))
+    logprobs_source: str = checked("auto", one_of(_constant("rayrlhf.rollout", "LOGPROBS_SOURCES")))
     logprob_check_every: int = checked(10, COUNT)
     logprob_check_rows: int = checked(4, COUNT)
     # shared: one critic backbone with a reward and a cost value head (one forward and one
@@ -483,7 +453,7 @@ class PPOConfig:
     # How per-token PPO terms become one loss: seq_mean (each response's mean, then the mean
     # over responses: Safe RLHF's reference, so a short refusal counts as much as a long
     # answer) or token_mean (every valid token of the mini-batch alike).
-    loss_aggregation: str = checked("seq_mean", one_of(_loss_aggregations))
+    loss_aggregation: str = checked("seq_mean", one_of(_constant("rayrlhf.algorithms", "LOSS_AGGREGATIONS")))
     # PTX: γ of γ · LM loss on the `ptx` dataset's rows added to the policy loss (InstructGPT's
     # pretraining mix), which keeps PPO from eroding what SFT taught; 0 (or no `ptx` data)
     # turns it off. `ptx_rows_per_step` rows per step, shared out over the mini-batches.
@@ -618,7 +588,7 @@ class FaultsConfig:
     max_failed_saves: int = checked(1, NON_NEGATIVE)
     # NaN/Inf in scores, log-probs, values, advantages or losses: skip the step (no update,
     # λ unchanged, logged to faults.jsonl) or stop the run with the tensor, source and rows.
-    nonfinite: str = checked("skip", one_of(_nonfinite_policies))
+    nonfinite: str = checked("skip", one_of(_constant("rayrlhf.faults", "NONFINITE_POLICIES")))
     # Stop anyway after this many steps in a row lost to NaN/Inf, skipped or with mini-batches
     # not applied (a broken judge or a diverged model, not a glitch); a clean step resets it.
     max_consecutive_skips: int = checked(3, COUNT)
@@ -796,7 +766,7 @@ class PipelineConfig:
     run_sft: bool = False
     sft_training: TrainingConfig = field(default_factory=TrainingConfig)
     # Which judges to train (subset of reward, cost, moderation); [] skips score training.
-    score_models: list[str] = checked(MISSING, each_one_of(_judge_kinds),
+    score_models: list[str] = checked(MISSING, each_one_of(_constant("rayrlhf.models.score_model", "JUDGE_KINDS")),
                                       factory=lambda: ["reward", "cost", "moderation"])
     # Optimisation of the score models, shared by the three.
     score_training: TrainingConfig = field(default_factory=TrainingConfig)

@@ -302,15 +302,7 @@ class PPOLagDriver:
         """NaN/Inf before any update: stop, or skip the step (no training, λ unchanged,
         the prompts count as used so that the run moves on)."""
         message = findings_message(self.step_index + 1, findings)
-        policy = self.cfg.faults.nonfinite
-        too_many = policy == "skip" and self.nonfinite_streak_too_long()
-        self.fault_log.record("nonfinite", step=self.step_index + 1, findings=findings,
-                              action="stop" if policy == "stop" or too_many else "skip",
-                              consecutive=self.consecutive_skips, message=message)
-        if policy == "stop":
-            raise NonFiniteError(f"{message} (faults.nonfinite=stop)")
-        if too_many:
-            raise self.nonfinite_streak_error(message)
+        self.skip_or_raise("nonfinite", message, f"{message} (faults.nonfinite=stop)", findings=findings)
         log.warning("%s: step skipped (faults.nonfinite=skip)", message)
         self.step_index += 1
         return {"step": self.step_index, "faults/skipped_nonfinite": 1.0,
@@ -325,16 +317,21 @@ class PPOLagDriver:
             return
         message = f"step {self.step_index + 1}: NaN/Inf loss, mini-batches not applied: " + ", ".join(
             f"{role} {count:.0f}" for role, count in skipped.items() if count)
+        self.skip_or_raise("nonfinite_loss", message, message, skipped_minibatches=skipped)
+        log.warning(message)
+
+    def skip_or_raise(self, kind: str, message: str, stop_message: str, **details) -> None:
+        """faults.nonfinite decides: record the fault, then stop (``stop``, or a ``skip``
+        streak past faults.max_consecutive_skips) or return so the caller skips."""
         policy = self.cfg.faults.nonfinite
         too_many = policy == "skip" and self.nonfinite_streak_too_long()
-        self.fault_log.record("nonfinite_loss", step=self.step_index + 1, skipped_minibatches=skipped,
+        self.fault_log.record(kind, step=self.step_index + 1, **details,
                               action="stop" if policy == "stop" or too_many else "skip",
                               consecutive=self.consecutive_skips, message=message)
         if policy == "stop":
-            raise NonFiniteError(message)
+            raise NonFiniteError(stop_message)
         if too_many:
             raise self.nonfinite_streak_error(message)
-        log.warning(message)
 
     def nonfinite_streak_too_long(self) -> bool:
         """Count one more step in a row that lost data to NaN/Inf: whether the streak is now
