@@ -24,6 +24,7 @@ from typing import Any
 from rayrlhf.data.errors import DataValidationError
 from rayrlhf.data.schemas import (
     DEFAULT_MAX_CHARS,
+    PairwiseRow,
     PreferenceRow,
     PromptRow,
     QAClassificationRow,
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_TYPES: dict[str, type] = {
     "preference": PreferenceRow,
+    "pairwise": PairwiseRow,
     "qa_classification": QAClassificationRow,
     "prompt": PromptRow,
     "sft": SFTRow,
