@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -75,6 +76,42 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
+# Two imports DeepSpeed makes that rayrlhf never uses, each 5-15 s in every trainer process on a
+# 2-core CPU: its autotuner imports MLflow (to log tuning trials) when MLflow is installed, and its
+# ZeRO-1/2 code imports its Muon optimiser (to recognise it), whose module torch.compiles three
+# kernels as it loads, which imports torch inductor's compiler. rayrlhf always builds AdamW and
+# never autotunes.
+DEEPSPEED_MUON_MODULE = "deepspeed.runtime.zero.muon.muon_optimizer"
+
+
+def import_deepspeed():
+    """``import deepspeed`` without those two costs: MLflow is hidden while DeepSpeed loads (its
+    autotuner then runs without MLflow, as where it is not installed; a later ``import mlflow``
+    works as usual), and the Muon module is loaded with its kernels left as plain functions,
+    DeepSpeed's own fallback where torch.compile is missing (``compiler.dummy_decorator``)."""
+    import importlib
+
+    if "deepspeed" not in sys.modules:
+        hide_mlflow = "mlflow" not in sys.modules
+        if hide_mlflow:
+            sys.modules["mlflow"] = None  # makes DeepSpeed's optional `import mlflow` fail at once
+        try:
+            importlib.import_module("deepspeed")
+        finally:
+            if hide_mlflow:
+                del sys.modules["mlflow"]
+    if DEEPSPEED_MUON_MODULE not in sys.modules:
+        from deepspeed.runtime import compiler
+
+        compile_decorator = compiler.compile
+        compiler.compile = lambda: compiler.dummy_decorator
+        try:
+            importlib.import_module(DEEPSPEED_MUON_MODULE)
+        finally:
+            compiler.compile = compile_decorator
+    return sys.modules["deepspeed"]
+
+
 def build_engine(model: torch.nn.Module, optim: OptimConfig, model_dtype: str = "auto",
                  lr_schedule: Callable[[int], float] | None = None):
     """A DeepSpeed engine around ``model`` with AdamW (fp32 master weights under bf16), in
@@ -82,7 +119,7 @@ def build_engine(model: torch.nn.Module, optim: OptimConfig, model_dtype: str = 
     checkpointing). ``lr_schedule(step)`` multiplies the learning rate at each optimiser step
     (the engine's ``lr_scheduler``); None keeps it constant. ``optim.bf16`` None follows
     ``model_dtype`` (``resolve_bf16``)."""
-    import deepspeed
+    deepspeed = import_deepspeed()
 
     from rayrlhf.models.zoo import resolve_bf16
 

@@ -237,20 +237,21 @@ def test_empty_sweep_dir_names_the_folder(tmp_path):
 
 @pytest.mark.slow
 def test_real_threshold_multirun_with_an_unreachable_threshold_and_report(tmp_path):
-    """Issue #15's sweep, shortened (14 of 25 steps, smaller batches): thresholds -0.1 and 0.1
+    """Issue #15's sweep, shortened (8 of 25 steps, smaller batches): thresholds -0.1 and 0.1
     of the synthetic task, each its own PPO-Lag run on its own local Ray cluster in one Hydra
     multirun process. The -0.1 trial's cost stays above its limit, so λ climbs to its cap (5)
     and stays there (uncapped it overflowed at step 6 and the multirun exited non-zero); both
     trials finish, and the report marks which met its threshold and which threshold is not
-    reachable (λ at the cap for faults.threshold_unreachable_after=10 steps, the default)."""
+    reachable (λ at the cap for faults.threshold_unreachable_after=4 steps: as with the default
+    10 steps in a 14-step run, λ must reach its cap by step 5)."""
     rayrlhf = str(Path(sys.executable).with_name("rayrlhf"))
     env = dict(os.environ)  # carries RAY_AUTH_MODE as tests/conftest.py set it
     sweep = tmp_path / "sweep"
-    steps = 14
+    steps, unreachable_after = 8, 4
     proc = subprocess.run(
         [rayrlhf, "ppo-lag", "--multirun", "+experiment=synthetic", "lagrange.threshold=-0.1,0.1", f"steps={steps}",
          "rollout.prompts_per_step=8", "rollout.max_new_tokens=8", "ppo.minibatch_size=8", "ppo.epochs=1",
-         "logger=[jsonl]", f"hydra.sweep.dir={sweep}"],
+         f"faults.threshold_unreachable_after={unreachable_after}", "logger=[jsonl]", f"hydra.sweep.dir={sweep}"],
         capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Each trial started its own local cluster (the first one's was shut down after it).
@@ -276,11 +277,11 @@ def test_real_threshold_multirun_with_an_unreachable_threshold_and_report(tmp_pa
         assert float(row["cost"]) == pytest.approx(cost, abs=5e-5)
         assert float(row["final λ"]) == pytest.approx(history[-1]["lagrange/lambda"], abs=5e-5)
         assert row["meets threshold"] == ("yes" if cost <= float(row["threshold"]) else "no")
-        # Unreachable exactly when λ sat at the cap for the last 10+ steps.
+        # Unreachable exactly when λ sat at the cap for the last 4+ steps.
         at_cap = [m["lagrange/lambda"] == pytest.approx(5.0) for m in history]
         streak = next((i for i, hit in enumerate(reversed(at_cap)) if not hit), len(at_cap))
-        assert row["threshold reachable"] == (f"no: λ at its cap for the last {streak} steps" if streak >= 10
-                                              else "yes")
+        assert row["threshold reachable"] == (f"no: λ at its cap for the last {streak} steps"
+                                              if streak >= unreachable_after else "yes")
     unreachable, reachable = rows
     print(f"d=-0.1: cost {unreachable['cost']} λ {unreachable['final λ']} ({unreachable['threshold reachable']}); "
           f"d=0.1: cost {reachable['cost']} λ {reachable['final λ']}")

@@ -79,27 +79,26 @@ def test_ppo_lag_meets_the_cost_limit_in_each_mode(ray_cluster, tmp_path, mode):
     assert all("critic/cost_loss" in m for m in history)
 
 
-def test_ptx_term_trains_the_policy_on_sft_rows(ray_cluster, tmp_path):
-    """ppo.ptx_coef > 0 with SFT rows: every step reports the PTX loss, and it falls as the
+def test_forced_bf16_training_with_a_ptx_term(ray_cluster, tmp_path):
+    """Two options in one run (each was a run of its own before).
+
+    ppo.bf16=true on any CPU: the policy computes in bf16 (emulated where the CPU lacks it),
+    the fp32 engine receives its weights, and the gap is bf16 rounding, not a failed sync.
+    ppo.ptx_coef > 0 with SFT rows: every step reports the PTX loss, and it falls as the
     policy learns the answers (the tiny model starts far from them)."""
-    history = run_ppo(tmp_path, "ptx", "+dataset@ptx=demo_sft", "ppo.ptx_coef=1.0", "ppo.ptx_rows_per_step=8",
-                      "steps=4")
-    ptx = [m["actor/ptx_loss"] for m in history]
-    assert all(math.isfinite(x) for x in ptx)
-    assert ptx[-1] < ptx[0]
-
-
-def test_forced_bf16_training_keeps_the_engine_within_bf16_rounding(ray_cluster, tmp_path):
-    """ppo.bf16=true on any CPU: the policy computes in bf16 (emulated where the CPU lacks it),
-    the fp32 engine receives its weights, and the gap is bf16 rounding, not a failed sync."""
     from rayrlhf.models.zoo import logprob_gap_tolerance
 
-    history = run_ppo(tmp_path, "bf16", "ppo.bf16=true", "steps=3")
+    history = run_ppo(tmp_path, "bf16-ptx", "ppo.bf16=true", "+dataset@ptx=demo_sft", "ppo.ptx_coef=1.0",
+                      "ppo.ptx_rows_per_step=8", "steps=4")
+    assert [m["step"] for m in history] == [1, 2, 3, 4]
     tolerance = logprob_gap_tolerance("bfloat16")
     assert {m["rollout/logprob_gap_tolerance"] for m in history} == {tolerance}
     gaps = [m["rollout/logprob_gap"] for m in history]
     assert max(gaps) < tolerance
     assert max(gaps) > 1e-5  # it really computed in bf16: fp32 agrees to ~1e-6
+    ptx = [m["actor/ptx_loss"] for m in history]
+    assert all(math.isfinite(x) for x in ptx)
+    assert ptx[-1] < ptx[0]
 
 
 def test_full_step_with_vllm_engine_syncs_weights(ray_cluster, tmp_path):

@@ -153,36 +153,6 @@ def test_a_worker_dying_past_max_restarts_stops_with_a_clear_message(ray_cluster
     assert [f["actor"] for f in fault_rows(tmp_path) if f["kind"] == "worker_died"] == ["reward-model-0"]
 
 
-def test_nan_scores_skip_the_step_or_stop_the_run(ray_cluster, tmp_path):
-    """Every second call of the reward rule has NaN in rows 0 and 2. With faults.nonfinite=skip
-    step 2 is skipped (no update, λ unchanged) and named in faults.jsonl; with stop, step 4
-    ends the run with the tensor, its source and the rows."""
-    rule = "rule:rayrlhf.rewards.faulty:nan_on_even_calls"
-    faults = FaultLog(tmp_path / "faults.jsonl")
-    driver = ppo_lag.PPOLagDriver(config(tmp_path, f"reward={rule}"), faults)
-    try:
-        history = [driver.step() for _ in range(3)]
-        assert [m["step"] for m in history] == [1, 2, 3]
-        skipped = history[1]
-        assert skipped["faults/skipped_nonfinite"] == 1.0 and "reward/mean" not in skipped
-        assert skipped["lagrange/lambda"] == history[0]["lagrange/lambda"]
-        assert history[2]["lagrange/lambda"] != skipped["lagrange/lambda"]  # the run goes on
-        (fault,) = fault_rows(tmp_path)
-        assert fault["kind"] == "nonfinite" and fault["step"] == 2 and fault["action"] == "skip"
-        assert fault["findings"] == [{"tensor": "rewards", "source": f"reward model ({rule})", "rows": [0, 2],
-                                      "of_rows": 16}]
-
-        driver.cfg.faults.nonfinite = "stop"
-        lam = driver.lagrange.value
-        with pytest.raises(NonFiniteError, match=r"step 4: NaN/Inf in rewards from reward model \(rule:rayrlhf"
-                                                 r".rewards.faulty:nan_on_even_calls\): rows \[0, 2\] \(2 of 16\)"):
-            driver.step()
-        assert driver.lagrange.value == lam and driver.step_index == 3
-        assert [f["action"] for f in fault_rows(tmp_path)] == ["skip", "stop"]
-    finally:
-        driver.shutdown()
-
-
 def test_a_killed_driver_resumes_with_one_command(ray_cluster, tmp_path, undisturbed):
     """`rayrlhf ppo-lag ...` is SIGKILLed after its first checkpoint; the command it left in
     resume_command.txt continues the run, and the continued steps equal the undisturbed run."""
@@ -300,11 +270,17 @@ def test_a_save_that_finds_the_disk_full_is_retried_at_the_next_save(ray_cluster
     assert_same_weights(tmp_path, undisturbed.folder)
 
 
-def test_nan_loss_streaks_count_towards_max_consecutive_skips(ray_cluster, tmp_path):
-    """Steps lost to NaN/Inf in a row, whether skipped (NaN rewards on every second call) or
-    trained with mini-batches not applied (every policy-0 loss NaN in step 5), stop the run
-    past faults.max_consecutive_skips=2; a clean step in between resets the count. A step whose
-    policy mini-batches were all NaN leaves the policy's weights as they were."""
+def test_nan_scores_and_nan_losses_skip_steps_until_a_streak_or_stop_ends_the_run(ray_cluster, tmp_path):
+    """One driver, NaN from two sources: the reward rule has NaN in rows 0 and 2 of every second
+    call, and every policy-0 loss is NaN in step 5.
+
+    faults.nonfinite=skip: a step with NaN scores is skipped (no update, λ unchanged) and named
+    in faults.jsonl with the tensor, its source and the rows; a step whose policy mini-batches
+    were all NaN trains the critic but leaves the policy's weights as they were. Steps lost to
+    NaN/Inf in a row, whether skipped or trained with mini-batches not applied, stop the run
+    past faults.max_consecutive_skips=2; a clean step in between resets the count.
+    faults.nonfinite=stop: the next NaN score ends the run at once, naming tensor, source and
+    rows, with nothing changed. (Two tests before, each with its own set of workers.)"""
     from rayrlhf.workers.group import get_fail_fast
     from rayrlhf.workers.policy import PolicyWorker
 
@@ -316,7 +292,16 @@ def test_nan_loss_streaks_count_towards_max_consecutive_skips(ray_cluster, tmp_p
     driver = ppo_lag.PPOLagDriver(cfg, FaultLog(tmp_path / "faults.jsonl"))
     try:
         rows = [driver.step() for _ in range(4)]
+        assert [r["step"] for r in rows] == [1, 2, 3, 4]
         assert [r.get("faults/skipped_nonfinite", 0.0) for r in rows] == [0.0, 1.0, 0.0, 1.0]
+        skipped = rows[1]
+        assert "reward/mean" not in skipped
+        assert skipped["lagrange/lambda"] == rows[0]["lagrange/lambda"]
+        assert rows[2]["lagrange/lambda"] != skipped["lagrange/lambda"]  # the run goes on
+        first = fault_rows(tmp_path)[0]
+        assert first["kind"] == "nonfinite" and first["step"] == 2 and first["action"] == "skip"
+        assert first["findings"] == [{"tensor": "rewards", "source": f"reward model ({rule})", "rows": [0, 2],
+                                      "of_rows": 16}]
 
         def policy_weights():
             return get_fail_fast([driver.roles.policy.call_rank0(PolicyWorker.weights)])[0]
@@ -330,8 +315,18 @@ def test_nan_loss_streaks_count_towards_max_consecutive_skips(ray_cluster, tmp_p
         with pytest.raises(NonFiniteError, match=r"step 6: NaN/Inf in rewards .*: 3 steps in a row lost to NaN/Inf "
                                                  r"\(faults.max_consecutive_skips=2\)"):
             driver.step()
+
+        # The reward rule's next call is clean: step 6 trains. Then stop mode meets step 7's NaN.
+        driver.cfg.faults.nonfinite = "stop"
+        sixth = driver.step()
+        assert sixth["step"] == 6 and "faults/skipped_nonfinite" not in sixth
+        lam = driver.lagrange.value
+        with pytest.raises(NonFiniteError, match=r"step 7: NaN/Inf in rewards from reward model \(rule:rayrlhf"
+                                                 r".rewards.faulty:nan_on_even_calls\): rows \[0, 2\] \(2 of 16\)"):
+            driver.step()
+        assert driver.lagrange.value == lam and driver.step_index == 6
     finally:
         driver.shutdown()
     logged = [(f["kind"], f["step"], f["action"], f["consecutive"]) for f in fault_rows(tmp_path)]
     assert logged == [("nonfinite", 2, "skip", 1), ("nonfinite", 4, "skip", 1), ("nonfinite_loss", 5, "skip", 2),
-                      ("nonfinite", 6, "stop", 3)]
+                      ("nonfinite", 6, "stop", 3), ("nonfinite", 7, "stop", 0)]
