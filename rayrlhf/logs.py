@@ -37,7 +37,9 @@ NOISY_LOGGERS: dict[str, int] = {
     "DeepSpeed": logging.ERROR,
     "deepspeed": logging.ERROR,
     "torch.distributed": logging.ERROR,
-    "vllm": logging.WARNING,
+    # Engine start-up advice on CPUs (no Triton, no tcmalloc in LD_PRELOAD, eager mode, thread
+    # binding), 17 lines per engine start; real errors still show.
+    "vllm": logging.ERROR,
     "datasets": logging.WARNING,
     "filelock": logging.WARNING,
     "httpx": logging.WARNING,
@@ -59,7 +61,7 @@ NOISY_FILE_LOGGERS: dict[str, int] = {"ray/train/v2/_internal/execution/context.
 QUIET_ENV: dict[str, str] = {
     "TRANSFORMERS_VERBOSITY": "error",
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
-    "VLLM_LOGGING_LEVEL": "WARNING",
+    "VLLM_LOGGING_LEVEL": "ERROR",
     "VLLM_CONFIGURE_LOGGING": "1",
     "TOKENIZERS_PARALLELISM": "false",  # the fork warning, once per worker
     "WANDB_SILENT": "true",
