@@ -26,6 +26,9 @@ NOISY_LOGGERS: dict[str, int] = {
     # Polls the State API each second; without a dashboard every poll warns "Failed to query
     # Ray Train Controller actor state" (247 lines in a default run's first 5 minutes).
     "ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
+    # "Failed to send resource request" with a traceback, each time an overloaded CPU delays
+    # the autoscaling coordinator (Ray itself calls it safe to ignore when transient).
+    "ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client": logging.ERROR,
     # Resource requests, worker-group start-up, "Reporting training result N" per report.
     "ray.train": logging.WARNING,
     "ray.tune": logging.WARNING,
