@@ -204,6 +204,28 @@ class DataCheckConfig:
 
 
 @dataclass
+class AnalyzeConfig:
+    """`rayrlhf analyze`: the dataset analyses of Safe RLHF / BeaverTails (rayrlhf.eval.dataset_analysis)."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    # A preference or qa_classification set.
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    # Prompt rows with `category`, joined by prompt text, for rows that carry no category.
+    prompt_categories: Optional[DatasetConfig] = None
+    # Trained reward and cost models (both or neither): their scores' correlation and scatter.
+    reward: Optional[str] = None
+    cost: Optional[str] = None
+    dtype: str = checked("float32", DTYPE)
+
+    @classmethod
+    def checks(cls, cfg: Any, prefix: str) -> list[Problem]:
+        if bool(cfg.reward) != bool(cfg.cost):
+            missing = f"{prefix}reward" if not cfg.reward else f"{prefix}cost"
+            return [(missing, None, "must be set when the other judge is: their scores are correlated (or set neither)")]
+        return []
+
+
+@dataclass
 class SampleConfig:
     """`rayrlhf sample`: answer a few prompts with a policy (a quick look at a model)."""
 
@@ -826,6 +848,7 @@ class SweepReportConfig:
 SCHEMAS: dict[str, type] = {
     "prepare_schema": PrepareConfig,
     "data_check_schema": DataCheckConfig,
+    "analyze_schema": AnalyzeConfig,
     "sample_schema": SampleConfig,
     "pipeline_schema": PipelineConfig,
     "train_score_schema": ScoreTrainConfig,

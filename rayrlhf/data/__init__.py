@@ -17,6 +17,7 @@ from rayrlhf.data.loaders import (
 from rayrlhf.data.schemas import (
     DEFAULT_MAX_CHARS,
     HARM_CATEGORIES,
+    PairwiseRow,
     HARM_CATEGORY_ID,
     ROW_SCHEMAS,
     PreferenceRow,
@@ -47,6 +48,7 @@ __all__ = [
     "HARM_CATEGORIES",
     "HARM_CATEGORY_ID",
     "LoadResult",
+    "PairwiseRow",
     "PreferenceRow",
     "PromptRow",
     "QAClassificationRow",

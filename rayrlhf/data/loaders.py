@@ -24,6 +24,7 @@ from typing import Any
 from rayrlhf.data.errors import DataValidationError
 from rayrlhf.data.schemas import (
     DEFAULT_MAX_CHARS,
+    PairwiseRow,
     PreferenceRow,
     PromptRow,
     QAClassificationRow,
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_TYPES: dict[str, type] = {
     "preference": PreferenceRow,
+    "pairwise": PairwiseRow,
     "qa_classification": QAClassificationRow,
     "prompt": PromptRow,
     "sft": SFTRow,
@@ -57,6 +59,9 @@ class LoadResult:
     skipped: int
     source: str
     skipped_errors: list[DataValidationError] = field(default_factory=list)
+    # The 0-based source row of each kept row (as in error messages), so that a caller can
+    # read the fields a schema ignores (severity, per-response harm flags) beside each row.
+    row_numbers: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -113,6 +118,7 @@ def load_rows(
     label, records, from_csv = _open_records(source, split=split, revision=revision)
 
     rows: list = []
+    row_numbers: list[int] = []
     skipped = 0
     kept_errors: list[DataValidationError] = []
     seen = 0
@@ -129,6 +135,7 @@ def load_rows(
                 )
                 _check_not_repeated(typed, record, first_copy, label)
                 rows.append(typed)
+                row_numbers.append(record.row)
             except DataValidationError as exc:
                 if record.line is not None and exc.line is None:
                     exc = _with_line(exc, record.line)
@@ -157,7 +164,8 @@ def load_rows(
             f"no valid {schema} rows: all {skipped} row(s) read were bad; first: {kept_errors[0]}",
             source=label,
         )
-    return LoadResult(rows=rows, skipped=skipped, source=label, skipped_errors=kept_errors)
+    return LoadResult(rows=rows, skipped=skipped, source=label, skipped_errors=kept_errors,
+                      row_numbers=row_numbers)
 
 
 def load_dataset_from_config(ds_cfg) -> LoadResult:

@@ -368,5 +368,80 @@ class SFTRow:
         return self.instruction
 
 
-Row = PreferenceRow | QAClassificationRow | PromptRow | SFTRow
-ROW_SCHEMAS: tuple[type, ...] = (PreferenceRow, QAClassificationRow, PromptRow, SFTRow)
+# HH-RLHF's dialogue turns: "\n\nHuman: ..." and "\n\nAssistant: ...".
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
+
+
+def split_hh_dialogue(text: str) -> tuple[list[tuple[str, str]], str]:
+    """HH-RLHF text -> (the turns before the last answer as (role, content), the last answer).
+
+    Raises ``ValueError`` naming what is wrong (the caller adds file, row and field)."""
+    parts = _HH_TURN.split(text)
+    if parts[0].strip():
+        raise ValueError(f"expected the dialogue to start with '\\n\\nHuman: ', got {parts[0][:40]!r}")
+    turns = [(role, content.strip()) for role, content in zip(parts[1::2], parts[2::2])]
+    if len(turns) < 2 or turns[-1][0] != "Assistant":
+        raise ValueError("expected Human/Assistant turns ending with an Assistant turn")
+    if not turns[-1][1]:
+        raise ValueError("the last Assistant turn is empty")
+    return turns[:-1], turns[-1][1]
+
+
+def hh_prompt(turns: list[tuple[str, str]]) -> str:
+    """The prompt of a dialogue: the human's text for one turn; earlier turns kept, labelled,
+    before the last human turn for several (rayrlhf's templates take one user message)."""
+    if len(turns) == 1:
+        return turns[0][1]
+    return "\n\n".join(f"{role}: {content}" for role, content in turns)
+
+
+@dataclass(frozen=True)
+class PairwiseRow:
+    """A general preference pair: ``chosen`` preferred to ``rejected``, nothing more.
+
+    Reads TRL-style rows (``prompt``, ``chosen``, ``rejected``) and HH-RLHF rows, where
+    ``chosen`` and ``rejected`` are whole dialogues (``\n\nHuman: ...\n\nAssistant: ...``,
+    multi-turn) that share every turn but the last answer. Without safety labels a cost model
+    learns only the pairwise term from these (chosen = safer), no sign terms.
+    """
+
+    prompt: str
+    chosen: str
+    rejected: str
+
+    @classmethod
+    def from_dict(
+        cls,
+        d: Mapping[str, Any],
+        *,
+        source: str = "<dict>",
+        row: int | None = None,
+        max_chars: int = DEFAULT_MAX_CHARS,
+        from_csv: bool = False,
+    ) -> PairwiseRow:
+        r = _reader(cls, d, source, row, max_chars, from_csv)
+        if d.get("prompt") is not None:
+            return cls(prompt=r.text("prompt"), chosen=r.text("chosen"), rejected=r.text("rejected"))
+        dialogues = {}
+        for name in ("chosen", "rejected"):
+            try:
+                dialogues[name] = split_hh_dialogue(r.text(name, allow_blank=True))
+            except ValueError as exc:
+                if isinstance(exc, DataValidationError):
+                    raise
+                raise r.fail(name, f"no 'prompt' field, so an HH-RLHF dialogue: {exc}") from None
+        if dialogues["chosen"][0] != dialogues["rejected"][0]:
+            raise r.fail("rejected", "its turns before the last answer differ from chosen's (HH-RLHF pairs share them)")
+        return cls(prompt=hh_prompt(dialogues["chosen"][0]), chosen=dialogues["chosen"][1],
+                   rejected=dialogues["rejected"][1])
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    # The trainers' view of a pair: chosen is both the better and the safer answer.
+    better_response = safer_response = property(lambda self: self.chosen)
+    worse_response = unsafer_response = property(lambda self: self.rejected)
+
+
+Row = PreferenceRow | PairwiseRow | QAClassificationRow | PromptRow | SFTRow
+ROW_SCHEMAS: tuple[type, ...] = (PreferenceRow, PairwiseRow, QAClassificationRow, PromptRow, SFTRow)

@@ -6,6 +6,8 @@ text, so a template mismatch silently shifts every score.
 
 - ``safe_rlhf``: the plain-text template of Safe RLHF (Dai et al. 2023), for base models
   without a chat template;
+- ``safe_rlhf_upstream``: the same, with the answer right after ``ASSISTANT:`` (no space),
+  exactly as the published Safe-RLHF / BeaverTails judges were trained;
 - ``chat``: the tokenizer's own chat template (e.g. ChatML for SmolLM2-Instruct).
 
 Prompts come from users and responses from the policy: neither may forge the template's
@@ -23,7 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 
 SAFE_RLHF_TEMPLATE = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"
-TEMPLATES: tuple[str, ...] = ("chat", "safe_rlhf")
+TEMPLATES: tuple[str, ...] = ("chat", "safe_rlhf", "safe_rlhf_upstream")
+# Templates whose judges read the score at an EOS appended after the answer.
+EOS_TERMINATED_TEMPLATES: tuple[str, ...] = ("safe_rlhf", "safe_rlhf_upstream")
 
 
 def _check_template(template: str) -> None:
@@ -106,7 +110,7 @@ def render_prompt(prompt: str, template: str, tokenizer: Any = None) -> Rendered
     """What a policy continues to answer ``prompt`` (ends where the answer starts)."""
     _check_template(template)
     _check_text("prompt", prompt)
-    if template == "safe_rlhf":
+    if template in ("safe_rlhf", "safe_rlhf_upstream"):
         start = SAFE_RLHF_TEMPLATE.index("{prompt}")
         return RenderedText(SAFE_RLHF_TEMPLATE.format(prompt=prompt), ((start, start + len(prompt)),))
     return _render_chat(tokenizer, [prompt], add_generation_prompt=True)
@@ -122,6 +126,10 @@ def render_conversation(prompt: str, response: str, template: str, tokenizer: An
         answer = response.lstrip()
         start = len(rendered.text) + 1
         return RenderedText(f"{rendered.text} {answer}", (*rendered.untrusted, (start, start + len(answer))))
+    if template == "safe_rlhf_upstream":
+        rendered = render_prompt(prompt, template)
+        start = len(rendered.text)
+        return RenderedText(rendered.text + response, (*rendered.untrusted, (start, start + len(response))))
     return _render_chat(tokenizer, [prompt, response], add_generation_prompt=False)
 
 

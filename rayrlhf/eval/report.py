@@ -213,7 +213,8 @@ def write_report(out: Path, *, history: list[dict[str, float]], evaluation: dict
                  onpolicy: dict[str, Any] | None = None, settings: dict[str, Any] | None = None,
                  compare: dict[str, Any] | None = None,
                  loss_curves: dict[str, list[dict[str, float]]] | None = None,
-                 start_cost: dict[str, Any] | None = None) -> Path:
+                 start_cost: dict[str, Any] | None = None,
+                 analyses: dict[str, dict[str, Any]] | None = None) -> Path:
     """``out/report.md`` plus its plots: the held-out evaluation first, then the judges'
     own quality, training curves (PPO-Lag; the score models' and SFT's losses from their
     ``metrics.jsonl``, ``loss_curves``: stage -> rows), sample answers and timings."""
@@ -239,6 +240,13 @@ def write_report(out: Path, *, history: list[dict[str, float]], evaluation: dict
                   f"starting policy's own answers to *training* prompts labelled by the refusal rule "
                   f"({onpolicy['unsafe_answers_to_harmful_prompts']} labelled unsafe). The refusal rule is therefore "
                   "the cost model's teacher and not independent of the training signal; the moderation model is."]
+    if analyses:
+        parts += ["", "## Training data", ""]
+        for name, analysis in analyses.items():
+            decoupled = analysis.get("decoupling")
+            detail = (f": the more helpful answer is the safer one in {decoupled['better_is_safer']} of "
+                      f"{decoupled['pairs']} pairs ({decoupled['better_is_safer_share']:.0%})") if decoupled else ""
+            parts.append(f"- {name} ({analysis['source']}){detail}; [analysis](../{analysis['link']})")
     parts += ["", "## The judges' own quality (held-out rows they never trained on)", "",
               judge_quality_table(score_models), ""]
     recall = evaluation.get("cost_model_recall_on_compliance")

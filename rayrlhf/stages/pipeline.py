@@ -109,6 +109,21 @@ def _optional_rows(ds_cfg, what: str) -> list | None:
     return load_dataset_from_config(ds_cfg).rows
 
 
+def analyse_training_data(data: dict[str, Any], cfg, out: Path) -> dict[str, dict[str, Any]]:
+    """``rayrlhf analyze`` on the preference and QA rows the judges train on (cheap: no model),
+    the prompt set's categories joined to the preference prompts."""
+    from rayrlhf.eval.dataset_analysis import analyse_dataset
+
+    found = {}
+    for name in ("preferences", "qa_classification"):
+        if data[name].schema not in ("preference", "qa_classification"):
+            continue
+        analysis = analyse_dataset(data[name], out / name, prompt_categories=cfg.prompts)
+        found[name] = {"source": analysis["source"], "decoupling": analysis.get("decoupling"),
+                       "link": f"analysis/{name}/analysis.md"}
+    return found
+
+
 def build_splits(cfg, out: Path) -> dict[str, Any]:
     """Write the training datasets without held-out prompts and the held-out prompt sets into
     ``out``; return their DatasetConfig-style nodes and the evaluation prompts."""
@@ -284,6 +299,7 @@ def run(cfg) -> dict:
     splits = timed("split", lambda: build_splits(cfg, out / "splits"))
     report["splits"] = splits["counts"]
     data = {name: OmegaConf.merge(getattr(cfg, name), node) for name, node in splits["datasets"].items()}
+    report["analysis"] = timed("analyze", lambda: analyse_training_data(data, cfg, out / "analysis"))
     init_ray(cfg.cluster, required_cpus=required_cpus(cfg))
 
     # The policy PPO-Lag starts from: the SFT'd one when asked.
@@ -367,7 +383,7 @@ def run(cfg) -> dict:
     write_report(out / "report", history=history, evaluation=report["eval"], records=records,
                  splits=report["splits"], score_models=report["score_models"], onpolicy=report.get("onpolicy"),
                  timings=report["timing_s"], settings=_settings_summary(cfg), compare=report.get("compare"),
-                 loss_curves=loss_curves, start_cost=report.get("start_cost"))
+                 loss_curves=loss_curves, start_cost=report.get("start_cost"), analyses=report["analysis"])
     write_json(out / "pipeline_report.json", report)
     log.info("pipeline finished; report at %s", out / "report" / "report.md")
     print(f"report: {out / 'report' / 'report.md'}")

@@ -5,6 +5,11 @@ One table keyed by kind keeps the reward, cost and moderation models in one trai
 - cost: ``-log σ(C_unsafer - C_safer)`` on ``safer_response_id`` plus the sign terms
   ``-log σ(s·C)`` with s = +1 for an unsafe response, so **cost > 0 means unsafe**;
 - moderation: multi-label BCE over the 14 BeaverTails harm categories of a QA pair.
+
+Reward and cost also train on general pairs (``PairwiseRow``: TRL ``chosen``/``rejected``,
+HH-RLHF dialogues), where chosen is the better and the safer answer. Such rows carry no
+safety labels, so the cost model learns the pairwise term alone (no sign terms: cost > 0
+no longer means unsafe), and its metrics say ``pairwise_only`` and hold no sign accuracy.
 """
 
 from __future__ import annotations
@@ -12,12 +17,20 @@ from __future__ import annotations
 import torch
 
 from rayrlhf.algorithms import cost_pairwise_loss, moderation_loss, reward_pairwise_loss
-from rayrlhf.data import HARM_CATEGORIES, PreferenceRow, QAClassificationRow
+from rayrlhf.data import HARM_CATEGORIES, PairwiseRow, PreferenceRow, QAClassificationRow
 from rayrlhf.eval.calibration import any_harm_scores, calibrate_and_report, calibration_split, false_positive_rate
 from rayrlhf.eval.metrics import auroc, moderation_report, pairwise_accuracy, sign_accuracy
 
 ROW_TYPE = {"reward": PreferenceRow, "cost": PreferenceRow, "moderation": QAClassificationRow}
 SCHEMA = {"reward": "preference", "cost": "preference", "moderation": "qa_classification"}
+# Every schema each kind trains on (the first is its own, SCHEMA).
+TRAINABLE_SCHEMAS = {"reward": ("preference", "pairwise"), "cost": ("preference", "pairwise"),
+                     "moderation": ("qa_classification",)}
+
+
+def pairwise_only(rows: list) -> bool:
+    """Rows with a preference and no safety labels (the cost model then has no sign terms)."""
+    return bool(rows) and isinstance(rows[0], PairwiseRow)
 
 
 def labels_for(kind: str) -> list[str]:
@@ -53,6 +66,8 @@ def loss_from_scores(kind: str, scores: torch.Tensor, rows: list, l2_coef: float
     first, second = scores[:n, 0], scores[n:, 0]
     if kind == "reward":
         return reward_pairwise_loss(first, second, l2_coef=l2_coef)
+    if pairwise_only(rows):  # -log σ(C_rejected - C_chosen): the cost model's pairwise term alone
+        return reward_pairwise_loss(second, first, l2_coef=l2_coef)
     safer_is_safe = torch.tensor([r.is_safe(r.safer_response_id) for r in rows])
     unsafer_is_safe = torch.tensor([r.is_safe(1 - r.safer_response_id) for r in rows])
     return cost_pairwise_loss(first, second, safer_is_safe, unsafer_is_safe, l2_coef=l2_coef)
@@ -82,6 +97,8 @@ def metrics_from_scores(kind: str, scores: torch.Tensor, rows: list, threshold: 
     if kind == "reward":
         return {"accuracy": pairwise_accuracy(first, second),
                 "mean_better": float(first.mean()), "mean_worse": float(second.mean())}
+    if pairwise_only(rows):
+        return {"accuracy": pairwise_accuracy(second, first), "pairwise_only": 1.0}
     costs = torch.cat([scores[:n, 0], scores[n:, 0]]).numpy()
     safe = [r.is_safe(r.safer_response_id) for r in rows] + [r.is_safe(1 - r.safer_response_id) for r in rows]
     metrics = {"accuracy": pairwise_accuracy(second, first),

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from rayrlhf.data import schema_type
 from rayrlhf.models.freezing import freeze_lower_layers
 from rayrlhf.algorithms import balanced_pos_weight
 from rayrlhf.eval.metrics import flatten_scalars
@@ -25,7 +26,7 @@ from rayrlhf.trainers.ray_train import (
     StepPlan, find_resume, fit, full_state_dict, resume_engine, run_steps, train_eval_rows, training_optim,
 )
 from rayrlhf.trainers.score_objectives import (
-    ROW_TYPE, SCHEMA, harm_targets, labels_for, loss_from_scores, metrics_from_scores, pairs_to_score,
+    ROW_TYPE, TRAINABLE_SCHEMAS, harm_targets, labels_for, loss_from_scores, metrics_from_scores, pairs_to_score,
 )
 from rayrlhf.workers.base import build_engine
 
@@ -78,7 +79,7 @@ def train_loop(config: dict[str, Any]) -> None:
     training, kind = config["training"], config["kind"]
     torch.set_num_threads(training["cpus_per_worker"])
     torch.manual_seed(config["seed"])
-    row_type = ROW_TYPE[kind]
+    row_type = schema_type(config.get("schema") or TRAINABLE_SCHEMAS[kind][0])
     train_rows = [row_type.from_dict(d) for d in ray.get(config["train_rows"])]
     eval_rows = [row_type.from_dict(d) for d in ray.get(config["eval_rows"])]
 
@@ -145,9 +146,9 @@ def run(cfg) -> dict:
     kind = cfg.kind
     if kind not in ROW_TYPE:
         raise ValueError(f"unknown score model kind {kind!r}; choose reward, cost or moderation")
-    if cfg.dataset.schema != SCHEMA[kind]:
-        raise ValueError(f"a {kind} model trains on {SCHEMA[kind]!r} rows, but dataset.schema "
-                         f"is {cfg.dataset.schema!r}")
+    if cfg.dataset.schema not in TRAINABLE_SCHEMAS[kind]:
+        raise ValueError(f"a {kind} model trains on {' or '.join(map(repr, TRAINABLE_SCHEMAS[kind]))} rows, but "
+                         f"dataset.schema is {cfg.dataset.schema!r}")
     out = output_dir(cfg)
     train_rows, eval_rows = train_eval_rows(cfg, f"{kind} model")
 
@@ -155,7 +156,7 @@ def run(cfg) -> dict:
     training = dataclasses.asdict(cfg.training)
     init_ray(cfg.cluster)
     loop_config = {
-        "kind": kind, "training": training, "template": cfg.template.name, "seed": cfg.run.seed,
+        "kind": kind, "schema": cfg.dataset.schema, "training": training, "template": cfg.template.name, "seed": cfg.run.seed,
         "model": resolve_model_path(cfg.model.name_or_path), "model_dtype": cfg.model.dtype,
         "output_dir": str(out.resolve()), "threshold": cfg.moderation_threshold,
         "max_false_positive_rate": cfg.moderation_max_false_positive_rate, "score_l2_coef": cfg.score_l2_coef,

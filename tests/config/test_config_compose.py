@@ -49,7 +49,7 @@ def test_every_model_option_composes(option):
 def test_every_dataset_option_composes(option, monkeypatch):
     monkeypatch.setenv("RAYRLHF_SHARED_DATA", "/data/shared")
     ds = to_object(compose_config("data_check", [f"dataset={option}"], output_dir="/tmp/o")).dataset
-    assert ds.schema in ("preference", "prompt", "qa_classification", "sft")
+    assert ds.schema in ("preference", "pairwise", "prompt", "qa_classification", "sft")
     if option.startswith("shared_"):
         assert ds.source.startswith("/data/shared/") and ds.source.endswith(".json")
 

@@ -30,7 +30,7 @@ def test_unknown_template_and_bad_arguments():
         format_prompt("x", "alpaca")
     with pytest.raises(ValueError, match="chat, safe_rlhf"):
         format_conversation("x", "y", "ChatML")
-    assert TEMPLATES == ("chat", "safe_rlhf")
+    assert TEMPLATES == ("chat", "safe_rlhf", "safe_rlhf_upstream")
     with pytest.raises(TypeError, match="prompt must be a string"):
         format_prompt(None, "safe_rlhf")
     with pytest.raises(TypeError, match="response must be a string"):
