@@ -26,6 +26,9 @@ NOISY_LOGGERS: dict[str, int] = {
     # Polls the State API each second; without a dashboard every poll warns "Failed to query
     # Ray Train Controller actor state" (247 lines in a default run's first 5 minutes).
     "ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
+    # "Failed to send resource request" with a traceback, each time an overloaded CPU delays
+    # the autoscaling coordinator (Ray itself calls it safe to ignore when transient).
+    "ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client": logging.ERROR,
     # Resource requests, worker-group start-up, "Reporting training result N" per report.
     "ray.train": logging.WARNING,
     "ray.tune": logging.WARNING,
@@ -37,7 +40,9 @@ NOISY_LOGGERS: dict[str, int] = {
     "DeepSpeed": logging.ERROR,
     "deepspeed": logging.ERROR,
     "torch.distributed": logging.ERROR,
-    "vllm": logging.WARNING,
+    # Engine start-up advice on CPUs (no Triton, no tcmalloc in LD_PRELOAD, eager mode, thread
+    # binding), 17 lines per engine start; real errors still show.
+    "vllm": logging.ERROR,
     "datasets": logging.WARNING,
     "filelock": logging.WARNING,
     "httpx": logging.WARNING,
@@ -59,7 +64,7 @@ NOISY_FILE_LOGGERS: dict[str, int] = {"ray/train/v2/_internal/execution/context.
 QUIET_ENV: dict[str, str] = {
     "TRANSFORMERS_VERBOSITY": "error",
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
-    "VLLM_LOGGING_LEVEL": "WARNING",
+    "VLLM_LOGGING_LEVEL": "ERROR",
     "VLLM_CONFIGURE_LOGGING": "1",
     "TOKENIZERS_PARALLELISM": "false",  # the fork warning, once per worker
     "WANDB_SILENT": "true",

@@ -773,6 +773,9 @@ class PipelineConfig:
     heldout_fraction: float = checked(0.25, within(0, 1, high_open=True))
     heldout_harmful: Optional[DatasetConfig] = None
     num_heldout_harmful: int = checked(140, NON_NEGATIVE)
+    # Red-team prompts for training: up to this many of `heldout_harmful`'s prompts that were
+    # NOT drawn for evaluation join PPO-Lag's prompts and the on-policy judge data (0: none).
+    num_redteam_train: int = checked(0, NON_NEGATIVE)
     # More benign prompts for over-refusal and helpfulness (any schema with a prompt).
     heldout_benign: Optional[DatasetConfig] = None
     onpolicy: OnPolicyJudgeDataConfig = field(default_factory=OnPolicyJudgeDataConfig)
@@ -805,6 +808,10 @@ class PipelineConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     # A node of the `lagrange` group, as in PPOLagConfig.
     lagrange: Any = MISSING
+    # True: PPO-Lag's cost threshold is the trained cost model's mean over the starting
+    # policy's sampled on-policy answers (grow more helpful, no less safe than the start);
+    # lagrange.threshold is then ignored. Needs onpolicy with samples_per_prompt >= 2.
+    threshold_from_start: bool = False
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     # Held-out answers (and the on-policy judge data) come from the `eval_engine`, with
     # `generation` (greedy by default: the answer a user would get).
@@ -817,7 +824,12 @@ class PipelineConfig:
 
     @classmethod
     def checks(cls, cfg: Any, prefix: str) -> list[Problem]:
-        return ranks_split_the_step(cfg, prefix)
+        problems = ranks_split_the_step(cfg, prefix)
+        if cfg.threshold_from_start is True and not (cfg.onpolicy.enabled and cfg.onpolicy.samples_per_prompt >= 2):
+            problems.append((f"{prefix}threshold_from_start", True,
+                             "needs the starting policy's sampled answers: onpolicy.enabled=true and "
+                             "onpolicy.samples_per_prompt >= 2"))
+        return problems
 
 
 @dataclass

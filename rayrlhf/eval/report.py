@@ -213,6 +213,7 @@ def write_report(out: Path, *, history: list[dict[str, float]], evaluation: dict
                  onpolicy: dict[str, Any] | None = None, settings: dict[str, Any] | None = None,
                  compare: dict[str, Any] | None = None,
                  loss_curves: dict[str, list[dict[str, float]]] | None = None,
+                 start_cost: dict[str, Any] | None = None,
                  analyses: dict[str, dict[str, Any]] | None = None) -> Path:
     """``out/report.md`` plus its plots: the held-out evaluation first, then the judges'
     own quality, training curves (PPO-Lag; the score models' and SFT's losses from their
@@ -224,7 +225,9 @@ def write_report(out: Path, *, history: list[dict[str, float]], evaluation: dict
              f"{splits['heldout_harmful']} harmful prompts ({splits['heldout_harmful_source']}) and "
              f"{splits['heldout_benign']} benign prompts, none of them seen by any training stage "
              f"(held-out rule: `rayrlhf.data.splits`, fraction {splits['heldout_fraction']}). Greedy answers; "
-             "each cell is the mean with its 95% bootstrap interval; the change is paired (same prompts).", "",
+             "each cell is the mean with its 95% bootstrap interval; the change is paired (same prompts)."
+             + (f" {splits['redteam_train_rows']} other prompts of the same harmful set (never these) were PPO-Lag "
+                "training prompts and on-policy judge data." if splits.get("redteam_train_rows") else ""), "",
              heldout_table(evaluation["measures"], policies), "",
              *verdict_lines(evaluation, BAR), "",
              "**Which judges are independent.** The *refusal rule* (`rayrlhf.eval.refusal`) is a list of "
@@ -262,6 +265,10 @@ def write_report(out: Path, *, history: list[dict[str, float]], evaluation: dict
                   f"{len(history)} steps; final reward {last['reward/mean']:.3f}, episode cost "
                   f"{last['cost/mean']:.3f} against threshold {last['cost/threshold']:.3f}, "
                   f"λ {last['lagrange/lambda']:.3f} (reward and cost by the optimised judges, on training prompts).",
+                  *([f"The threshold is the starting policy's mean cost over its {start_cost['answers']} sampled "
+                     f"answers to the training prompts ({start_cost['unsafe_share']:.3f} of them with cost > 0): "
+                     "PPO-Lag may grow more helpful, but not less safe than where it started."]
+                    if start_cost else []),
                   "", "![training](training.png)", ""]
     curves = {stage: rows for stage, rows in (loss_curves or {}).items() if rows}
     if curves:

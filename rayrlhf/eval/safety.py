@@ -117,11 +117,16 @@ def eval_markdown(report: dict[str, Any]) -> str:
 ANSWER_CHUNK = 64
 
 
-def generate_answers(policy: str, prompts: list[str], *, template: str, engine: str, max_new_tokens: int,
-                     temperature: float, seed: int, max_prompt_tokens: int = 512,
-                     engine_kwargs: dict | None = None, desc: str = "answers") -> list[str]:
-    """Answers from a rollout engine running in a Ray actor (vLLM needs its own process), with
-    a progress bar (``desc``)."""
+def generate_answers(policy: str, prompts: list[str], **kwargs) -> list[str]:
+    """The text of :func:`generate_completions`' answers."""
+    return [c.text for c in generate_completions(policy, prompts, **kwargs)]
+
+
+def generate_completions(policy: str, prompts: list[str], *, template: str, engine: str, max_new_tokens: int,
+                         temperature: float, seed: int, max_prompt_tokens: int = 512,
+                         engine_kwargs: dict | None = None, desc: str = "answers") -> list:
+    """Answers (``Completion``: text, token ids, whether it finished) from a rollout engine
+    running in a Ray actor (vLLM needs its own process), with a progress bar (``desc``)."""
     import ray
     from tqdm.auto import tqdm
 
@@ -146,7 +151,7 @@ def generate_answers(policy: str, prompts: list[str], *, template: str, engine: 
                 bar.update(len(done[refs[ready[0]]]))
     finally:
         ray.kill(worker)
-    return [c.text for start in sorted(done) for c in done[start]]
+    return [c for start in sorted(done) for c in done[start]]
 
 
 def run(cfg) -> dict[str, Any]:

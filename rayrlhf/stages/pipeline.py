@@ -132,12 +132,15 @@ def build_splits(cfg, out: Path) -> dict[str, Any]:
     from rayrlhf.data.splits import assert_disjoint, drop_prompts, split_rows
 
     fraction = cfg.heldout_fraction
-    prompts_train, prompts_heldout = split_rows(load_dataset_from_config(cfg.prompts).rows, fraction)
-    harmful_rows = _optional_rows(cfg.heldout_harmful, "heldout_harmful")
-    harmful_source = cfg.heldout_harmful.source if harmful_rows is not None else "demo held-out split"
-    if harmful_rows is None:
-        harmful_rows = [r for r in prompts_heldout if r.category]
-    harmful_rows = spread(harmful_rows, cfg.num_heldout_harmful) if cfg.num_heldout_harmful else harmful_rows
+    prompts_heldout = split_rows(load_dataset_from_config(cfg.prompts).rows, fraction)[1]
+    harmful_pool = _optional_rows(cfg.heldout_harmful, "heldout_harmful")
+    harmful_source = cfg.heldout_harmful.source if harmful_pool is not None else "demo held-out split"
+    if harmful_pool is None:
+        harmful_pool = [r for r in prompts_heldout if r.category]
+        redteam_rows = []
+    harmful_rows = spread(harmful_pool, cfg.num_heldout_harmful) if cfg.num_heldout_harmful else harmful_pool
+    if harmful_source != "demo held-out split":
+        redteam_rows = redteam_training_rows(harmful_pool, harmful_rows, cfg.num_redteam_train)
     benign_rows = [r for r in prompts_heldout if not r.category]
     extra_benign = _optional_rows(cfg.heldout_benign, "heldout_benign")
     if extra_benign:
@@ -146,54 +149,100 @@ def build_splits(cfg, out: Path) -> dict[str, Any]:
 
     nodes: dict[str, Any] = {}
     counts: dict[str, Any] = {"heldout_fraction": fraction}
+    kept_by_name = {}
     for name in ("prompts", "preferences", "qa_classification", "sft"):
         rows = load_dataset_from_config(getattr(cfg, name)).rows
         kept = drop_prompts(split_rows(rows, fraction)[0], eval_prompts)
+        if name == "prompts":
+            kept += redteam_rows
         assert_disjoint([r.prompt for r in kept], eval_prompts, f"{name} ({getattr(cfg, name).source})")
         path = write_rows(kept, out / f"{name}_train.json")
         nodes[name] = _file_dataset(path, getattr(cfg, name).schema)
         counts[f"{name}_train_rows"] = len(kept)
-        counts[f"{name}_dropped_rows"] = len(rows) - len(kept)
+        counts[f"{name}_dropped_rows"] = len(rows) + (len(redteam_rows) if name == "prompts" else 0) - len(kept)
+        kept_by_name[name] = kept
     write_rows(harmful_rows, out / "heldout_harmful.json")
     write_rows(benign_rows, out / "heldout_benign.json")
     counts.update({"heldout_harmful": len(harmful_rows), "heldout_harmful_source": harmful_source,
-                   "heldout_benign": len(benign_rows)})
+                   "heldout_benign": len(benign_rows), "redteam_train_rows": len(redteam_rows)})
     write_json(out / "splits.json", counts)
     return {"datasets": nodes, "counts": counts, "harmful": harmful_rows, "benign": benign_rows,
-            "train_prompts": prompts_train}
+            "train_prompts": kept_by_name["prompts"], "redteam": redteam_rows}
+
+
+def redteam_training_rows(pool: list, heldout: list, n: int) -> list:
+    """Up to ``n`` red-team prompts of ``pool`` (spread over its categories) that are not in
+    ``heldout``: the policy meets harmful requests in PPO-Lag, and the cost model learns what
+    the policy's own harmful answers look like, on prompts the evaluation never uses."""
+    from rayrlhf.data.splits import normalize_prompt
+
+    if n <= 0:
+        return []
+    heldout_prompts = {normalize_prompt(r.prompt) for r in heldout}
+    return spread([r for r in pool if normalize_prompt(r.prompt) not in heldout_prompts], n)
 
 
 # ------------------------------------------------------------------ on-policy judge data
-def onpolicy_preferences(cfg, policy: str, prompt_rows: list, out: Path, base_preferences: dict) -> dict[str, Any]:
+def onpolicy_preferences(cfg, policy: str, prompt_rows: list, out: Path, base_preferences: dict,
+                         redteam_prompts: list[str] = ()) -> dict[str, Any]:
     """The starting policy answers the training prompts (greedy, then sampled); the refusal
-    rule labels the answers; the pairs join the configured preference rows in one file."""
+    rule labels the answers; the pairs join the configured preference rows in one file. The
+    sampled answers (what PPO-Lag's rollouts look like) are kept for :func:`start_cost`."""
     from rayrlhf.data import PreferenceRow
     from rayrlhf.data.loaders import write_rows
+    from rayrlhf.data.splits import normalize_prompt
     from rayrlhf.eval.onpolicy import preference_rows
-    from rayrlhf.eval.safety import generate_answers
+    from rayrlhf.eval.safety import generate_completions
 
     settings = cfg.onpolicy
     prompts = [r.prompt for r in prompt_rows]
     harmful = [bool(r.category) for r in prompt_rows]
     samples: list[list[str]] = [[] for _ in prompts]
+    sampled: list[dict[str, Any]] = []
     for i in range(settings.samples_per_prompt):
         temperature = 0.0 if i == 0 else settings.temperature  # the first answer is the greedy one
-        answers = generate_answers(policy, prompts, template=cfg.template.name, engine=cfg.eval_engine,
-                                   max_new_tokens=settings.max_new_tokens, temperature=temperature,
-                                   seed=cfg.run.seed + i, engine_kwargs=_engine_kwargs(cfg),
-                                   desc=f"on-policy answers {i + 1}/{settings.samples_per_prompt}")
-        for sample, answer in zip(samples, answers):
-            sample.append(answer)
+        completions = generate_completions(policy, prompts, template=cfg.template.name, engine=cfg.eval_engine,
+                                           max_new_tokens=settings.max_new_tokens, temperature=temperature,
+                                           seed=cfg.run.seed + i, engine_kwargs=_engine_kwargs(cfg),
+                                           desc=f"on-policy answers {i + 1}/{settings.samples_per_prompt}")
+        for prompt, sample, completion in zip(prompts, samples, completions):
+            sample.append(completion.text)
+            if i > 0:
+                sampled.append({"prompt": prompt, "response": completion.text, "finished": completion.finished})
     pairs = [PreferenceRow.from_dict(row, source="on-policy answers", row=i)
              for i, row in enumerate(preference_rows(prompts, harmful, samples))]
     write_rows(pairs, out / "onpolicy_preferences.json")
+    write_json(out / "onpolicy_sampled_answers.json", sampled)
     base = load_dataset_from_config(OmegaConf.create(base_preferences)).rows
-    merged = write_rows([*base, *pairs], out / "preferences_with_onpolicy.json")
-    stats = {"prompts": len(prompts), "samples_per_prompt": settings.samples_per_prompt, "pairs": len(pairs),
-             "unsafe_answers_to_harmful_prompts": sum(not p.is_safe(0) for p in pairs),
-             "base_rows": len(base)}
+    # The cost model learns harm from every pair; the reward model (helpfulness) keeps to the
+    # pairs of the configured prompt set: the red-team pairs only say "going along is more
+    # helpful", and cost it a longer training.
+    redteam = {normalize_prompt(p) for p in redteam_prompts}
+    for_reward = [p for p in pairs if normalize_prompt(p.prompt) not in redteam]
+    datasets = {"cost": write_rows([*base, *pairs], out / "preferences_with_onpolicy.json"),
+                "reward": write_rows([*base, *for_reward], out / "preferences_with_onpolicy_for_reward.json")}
+    stats = {"prompts": len(prompts), "harmful_prompts": sum(harmful), "samples_per_prompt": settings.samples_per_prompt,
+             "pairs": len(pairs), "unsafe_answers_to_harmful_prompts": sum(not p.is_safe(0) for p in pairs),
+             "redteam_pairs": len(pairs) - len(for_reward), "base_rows": len(base)}
     write_json(out / "onpolicy.json", stats)
-    return {"dataset": _file_dataset(merged, "preference"), "stats": stats}
+    return {"datasets": {kind: _file_dataset(path, "preference") for kind, path in datasets.items()},
+            "stats": stats, "sampled": sampled}
+
+
+def start_cost(cost: str, sampled: list[dict[str, Any]]) -> dict[str, Any]:
+    """The cost model's mean over the starting policy's sampled answers to the training
+    prompts, scored as PPO-Lag scores its rollouts (an answer the length limit cut off counts
+    as unfinished). As the cost threshold it says: grow more helpful, but no less safe than
+    where you started."""
+    import numpy as np
+
+    from rayrlhf.rewards import make_scorer
+
+    if not sampled:
+        raise ValueError("threshold_from_start needs sampled on-policy answers (onpolicy.samples_per_prompt >= 2)")
+    scores = make_scorer(cost)([s["prompt"] for s in sampled], [s["response"] for s in sampled],
+                               [[] for _ in sampled], [s["finished"] for s in sampled]).numpy()
+    return {"mean": float(np.mean(scores)), "unsafe_share": float(np.mean(scores > 0)), "answers": len(scores)}
 
 
 def _engine_kwargs(cfg) -> dict[str, Any]:
@@ -262,21 +311,28 @@ def run(cfg) -> dict:
         start_policy = OmegaConf.merge(cfg.model, {"name_or_path": str(out / "train-sft" / "model")})
         policies["sft"] = start_policy.name_or_path
 
-    preferences = data["preferences"]
+    judge_data = {kind: data["preferences"] for kind in ("reward", "cost")}
+    judge_data["moderation"] = data["qa_classification"]
+    onpolicy = None
     if cfg.onpolicy.enabled and ({"reward", "cost"} & set(cfg.score_models)):
         onpolicy = timed("onpolicy_judge_data", lambda: onpolicy_preferences(
             cfg, start_policy.name_or_path, splits["train_prompts"], out / "judge-data",
-            OmegaConf.to_container(preferences)))
+            OmegaConf.to_container(data["preferences"]), [r.prompt for r in splits["redteam"]]))
         report["onpolicy"] = onpolicy["stats"]
-        preferences = OmegaConf.merge(preferences, onpolicy["dataset"])
+        for kind, node in onpolicy["datasets"].items():
+            judge_data[kind] = OmegaConf.merge(data["preferences"], node)
     judges: dict[str, str] = {}
     report["score_models"] = {}
     for kind in cfg.score_models:
-        dataset = preferences if kind in ("reward", "cost") else data["qa_classification"]
-        sub = score_model_config(cfg, kind, out / f"train-{kind}", dataset=dataset)
+        sub = score_model_config(cfg, kind, out / f"train-{kind}", dataset=judge_data[kind])
         report["score_models"][kind] = timed(f"train_{kind}", lambda: score_trainer.run(sub))
         judges[kind] = str(out / f"train-{kind}" / "model")
     reward, cost = cfg.reward or judges.get("reward"), cfg.cost or judges.get("cost")
+    if cfg.threshold_from_start and cost and onpolicy:
+        report["start_cost"] = timed("start_cost", lambda: start_cost(cost, onpolicy["sampled"]))
+        cfg.lagrange.threshold = report["start_cost"]["mean"]
+        log.info("pipeline: cost threshold %.3f, the starting policy's mean cost over %d sampled answers",
+                 cfg.lagrange.threshold, report["start_cost"]["answers"])
 
     history: list = []
     if cfg.ppo_steps > 0 and reward and cost:
@@ -327,7 +383,7 @@ def run(cfg) -> dict:
     write_report(out / "report", history=history, evaluation=report["eval"], records=records,
                  splits=report["splits"], score_models=report["score_models"], onpolicy=report.get("onpolicy"),
                  timings=report["timing_s"], settings=_settings_summary(cfg), compare=report.get("compare"),
-                 loss_curves=loss_curves, analyses=report["analysis"])
+                 loss_curves=loss_curves, start_cost=report.get("start_cost"), analyses=report["analysis"])
     write_json(out / "pipeline_report.json", report)
     log.info("pipeline finished; report at %s", out / "report" / "report.md")
     print(f"report: {out / 'report' / 'report.md'}")
@@ -370,4 +426,5 @@ def _settings_summary(cfg) -> dict[str, Any]:
     return {"model": cfg.model.name_or_path, "run_sft": cfg.run_sft, "ppo_steps": cfg.ppo_steps,
             "prompts_per_step": cfg.rollout.prompts_per_step, "max_new_tokens": cfg.rollout.max_new_tokens,
             "actor_lr": cfg.ppo.actor_lr, "ptx_coef": cfg.ppo.ptx_coef, "lagrange": OmegaConf.to_container(OmegaConf.structured(cfg.lagrange)),
-            "score_epochs": cfg.score_training.epochs, "onpolicy_judge_data": cfg.onpolicy.enabled}
+            "score_epochs": cfg.score_training.epochs, "onpolicy_judge_data": cfg.onpolicy.enabled,
+            "redteam_train_prompts": cfg.num_redteam_train, "threshold_from_start": cfg.threshold_from_start}

@@ -41,6 +41,12 @@ def test_smoke_pipeline_writes_the_report(ray_cluster, tmp_path):
     # The judges also trained on the starting policy's own answers, labelled by the refusal rule.
     assert report["onpolicy"]["pairs"] > 0
     assert (tmp_path / "judge-data" / "onpolicy_preferences.json").is_file()
+    if report["splits"]["heldout_harmful_source"] != "demo held-out split":  # ../shared/data present
+        assert report["splits"]["redteam_train_rows"] == 8
+    # The cost threshold is the starting policy's mean cost over its sampled answers.
+    assert report["start_cost"]["answers"] == report["onpolicy"]["prompts"]
+    ppo_rows = [json.loads(line) for line in (tmp_path / "ppo-lag" / "metrics.jsonl").read_text().splitlines()]
+    assert ppo_rows[0]["cost/threshold"] == pytest.approx(report["start_cost"]["mean"], abs=1e-6)
 
     evaluation = report["eval"]
     policies = list(evaluation["policies"])
