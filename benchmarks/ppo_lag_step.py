@@ -18,6 +18,8 @@ Prints ONE JSON object on stdout (everything else goes to stderr). What it measu
   also initialises TRL's value model), the same batch shape, for each ``--peer-variants``
   (fp32 full fine-tuning; LoRA via TRL's ``peft_config`` in bf16). TRL is plain PPO: one
   judge and one critic, so it does less work per step than Safe RLHF (see ``work``).
+* ``--lora``: full fine-tuning against LoRA (variants ``default,lora``): ``comparisons.lora_vs_full``
+  puts their step times and peak RSS per role side by side.
 * ``--throughput``: rollout throughput at ``--tp-prompts`` x ``--tp-new-tokens`` through the
   first variant's running vLLM driver's own generate phase (``PPOLagDriver.generate``)
   against a plain ``vllm.LLM`` in a subprocess with the same model, dtype, sampling and seeds.
