@@ -18,6 +18,8 @@ Prints ONE JSON object on stdout (everything else goes to stderr). What it measu
   also initialises TRL's value model), the same batch shape, for each ``--peer-variants``
   (fp32 full fine-tuning; LoRA via TRL's ``peft_config`` in bf16). TRL is plain PPO: one
   judge and one critic, so it does less work per step than Safe RLHF (see ``work``).
+* ``--lora``: full fine-tuning against LoRA (variants ``default,lora``): ``comparisons.lora_vs_full``
+  puts their step times and peak RSS per role side by side.
 * ``--throughput``: rollout throughput at ``--tp-prompts`` x ``--tp-new-tokens`` through the
   first variant's running vLLM driver's own generate phase (``PPOLagDriver.generate``)
   against a plain ``vllm.LLM`` in a subprocess with the same model, dtype, sampling and seeds.
@@ -209,7 +211,13 @@ VARIANTS: dict[str, list[str]] = {
     # The fastest documented settings here: bf16 where the CPU runs it natively (dtype auto:
     # measured), and only the top 8 of 30 layers trained on the policy and the critic.
     "best": ["policy.dtype=auto", "ppo.bf16=null", "ppo.trainable_layers=8"],
+    # The default with LoRA on the policy and the critic (TRL's lora_bf16 adapters: rank 16,
+    # alpha 32, every projection): adapters-only optimisers, no base-weight gradients, and the
+    # reference is the policy with its adapters off (no reference copy in policy-0).
+    "lora": ["ppo.lora.enabled=true", "ppo.lora.rank=16", "ppo.lora.alpha=32"],
 }
+# --lora: full fine-tuning and LoRA side by side (step time, peak RSS per role).
+LORA_VARIANTS = "default,lora"
 
 
 def rayrlhf_overrides(variant: str, args, reward_dir: str, cost_dir: str, steps: int) -> list[str]:
@@ -259,10 +267,12 @@ def rayrlhf_flops(shape: dict[str, int], cfg, prompt_lengths: list[int], respons
     share = 1.0 if layers is None else min(1.0, layers / shape["layers"])
     head = 2 * shape["hidden"] * shape["vocab"] * responses
     recompute = 1 if cfg.ppo.gradient_checkpointing else 0
-    # Backward: 2x the forward of the trained part; with frozen lower layers it stops at the
-    # lowest trained layer, and the tied (frozen) LM head needs its input gradient only.
-    policy_backward = 2 * (lm - head) * share + (2 if share == 1.0 else 1) * head
-    critic_backward = 2 * body * share
+    # Backward: 2x the forward of the trained part (input and weight gradients); with frozen
+    # lower layers it stops at the lowest trained layer, and the tied (frozen) LM head needs its
+    # input gradient only. LoRA: input gradients only (1x; the adapters' own are ~0).
+    grads = 1 if cfg.ppo.lora.enabled else 2
+    policy_backward = grads * (lm - head) * share + (2 if share == 1.0 and grads == 2 else 1) * head
+    critic_backward = grads * body * share
     return {
         "generate": lm,
         "score": lm * (1 + recomputed_rows / rows) + body * (critics + 2),
@@ -686,6 +696,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"comma list of rayrlhf variants to run (of {', '.join(VARIANTS)}); the first is the one "
                         "speedup_vs_trl compares, the gap run and the throughput use")
     p.add_argument("--peer-variants", default=",".join(PEER_VARIANTS), help="comma list of TRL variants")
+    p.add_argument("--lora", action="store_true",
+                   help=f"full fine-tuning against LoRA: --variants {LORA_VARIANTS} (unless given), TRL's fp32 "
+                        "and lora_bf16 (its peft_config); the report's lora_vs_full compares them")
     p.add_argument("--gap-steps", type=int, default=0,
                    help="run the first variant on to this many steps, checking the engine's log-probs every step")
     p.add_argument("--seed", type=int, default=42)
@@ -707,7 +720,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="tries per engine when Ray's OOM killer stops a run (shared machines)")
     p.add_argument("--retry-wait", type=float, default=30.0)
     p.add_argument("--output", help="also write the JSON here")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.lora and "--variants" not in (argv if argv is not None else sys.argv[1:]):
+        args.variants = LORA_VARIANTS
+    return args
 
 
 def json_stdout():
@@ -799,7 +815,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 # (rayrlhf variant, TRL variant) pairs the issue's targets compare.
 COMPARISONS = {"speedup_vs_trl": ("default", "fp32"), "speedup_vs_trl_separate_critics": ("separate_critics", "fp32"),
-               "speedup_vs_trl_before": ("before", "fp32"), "speedup_vs_trl_best": ("best", "lora_bf16")}
+               "speedup_vs_trl_before": ("before", "fp32"), "speedup_vs_trl_best": ("best", "lora_bf16"),
+               "speedup_vs_trl_lora": ("lora", "lora_bf16")}
 
 
 def compare(report: dict[str, Any]) -> dict[str, Any]:
@@ -814,7 +831,20 @@ def compare(report: dict[str, Any]) -> dict[str, Any]:
                          "rayrlhf_peak_rss_gib": ours["peak_rss_gib"], "trl_peak_rss_gib": peer["peak_rss_gib"],
                          "rayrlhf_gflops_per_step": ours["flops"]["gflops_per_step"],
                          "trl_gflops_per_step": peer["flops"]["gflops_per_step"]}
+    full, lora = report["rayrlhf"].get("default", {}), report["rayrlhf"].get("lora", {})
+    if "median_step_s" in full and "median_step_s" in lora:
+        out["lora_vs_full"] = lora_vs_full(full, lora)
     return out
+
+
+def lora_vs_full(full: dict[str, Any], lora: dict[str, Any]) -> dict[str, Any]:
+    """Step time and peak RSS (all Ray workers, and per role) of full fine-tuning and LoRA."""
+    roles = sorted(set(full["peak_rss_by_role_gib"]) | set(lora["peak_rss_by_role_gib"]))
+    return {"step_s": {"full": full["median_step_s"], "lora": lora["median_step_s"]},
+            "phases_s": {"full": full["phases_s"], "lora": lora["phases_s"]},
+            "peak_rss_gib": {"full": full["peak_rss_gib"], "lora": lora["peak_rss_gib"]},
+            "peak_rss_by_role_gib": {role: {"full": full["peak_rss_by_role_gib"].get(role),
+                                            "lora": lora["peak_rss_by_role_gib"].get(role)} for role in roles}}
 
 
 if __name__ == "__main__":

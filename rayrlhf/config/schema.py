@@ -423,6 +423,34 @@ class RolloutConfig:
         return []
 
 
+# Every projection of a Llama decoder layer (rayrlhf.models.lora.LLAMA_LINEAR_LAYERS; that
+# module imports torch, which composing a config should not).
+_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _non_empty(value: Any) -> str | None:
+    return None if value is None or len(value) else "must name at least one layer"
+
+
+@dataclass
+class LoRAConfig:
+    """``ppo.lora``: LoRA adapters (peft) on the policy and the critics instead of full
+    fine-tuning. The optimisers hold the adapters (and the critics' value heads) only, the
+    backward computes no base-weight gradients, and the reference policy is the policy with its
+    adapters off (no second copy of the model). The engines receive the merged weights W + BA."""
+
+    enabled: bool = False
+    rank: int = checked(8, COUNT)
+    # Scale of the update: ΔW = alpha / rank · B A.
+    alpha: float = checked(16.0, POSITIVE)
+    dropout: float = checked(0.0, within(0, 1, high_open=True))
+    # Names of the linear layers that get adapters (default: every projection of a Llama layer).
+    target_modules: list[str] = checked(MISSING, _non_empty, factory=lambda: list(_LORA_TARGETS))
+    # Each checkpoint also holds the merged policy as a transformers folder (policy_merged/);
+    # the adapters (policy_adapter/) are always saved, the final policy/ is always merged.
+    merged_checkpoints: bool = False
+
+
 @dataclass
 class PPOConfig:
     """PPO-Lagrangian update (defaults follow Safe RLHF's PPO-Lag recipe where it has one)."""
@@ -481,6 +509,8 @@ class PPOConfig:
     # turns it off. `ptx_rows_per_step` rows per step, shared out over the mini-batches.
     ptx_coef: float = checked(0.0, NON_NEGATIVE)
     ptx_rows_per_step: int = checked(8, COUNT)
+    # LoRA instead of full fine-tuning (ppo.lora.enabled=true ppo.lora.rank=8).
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 
 def _lambda_cap_problems(lagrange: Any, prefix: str) -> list[Problem]:

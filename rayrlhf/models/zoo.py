@@ -27,6 +27,9 @@ EMBEDDED_MODELS: dict[str, Callable[[Path], Path]] = {
     "smollm2-135m-instruct": materialize_smollm2,
     "tiny-llama": lambda root: tiny_llama_cached(root),
     "tiny-llama-pad-eos": lambda root: tiny_llama_cached(root, TinyLlamaSpec(pad_equals_eos=True)),
+    # Its own LM head (not the input embedding): LoRA can adapt the head (ppo.lora.target_modules
+    # with lm_head), which moves token preferences the way the synthetic task needs.
+    "tiny-llama-untied": lambda root: tiny_llama_cached(root, TinyLlamaSpec(tie_word_embeddings=False)),
 }
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,

@@ -365,8 +365,13 @@ class PPOLagDriver:
         self.sync()  # the engines still hold the initial weights
 
     def save_policy(self, out_dir: Path) -> Path:
+        """The trained policy as a transformers folder (merged under LoRA), and under LoRA also
+        peft's adapter folder beside it (``<out_dir>_adapter``)."""
         with self.deadlines.enforce("save"):
             get_fail_fast(self.roles.policy.call(PolicyWorker.save_pretrained, str(out_dir), self.policy_path))
+            if self.cfg.ppo.lora.enabled:
+                adapter = out_dir.with_name(out_dir.name + "_adapter")
+                get_fail_fast(self.roles.policy.call(PolicyWorker.save_adapter, str(adapter)))
         return out_dir
 
     def actor_names(self) -> dict[str, str]:

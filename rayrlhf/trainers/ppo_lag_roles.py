@@ -5,7 +5,9 @@ critic layout: one shared backbone with a reward and a cost head by default, or 
 two critics, ``ppo.critic_layout``). The frozen models (reference policy, reward model, cost
 model) need no process of their own: by default the trainers' rank-0 processes host them,
 spread so that each process does a like share of the score phase
-(``resources.frozen_placement``); the rollout engines are one actor each. ``build_roles``
+(``resources.frozen_placement``); the rollout engines are one actor each. With LoRA
+(``ppo.lora.enabled``) the reference is no model of its own: every policy rank computes it
+with its adapters off, wherever ``resources.frozen_placement`` puts the judges. ``build_roles``
 starts them all and returns once every engine is ready, so that a step's timings never
 include start-up.
 """
@@ -23,6 +25,7 @@ import ray
 from rayrlhf.cluster import rollout_placement_options
 from rayrlhf.fault_injection import injection_env
 from rayrlhf.faults import name_actors
+from rayrlhf.models.lora import LoRASpec
 from rayrlhf.types import RolloutBatch
 from rayrlhf.workers.base import OptimConfig
 from rayrlhf.workers.critic import CriticWorker
@@ -47,6 +50,8 @@ class Roles:
     # The precision each side really computes in ("auto" depends on the machine).
     policy_dtype: str = "float32"
     engine_dtype: str | None = None
+    # LoRA: the policy's ranks compute the reference (adapters off), each on its share of rows.
+    reference_in_policy: bool = False
 
     @property
     def groups(self) -> tuple[ActorGroup, ...]:
@@ -58,7 +63,9 @@ class Roles:
         limit cut off are scored as unfinished)."""
         texts = (prompts, responses, response_ids, batch.finished.tolist())
         hosts = self.frozen_hosts
-        return [[hosts["reference"].call_rank0(FrozenModels.reference_logprobs, batch)],
+        reference = (hosts["reference"].call_split(FrozenModels.reference_logprobs, batch) if self.reference_in_policy
+                     else [hosts["reference"].call_rank0(FrozenModels.reference_logprobs, batch)])
+        return [reference,
                 [hosts["reward"].call_rank0(FrozenModels.reward_scores, *texts)],
                 [hosts["cost"].call_rank0(FrozenModels.cost_scores, *texts)]]
 
@@ -139,6 +146,14 @@ def build_roles(cfg, policy_path: str, cost_critic: bool = True) -> Roles:
         raise
 
 
+def lora_spec(lora) -> LoRASpec | None:
+    """The adapters ``ppo.lora`` asks for, or None for full fine-tuning."""
+    if not lora.enabled:
+        return None
+    return LoRASpec(rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout,
+                    target_modules=tuple(lora.target_modules), merged_checkpoints=lora.merged_checkpoints)
+
+
 def _build_roles(cfg, policy_path: str, cost_critic: bool, started: list[tuple[str, Any]]) -> Roles:
     from rayrlhf.models import resolve_model_path
     from rayrlhf.rewards import RULE_PREFIX
@@ -158,7 +173,7 @@ def _build_roles(cfg, policy_path: str, cost_critic: bool, started: list[tuple[s
     runtime_env = {"env_vars": env} if env else None
     trainable = {"num_cpus": res.cpus_per_worker, "num_gpus": gpus, "distributed": True,
                  "backend": "nccl" if res.use_gpu else "gloo", "dtype": dtype, "threads": threads, "seed": seed,
-                 "micro_batch_size": ppo.micro_batch_size, "runtime_env": runtime_env}
+                 "micro_batch_size": ppo.micro_batch_size, "runtime_env": runtime_env, "lora": lora_spec(ppo.lora)}
 
     def start_group(*args, **kwargs) -> ActorGroup:
         built = ActorGroup(*args, **kwargs)
@@ -170,7 +185,9 @@ def _build_roles(cfg, policy_path: str, cost_critic: bool, started: list[tuple[s
             return resolve_model_path(explicit)
         return policy_path if source.startswith(RULE_PREFIX) else resolve_model_path(source)
 
-    sources = {"reference": policy_path, "reward": cfg.reward, "cost": cfg.cost}
+    # LoRA: the policy's base weights are the reference, so no frozen host loads a copy.
+    reference_in_policy = ppo.lora.enabled
+    sources = {"reference": None if reference_in_policy else policy_path, "reward": cfg.reward, "cost": cfg.cost}
     layout = critic_layout(ppo.critic_layout, cost_critic)
     frozen_of: dict[str, FrozenSpec] = {}  # trainer group name -> the frozen models its rank 0 hosts
     every = FrozenSpec(dtype=dtype, micro_batch_size=ppo.micro_batch_size)
@@ -197,13 +214,15 @@ def _build_roles(cfg, policy_path: str, cost_critic: bool, started: list[tuple[s
                     "runtime_env": runtime_env}
     if res.frozen_placement == "one_actor":
         group = start_group(FrozenWorker, 1, replace(every, **sources), name="frozen", **frozen_actor)
-        frozen_groups, frozen_hosts = [group], {role: group for role in FROZEN_ROLES}
+        frozen_groups, frozen_hosts = [group], {role: group for role in FROZEN_ROLES if sources[role] is not None}
     elif res.frozen_placement == "own_actors":
-        for role in FROZEN_ROLES:
+        for role in (role for role in FROZEN_ROLES if sources[role] is not None):
             name = {"reference": "reference", "reward": "reward-model", "cost": "cost-model"}[role]
             group = start_group(FrozenWorker, 1, replace(every, **{role: sources[role]}), name=name, **frozen_actor)
             frozen_groups.append(group)
             frozen_hosts[role] = group
+    if reference_in_policy:
+        frozen_hosts["reference"] = policy
     rollout_names, rollout_workers = start_rollout_engines(cfg, policy_path, gpus, runtime_env)
     started.extend(zip(rollout_names, rollout_workers))
     ready = get_fail_fast([w.ready.remote() for w in rollout_workers]
@@ -212,7 +231,8 @@ def _build_roles(cfg, policy_path: str, cost_critic: bool, started: list[tuple[s
     policy_dtype = get_fail_fast([policy.call_rank0(PolicyWorker.info)])[0]["compute_dtype"]
     return Roles(policy=policy, critics=critics, critic_streams=[streams for _, streams in layout],
                  rollout_workers=rollout_workers, rollout_names=rollout_names, frozen_hosts=frozen_hosts,
-                 frozen_groups=frozen_groups, policy_dtype=policy_dtype, engine_dtype=ready[0]["dtype"])
+                 frozen_groups=frozen_groups, policy_dtype=policy_dtype, engine_dtype=ready[0]["dtype"],
+                 reference_in_policy=reference_in_policy)
 
 
 def start_rollout_engines(cfg, policy_path: str, gpus: int, runtime_env: dict | None = None) -> tuple[list[str], list]:

@@ -15,7 +15,8 @@ CONFIG_SNAPSHOT = "ppo_lag_config.yaml"
 RESUME_COMMAND = "resume_command.txt"
 # Keys a resumed run may change without changing what it computes.
 RESUME_FREE_KEYS = ("steps", "save_every", "resume_from", "resume_allow_changes", "logger", "tracking",
-                    "run.output_dir", "run.log_level", "run.verbose", "cluster", "faults", "keep_last_checkpoints")
+                    "run.output_dir", "run.log_level", "run.verbose", "cluster", "faults", "keep_last_checkpoints",
+                    "ppo.lora.merged_checkpoints")
 
 
 def config_changes(saved: dict, current: dict, free_keys: tuple[str, ...] = RESUME_FREE_KEYS) -> list[str]:

@@ -6,6 +6,9 @@ shared layout (``ppo.critic_layout=shared``) runs one with both streams: one bac
 heads, so reward and cost values come from one forward pass and both losses from one backward
 pass, at half the critics' arithmetic, memory and processes. Plain PPO (λ fixed at 0) runs
 one with the reward stream only.
+
+With LoRA (``ppo.lora``) the backbone trains adapters only; the value heads always train whole
+(they start fresh or from a judge's head, never as the value function they must become).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 from rayrlhf.algorithms import clipped_value_loss
 from rayrlhf.fault_injection import inject_fault
 from rayrlhf.models.forward import response_values, rollout_values
+from rayrlhf.models.lora import LoRASpec, add_lora
 from rayrlhf.types import CriticStats, RolloutBatch
 from rayrlhf.workers.base import DistributedWorker, OptimConfig, PartLoss, build_engine
 from rayrlhf.workers.frozen import FrozenModels, FrozenSpec
@@ -78,7 +82,8 @@ class CriticWorker(DistributedWorker, FrozenModels):
 
     def __init__(self, streams: tuple[str, ...] | list[str] | str, init_paths: dict[str, str] | str, *,
                  optim: OptimConfig, dtype: str = "auto", threads: int | None = None, seed: int = 0,
-                 micro_batch_size: int = 16, frozen: FrozenSpec | None = None) -> None:
+                 micro_batch_size: int = 16, frozen: FrozenSpec | None = None,
+                 lora: LoRASpec | None = None) -> None:
         self.streams = (streams,) if isinstance(streams, str) else tuple(streams)
         unknown = [s for s in self.streams if s not in CRITIC_FIELDS]
         if unknown or not self.streams:
@@ -91,6 +96,10 @@ class CriticWorker(DistributedWorker, FrozenModels):
         self.micro_batch_size = micro_batch_size
         self.pending_frozen = frozen
         self.model = load_critic(self.streams, init_paths)
+        self.lora = lora
+        if lora is not None:
+            add_lora(self.model, lora)
+            self.model.inner.score.requires_grad_(True)
         self.engine = None
 
     @property
@@ -141,8 +150,9 @@ class CriticWorker(DistributedWorker, FrozenModels):
                 for stream, v in losses.items()}
 
     def save_checkpoint(self, out_dir: str) -> None:
-        self.engine.save_checkpoint(out_dir, tag=self.tag)
+        # Under LoRA the frozen backbone is left out: the run reloads it from its starting point.
+        self.engine.save_checkpoint(out_dir, tag=self.tag, exclude_frozen_parameters=self.lora is not None)
         inject_fault("save_checkpoint")  # FAULT-INJECTION POINT (tests and drills only)
 
     def load_checkpoint(self, in_dir: str) -> None:
-        self.engine.load_checkpoint(in_dir, tag=self.tag)
+        self.engine.load_checkpoint(in_dir, tag=self.tag, load_module_strict=self.lora is None)

@@ -1,4 +1,7 @@
-"""The policy (actor) and the frozen reference policy: one class, two roles."""
+"""The policy (actor) and the frozen reference policy: one class, two roles.
+
+With LoRA (``ppo.lora``) the policy trains adapters only, and the reference is the policy's
+own base weights with the adapters switched off: no second copy of the model exists."""
 
 from __future__ import annotations
 
@@ -10,11 +13,14 @@ import torch
 from rayrlhf.algorithms import entropy_from_logits, ppo_actor_loss, response_nll
 from rayrlhf.fault_injection import inject_fault
 from rayrlhf.models.forward import response_logits, rollout_logprobs, token_logprobs
+from rayrlhf.models.lora import LoRASpec, adapters_disabled, add_lora, merged_state_dict, save_adapter
 from rayrlhf.types import ActorStats, PTXBatch, RolloutBatch
 from rayrlhf.workers.base import DistributedWorker, OptimConfig, PartLoss, build_engine
 from rayrlhf.workers.frozen import FrozenModels, FrozenSpec
 
 log = logging.getLogger(__name__)
+# Folders a LoRA policy writes beside its weights: peft's adapter folder, the merged model.
+POLICY_ADAPTER, POLICY_MERGED = "policy_adapter", "policy_merged"
 
 
 def ptx_lm_loss(model, part: PTXBatch) -> torch.Tensor:
@@ -29,7 +35,7 @@ class PolicyWorker(DistributedWorker, FrozenModels):
 
     def __init__(self, model_path: str, *, dtype: str = "auto", optim: OptimConfig | None = None,
                  threads: int | None = None, seed: int = 0, micro_batch_size: int = 16,
-                 frozen: FrozenSpec | None = None) -> None:
+                 frozen: FrozenSpec | None = None, lora: LoRASpec | None = None) -> None:
         from rayrlhf.models import load_causal_lm
 
         self.configure(threads, seed)
@@ -44,6 +50,9 @@ class PolicyWorker(DistributedWorker, FrozenModels):
         self.engine = None
         if not self.trainable:
             self.model.eval().requires_grad_(False)
+        self.lora = lora if self.trainable else None
+        if self.lora is not None:
+            add_lora(self.model, self.lora)  # before DeepSpeed: its optimiser gets the adapters only
 
     def init_engine(self) -> None:
         """Build the DeepSpeed engine (after ``setup_distributed``); rank 0 loads the frozen
@@ -60,6 +69,14 @@ class PolicyWorker(DistributedWorker, FrozenModels):
     def logprobs(self, batch: RolloutBatch, micro_batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """([b, R] log-probs of the response tokens, [b] mean token entropy per response)."""
         return rollout_logprobs(self.module.eval(), batch, micro_batch_size or self.micro_batch_size)
+
+    def reference_logprobs(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference's ([b, R] log-probs, [b] mean entropies): under LoRA the policy with its
+        adapters off (the initial weights, untouched by training), else the hosted copy."""
+        if self.lora is None:
+            return FrozenModels.reference_logprobs(self, batch)
+        with adapters_disabled(self.module) as base:
+            return rollout_logprobs(base.eval(), batch, self.micro_batch_size)
 
     def train(self, batch: RolloutBatch, *, epochs: int, minibatch_size: int, clip_ratio: float,
               entropy_coef: float = 0.0, seed: int = 0, loss_aggregation: str = "seq_mean",
@@ -101,7 +118,10 @@ class PolicyWorker(DistributedWorker, FrozenModels):
                           nonfinite_minibatches=float(skipped))
 
     def weights(self) -> dict[str, torch.Tensor]:
-        """The policy's parameters under their transformers names, for the rollout engines."""
+        """The policy's parameters under their transformers names, for the rollout engines
+        (under LoRA the merged W + BA: engines run plain transformers models)."""
+        if self.lora is not None:
+            return merged_state_dict(self.module, torch.float32)
         state = self.module.state_dict()
         # copy=True: under DeepSpeed ZeRO the parameters are views into one flat buffer, and
         # pickling a view (Ray's object store) serialises its whole storage, once per tensor.
@@ -109,22 +129,38 @@ class PolicyWorker(DistributedWorker, FrozenModels):
                 for name, tensor in state.items()}
 
     def save_pretrained(self, out_dir: str, tokenizer_path: str | None = None) -> str:
-        """A plain transformers directory (rank 0 writes) that vLLM and transformers load."""
+        """A plain transformers directory (rank 0 writes) that vLLM and transformers load
+        (under LoRA the merged weights)."""
         from rayrlhf.models import load_tokenizer
 
         if self.rank == 0:
-            self.module.save_pretrained(out_dir, safe_serialization=True)
+            merged = merged_state_dict(self.module) if self.lora is not None else None
+            self.module.save_pretrained(out_dir, safe_serialization=True, state_dict=merged)
             load_tokenizer(tokenizer_path or self.model_path).save_pretrained(out_dir)
         return out_dir
 
+    def save_adapter(self, out_dir: str) -> str:
+        """peft's adapter folder of a LoRA policy (rank 0 writes), on the base at ``model_path``."""
+        if self.rank == 0:
+            save_adapter(self.module, self.lora, out_dir, self.model_path)
+        return out_dir
+
     def save_checkpoint(self, out_dir: str) -> None:
-        self.engine.save_checkpoint(out_dir, tag="policy")
+        """DeepSpeed state of this rank; under LoRA without the frozen base weights (the run
+        reloads them from the model), plus the adapter folder and, when
+        ``ppo.lora.merged_checkpoints``, the merged model (``policy_merged/``)."""
+        self.engine.save_checkpoint(out_dir, tag="policy", exclude_frozen_parameters=self.lora is not None)
+        if self.lora is not None:
+            self.save_adapter(f"{out_dir}/{POLICY_ADAPTER}")
+            if self.lora.merged_checkpoints:
+                self.save_pretrained(f"{out_dir}/{POLICY_MERGED}")
         inject_fault("save_checkpoint")  # FAULT-INJECTION POINT (tests and drills only)
 
     def load_checkpoint(self, in_dir: str) -> None:
-        self.engine.load_checkpoint(in_dir, tag="policy")
+        self.engine.load_checkpoint(in_dir, tag="policy", load_module_strict=self.lora is None)
 
     def info(self) -> dict[str, Any]:
         return {"rank": self.rank, "world_size": self.world_size, "trainable": self.trainable,
                 "parameters": sum(p.numel() for p in self.model.parameters()),
+                "trainable_parameters": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
                 "compute_dtype": str(next(self.module.parameters()).dtype).removeprefix("torch.")}
