@@ -100,18 +100,18 @@ def test_lora_run_meets_the_cost_limit_with_vllm_in_sync(ray_cluster, tmp_path):
     from rayrlhf.config import compose_config
     from rayrlhf.trainers import ppo_lag
 
-    cfg = compose_config("ppo_lag", ["+experiment=synthetic", *LORA_SYNTHETIC, "rollout.engine=vllm", "steps=20",
+    cfg = compose_config("ppo_lag", ["+experiment=synthetic", *LORA_SYNTHETIC, "rollout.engine=vllm", "steps=30",
                                      "ppo.logprob_check_every=5"], output_dir=str(tmp_path / "lora"))
     history = ppo_lag.run(cfg)
     threshold = history[0]["cost/threshold"]
     assert history[0]["cost/mean"] > threshold
     # λ rose while the policy was unsafe, and the adapters brought the cost under the limit
-    # (20 steps leave no time for the reward to climb back, as it does over the full task's 40).
+    # (30 steps: at 20 the last five still averaged 0.009 above the limit).
     assert max(m["lagrange/lambda"] for m in history) > 1.2 * history[0]["lagrange/lambda_used"]
     assert statistics.mean(m["cost/mean"] for m in history[-5:]) <= threshold
-    # vLLM against the trained (merged) policy on the same tokens, at steps 1, 6, 11, 16.
+    # vLLM against the trained (merged) policy on the same tokens, every 5th step from step 1.
     measured = [m for m in history if m["rollout/logprob_gap_measured"]]
-    assert [m["step"] for m in measured] == [1, 6, 11, 16]
+    assert [m["step"] for m in measured] == [1, 6, 11, 16, 21, 26]
     assert all(m["rollout/logprob_gap"] < m["rollout/logprob_gap_tolerance"] for m in measured)
     # The reference (adapters off) is the initial policy: at step 1 the engine still holds the
     # initial weights and agrees with it to rounding; by the end the engine has moved away.
