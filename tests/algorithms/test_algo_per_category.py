@@ -153,6 +153,29 @@ def test_vector_lambda_refuses_mismatched_state_and_costs():
         controller.load_state_dict(LogLambdaController(0.0, 0.5, 1.0).state_dict())
 
 
+def test_a_lambda_that_decayed_near_zero_answers_a_late_violation_slowly_under_log_lambda_at_once_under_pid():
+    """Why the README recommends ``lagrange=pid`` for per-category runs. A loose category's λ_k
+    decays during its slack spell; should its cost later cross d_k, log-λ's step lr·λ·(J_c − d)
+    is proportional to that small λ. Since exp(−x) ≥ 1 − x, each update lowers 1/λ by at most
+    lr·e (e = J_c − d), so reaching λ* takes at least (1/λ − 1/λ*)/(lr·e) updates. PID's λ is
+    kp·e + ki·I with I clamped at 0 (nothing banked while slack): it answers the first update."""
+    lr, kp, ki = 5.0, 2.0, 0.5
+    log_lambda = LogLambdaController(0.3, lambda_init=0.5, lambda_lr=lr, window=None)
+    pid = PIDLagrangeController(0.3, kp=kp, ki=ki, kd=0.0, lambda_init=0.5)
+    for _ in range(20):  # slack: cost 0.05 against the limit 0.3
+        log_lambda.update([0.05])
+        pid.update([0.05])
+    decayed = log_lambda.value
+    assert decayed < 0.05 and pid.value == 0.0
+    updates = 0
+    while log_lambda.value < 0.5:  # now violated by e = 0.1
+        log_lambda.update([0.4])
+        updates += 1
+    assert updates >= (1 / decayed - 1 / 0.5) / (lr * 0.1) > 50, (updates, decayed)
+    assert pid.update([0.4]) == pytest.approx(kp * 0.1 + ki * 0.1)  # 0.25 at the first update
+    assert [round(pid.update([0.4]), 6) for _ in range(5)][-1] == pytest.approx(0.5)  # 0.2 + 0.05·n
+
+
 def toy_controllers(kind: str) -> PerCategoryLagrange:
     """Gains for the toy's fast-moving 4-logit policy (the e2e run uses the shipped configs)."""
     def one(threshold):
