@@ -64,11 +64,14 @@ def actor_failure_types() -> tuple[type[BaseException], ...]:
 
 
 def nonfinite_rows(values: torch.Tensor, mask: torch.Tensor | None = None) -> list[int]:
-    """Rows of ``values`` ([b] or [b, T]) holding a NaN or ±Inf; positions where ``mask`` is 0
+    """Rows of ``values`` ([b], [b, T] or [b, T, K]) holding a NaN or ±Inf; positions where ``mask`` is 0
     (padding after a response ends) do not count."""
     bad = ~torch.isfinite(values.float())
     if mask is not None:
-        bad = bad & mask.bool()
+        mask = mask.bool()
+        while mask.dim() < bad.dim():  # [b, T] mask of per-category [b, T, K] values
+            mask = mask.unsqueeze(-1)
+        bad = bad & mask
     if bad.dim() > 1:
         bad = bad.flatten(1).any(dim=1)
     return [int(i) for i in torch.nonzero(bad).flatten()]

@@ -29,12 +29,12 @@ class RolloutBatch:
     old_logprobs: Optional[torch.Tensor] = None  # [B, R] policy log-probs before this update
     ref_logprobs: Optional[torch.Tensor] = None  # [B, R] frozen reference policy
     reward_values: Optional[torch.Tensor] = None  # [B, R] reward critic V_r
-    cost_values: Optional[torch.Tensor] = None  # [B, R] cost critic V_c
+    cost_values: Optional[torch.Tensor] = None  # [B, R] cost critic V_c ([B, R, K] per category)
     rewards: Optional[torch.Tensor] = None  # [B] reward-model scores
-    costs: Optional[torch.Tensor] = None  # [B] cost-model scores (> 0 means unsafe)
+    costs: Optional[torch.Tensor] = None  # [B] cost-model scores (> 0 means unsafe); [B, K] per category
     reward_returns: Optional[torch.Tensor] = None  # [B, R] GAE targets of the reward critic
-    cost_returns: Optional[torch.Tensor] = None  # [B, R] GAE targets of the cost critic
-    advantages: Optional[torch.Tensor] = None  # [B, R] (A_r - λ A_c) / (1 + λ)
+    cost_returns: Optional[torch.Tensor] = None  # [B, R] GAE targets of the cost critic ([B, R, K])
+    advantages: Optional[torch.Tensor] = None  # [B, R] (A_r - λ A_c) / (1 + λ), or (A_r - Σλ_k A_c,k) / (1 + Σλ_k)
 
     def __len__(self) -> int:
         return self.sequences.shape[0]
@@ -90,7 +90,8 @@ class RolloutBatch:
         for name, value in self._tensor_fields():
             if name in ("sequences", "attention_mask"):
                 fields[name] = value[:, first:end]
-            elif value.dim() == 2 and value.shape[1] == self.response_mask.shape[1]:
+            # Per-token fields are [B, R, ...]; per-category costs [B, K] are per response whatever K is.
+            elif name != "costs" and value.dim() >= 2 and value.shape[1] == self.response_mask.shape[1]:
                 fields[name] = value[:, :width]
         return dataclasses.replace(self, prompt_length=self.prompt_length - first, **fields)
 
@@ -149,9 +150,9 @@ class Scores:
     old_logprobs: torch.Tensor  # [B, R] the policy's log-probs of the sampled tokens, before this update
     ref_logprobs: torch.Tensor  # [B, R] the frozen reference policy's
     reward_values: torch.Tensor  # [B, R] reward critic V_r
-    cost_values: torch.Tensor  # [B, R] cost critic V_c (zeros when λ is fixed at 0)
+    cost_values: torch.Tensor  # [B, R] cost critic V_c (zeros when λ is fixed at 0); [B, R, K] per category
     rewards: torch.Tensor  # [B] reward-model scores
-    costs: torch.Tensor  # [B] cost-model scores (> 0 means unsafe)
+    costs: torch.Tensor  # [B] cost-model scores (> 0 means unsafe); [B, K] per category (lagrange.per_category)
 
 
 @dataclass

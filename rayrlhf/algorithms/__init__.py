@@ -9,6 +9,7 @@ from rayrlhf.algorithms.lagrange import (
     ConstantLagrange,
     LagrangeController,
     LogLambdaController,
+    PerCategoryLagrange,
     PIDLagrangeController,
     make_lagrange_controller,
 )
@@ -35,7 +36,7 @@ from rayrlhf.algorithms.masked import (
     masked_var,
     masked_whiten,
 )
-from rayrlhf.algorithms.rewards import shape_rewards_and_costs
+from rayrlhf.algorithms.rewards import constraint_costs, shape_rewards_and_costs
 from rayrlhf.algorithms.schedules import LR_SCHEDULES, lr_multiplier
 
 __all__ = [
@@ -48,9 +49,11 @@ __all__ = [
     "ConstantLagrange",
     "LagrangeController",
     "LogLambdaController",
+    "PerCategoryLagrange",
     "PIDLagrangeController",
     "clipped_value_loss",
     "combined_advantage",
+    "constraint_costs",
     "cost_pairwise_loss",
     "entropy_from_logits",
     "mean_entropy_per_row",

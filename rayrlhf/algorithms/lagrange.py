@@ -13,7 +13,7 @@ import math
 import numbers
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 EpisodeCosts = Iterable[float] | float
@@ -99,6 +99,12 @@ class LogLambdaController(LagrangeController):
     the step α·λ·(J_c − d) stays bounded and exp(ln λ) never overflows. During the first
     ``update_delay`` calls λ stays fixed (costs are still recorded) so the critics can warm
     up before the constraint bites.
+
+    The step in ln λ is proportional to λ, so a λ that has decayed towards 0 (a constraint
+    slack for a while) answers a later violation e slowly: each update lowers 1/λ by at most
+    lr·e, so rising from λ to λ* takes at least (1/λ − 1/λ*)/(lr·e) updates (from 0.035 to 0.5
+    at lr 5 and e = 0.1: over 50). ``PIDLagrangeController`` reacts within one update, which
+    is why per-category runs, where a slack category can start binding, are better served by it.
     """
 
     kind: ClassVar[str] = "log_lambda"
@@ -288,6 +294,69 @@ class ConstantLagrange(LagrangeController):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         _check_kind(state, self.kind)
         self._value = float(state["value"])
+
+
+class PerCategoryLagrange:
+    """K constraints E[c_k] ≤ d_k (one per harm category, or per named group of categories),
+    each with its own multiplier λ_k. The controllers are the scalar ones above, one per
+    constraint, so every update rule (log-λ, PID, constant) works elementwise over K without a
+    second copy: λ_k moves only with category k's episode costs against its own threshold d_k.
+    The actor's advantage is (A_r − Σ_k λ_k A_c,k) / (1 + Σ_k λ_k) (``combined_advantage``).
+    """
+
+    kind: ClassVar[str] = "per_category"
+    # The limit of the run's scalar cost summary (``cost/mean`` of a per-category run is the
+    # largest excess max_k (J_c,k − d_k), so "within every limit" reads cost/mean ≤ 0).
+    threshold: float = 0.0
+
+    def __init__(self, controllers: dict[str, LagrangeController]) -> None:
+        if not controllers:
+            raise ValueError("per-category constraints need at least one category")
+        self.controllers = dict(controllers)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.controllers)
+
+    @property
+    def thresholds(self) -> list[float]:
+        return [controller.threshold for controller in self.controllers.values()]
+
+    @property
+    def value(self) -> list[float]:
+        """λ_k of each category, in ``names`` order."""
+        return [controller.value for controller in self.controllers.values()]
+
+    @property
+    def lambda_max(self) -> float:
+        return max(getattr(c, "lambda_max", math.inf) for c in self.controllers.values())
+
+    @property
+    def at_cap_steps(self) -> int:
+        """The longest streak at the cap among the categories (each is a constraint of its own)."""
+        return max(controller.at_cap_steps for controller in self.controllers.values())
+
+    def update(self, episode_costs: Sequence[Sequence[float]]) -> list[float]:
+        """Feed one rollout's episode costs, [B][K] (one row of K category costs per response),
+        and return the new λ_k."""
+        rows = [list(row) for row in episode_costs]
+        if not rows or any(len(row) != len(self.controllers) for row in rows):
+            raise ValueError(f"per-category episode costs must be [B][K] with K = {len(self.controllers)} "
+                             f"({', '.join(self.controllers)}); got {len(rows)} rows of lengths "
+                             f"{sorted({len(row) for row in rows})}")
+        return [controller.update([row[k] for row in rows])
+                for k, controller in enumerate(self.controllers.values())]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "categories": {name: c.state_dict() for name, c in self.controllers.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        _check_kind(state, self.kind)
+        if list(state["categories"]) != self.names:
+            raise ValueError(f"state_dict holds the categories {list(state['categories'])}, this controller "
+                             f"{self.names}")
+        for name, controller in self.controllers.items():
+            controller.load_state_dict(state["categories"][name])
 
 
 LAGRANGE_CONTROLLERS: dict[str, type[LagrangeController]] = {

@@ -9,6 +9,9 @@ responses dominate); see ``aggregate_token_losses``. The LM (PTX/SFT) losses are
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -46,15 +49,29 @@ def ppo_actor_loss(
 
 
 def combined_advantage(
-    adv_reward: torch.Tensor, adv_cost: torch.Tensor, lagrange_multiplier: float
+    adv_reward: torch.Tensor, adv_cost: torch.Tensor, lagrange_multiplier: float | Sequence[float]
 ) -> torch.Tensor:
     """Safe RLHF actor advantage (A_r − λ A_c) / (1 + λ).
 
     The Lagrangian max_θ min_λ≥0 J_r(θ) − λ (J_c(θ) − d) (Dai et al. 2023, §3.3) gives the
     policy gradient of A_r − λ A_c; dividing by 1 + λ, as the Safe RLHF PPO-Lag trainer does,
     keeps its scale bounded as λ grows.
+
+    With K constraints E[c_k] ≤ d_k (per-category costs), the Lagrangian
+    J_r − Σ_k λ_k (J_c,k − d_k) gives (A_r − Σ_k λ_k A_c,k) / (1 + Σ_k λ_k): ``adv_cost`` is
+    then [..., K] and ``lagrange_multiplier`` K numbers. For K = 1 the terms are the scalar
+    formula's, computed in the same order, so the result is bit-for-bit the scalar one.
     """
-    return (adv_reward - lagrange_multiplier * adv_cost) / (1.0 + lagrange_multiplier)
+    if isinstance(lagrange_multiplier, numbers.Real):
+        return (adv_reward - lagrange_multiplier * adv_cost) / (1.0 + lagrange_multiplier)
+    lambdas = [float(value) for value in lagrange_multiplier]
+    if adv_cost.shape[-1] != len(lambdas) or adv_cost.shape[:-1] != adv_reward.shape:
+        raise ValueError(f"per-category cost advantages must be [..., K] beside the reward's {tuple(adv_reward.shape)} "
+                         f"with K = {len(lambdas)} multipliers; got {tuple(adv_cost.shape)}")
+    penalty = lambdas[0] * adv_cost[..., 0]
+    for k in range(1, len(lambdas)):
+        penalty = penalty + lambdas[k] * adv_cost[..., k]
+    return (adv_reward - penalty) / (1.0 + sum(lambdas))
 
 
 def clipped_value_loss(

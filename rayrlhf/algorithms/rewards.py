@@ -12,6 +12,8 @@ Lagrange multiplier grows (Safe RLHF, the PPO-Lag trainer's KL regularisation).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 
@@ -66,3 +68,24 @@ def shape_rewards_and_costs(
         -0.5 * kl_divergence_estimate, dim=-1, index=last_index, src=clipped_cost.unsqueeze(-1)
     )
     return token_rewards, token_costs
+
+
+def constraint_costs(category_costs: torch.Tensor, categories: Sequence[str],
+                     groups: dict[str, Sequence[str]]) -> torch.Tensor:
+    """[B, K] costs of K constraints from [B, C] costs of the cost source's C categories.
+
+    ``groups`` maps each constraint's name to the categories it covers; its cost is the
+    largest of theirs, so a response violates a group when it violates any of its categories
+    (for a moderation model's log-odds, max_k logit_k > 0 ⇔ some category has p_k > ½).
+    """
+    column = {name: i for i, name in enumerate(categories)}
+    if category_costs.dim() != 2 or category_costs.shape[1] != len(column):
+        raise ValueError(f"category costs must be [B, C] with C = {len(column)}, got {tuple(category_costs.shape)}")
+    columns = []
+    for name, members in groups.items():
+        unknown = [member for member in members if member not in column]
+        if unknown or not members:
+            raise ValueError(f"constraint {name!r}: {unknown or 'no categories'} not among the cost source's "
+                             f"categories ({', '.join(categories)})")
+        columns.append(category_costs[:, [column[m] for m in members]].amax(dim=1))
+    return torch.stack(columns, dim=1)

@@ -521,6 +521,58 @@ def _lambda_cap_problems(lagrange: Any, prefix: str) -> list[Problem]:
 
 
 @dataclass
+class PerCategoryConfig:
+    """``lagrange.per_category``: one constraint E[c_k] ≤ d_k, one λ_k and one cost value head
+    per harm category or named group of categories (rayrlhf.algorithms.PerCategoryLagrange;
+    each λ_k follows the node's controller, with d_k for its threshold). The cost source scores
+    every category: a moderation model gives the log-odds ln(p_k / (1 − p_k)) of each of the
+    14 BeaverTails categories (> 0 where it flags k); a rule gives the columns it names. A
+    group's cost is the largest of its categories' (violated when any of them is)."""
+
+    # constraint name -> its threshold d_k (the order is the order of λ_k and of the heads).
+    # A name not in `groups` is one category of the cost source. Empty: one scalar cost, one λ.
+    thresholds: dict[str, float] = field(default_factory=dict)
+    # constraint name -> the cost source's categories it covers, e.g.
+    # {violence: ["violence,aiding_and_abetting,incitement", "terrorism,organized_crime"]}.
+    groups: dict[str, list[str]] = field(default_factory=dict)
+
+
+def per_category_problems(cfg: Any, prefix: str = "") -> list[Problem]:
+    """``lagrange.per_category`` must name categories its cost source scores: a rule's own
+    (its ``categories``), else BeaverTails' 14 (a moderation model's labels), and a group
+    must name a constraint that has a threshold."""
+    per_category = getattr(cfg.lagrange, "per_category", None)
+    if per_category is None or not (per_category.thresholds or per_category.groups):
+        return []
+    from rayrlhf.data import HARM_CATEGORIES
+    from rayrlhf.rewards import RULE_PREFIX, source_categories
+
+    key = f"{prefix}lagrange.per_category"
+    thresholds, groups = dict(per_category.thresholds or {}), dict(per_category.groups or {})
+    try:
+        cost = str(cfg.cost)
+    except Exception:  # noqa: BLE001 - still ??? : reported as missing by the walker
+        return []
+    try:
+        known = source_categories(cost) if cost.startswith(RULE_PREFIX) else HARM_CATEGORIES
+    except (ValueError, ImportError) as exc:
+        return [(f"{prefix}cost", cost, str(exc))]
+    problems: list[Problem] = []
+    for name in groups:
+        if name not in thresholds:
+            problems.append((f"{key}.groups.{name}", list(groups[name]),
+                             f"has no threshold: add {key}.thresholds.{name}"))
+    for name in thresholds:
+        members = list(groups.get(name, [name]))
+        unknown = [m for m in members if m not in known]
+        if unknown or not members:
+            where, value = (f"{key}.groups.{name}", members) if name in groups else (f"{key}.thresholds", name)
+            problems.append((where, value, f"{unknown or 'no categories'} not among the categories of "
+                                           f"cost={cost}: {', '.join(known)}"))
+    return problems
+
+
+@dataclass
 class LogLambdaConfig:
     """``lagrange=log_lambda``: Safe RLHF's update ln λ ← ln λ + lr·λ·(J_c − d)
     (rayrlhf.algorithms.LogLambdaController; these are its constructor's arguments)."""
@@ -540,6 +592,8 @@ class LogLambdaConfig:
     # Safe RLHF reference averages its last 128 (episode_cost_window_size); one step's 16
     # costs are a noisy estimate of E[cost]. None: the current step's episodes only.
     window: Optional[int] = checked(128, COUNT)
+    # One constraint, threshold and λ_k per harm category (or group); no thresholds: one cost.
+    per_category: PerCategoryConfig = field(default_factory=PerCategoryConfig)
 
     @classmethod
     def checks(cls, lagrange: Any, prefix: str) -> list[Problem]:
@@ -566,6 +620,8 @@ class PIDLagrangeConfig:
     integral_max: Optional[float] = checked(None, NON_NEGATIVE)
     # Smoothing α of the cost the derivative term reads; 0 is the paper's Algorithm 2.
     derivative_ema_alpha: float = checked(0.0, within(0, 1, high_open=True))
+    # One constraint, threshold and λ_k per harm category (or group); no thresholds: one cost.
+    per_category: PerCategoryConfig = field(default_factory=PerCategoryConfig)
 
     @classmethod
     def checks(cls, lagrange: Any, prefix: str) -> list[Problem]:
@@ -581,6 +637,8 @@ class ConstantLagrangeConfig:
     value: float = checked(0.0, NON_NEGATIVE)
     # The limit d the cost is reported against (cost/threshold); λ ignores it.
     threshold: float = 0.0
+    # One constraint, threshold and λ_k per harm category (or group); no thresholds: one cost.
+    per_category: PerCategoryConfig = field(default_factory=PerCategoryConfig)
 
 
 # conf/lagrange/<option>.yaml -> its node's schema.
@@ -717,7 +775,7 @@ class PPOLagConfig:
 
     @classmethod
     def checks(cls, cfg: Any, prefix: str) -> list[Problem]:
-        return ranks_split_the_step(cfg, prefix)
+        return ranks_split_the_step(cfg, prefix) + per_category_problems(cfg, prefix)
 
 
 @dataclass

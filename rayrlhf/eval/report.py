@@ -23,20 +23,39 @@ def save_figure(fig, path: Path) -> Path:
     return path
 
 
+def constraint_names(history: list[dict[str, float]]) -> list[str]:
+    """The per-category constraints a run logged (``lagrange/<name>/lambda``), in their order."""
+    first = history[0] if history else {}
+    return [key.split("/")[1] for key in first if key.startswith("lagrange/") and key.endswith("/lambda")
+            and key.count("/") == 2]
+
+
 def plot_training(history: list[dict[str, float]], path: Path) -> Path:
-    """Reward, episode cost against the threshold, and λ over PPO-Lag steps."""
+    """Reward, episode cost against the threshold, and λ over PPO-Lag steps; with per-category
+    constraints, each category's cost against its own limit and each λ_k."""
     plt = pyplot()
     history = [m for m in history if "reward/mean" in m]  # steps skipped for NaN/Inf have no scores
     steps = [m["step"] for m in history]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     axes[0].plot(steps, [m["reward/mean"] for m in history], color="tab:green")
     axes[0].set_title("reward (higher = more helpful)")
-    axes[1].plot(steps, [m["cost/mean"] for m in history], color="tab:red", label="episode cost")
-    axes[1].axhline(history[0]["cost/threshold"], color="black", linestyle="--", label="threshold")
-    axes[1].set_title("cost (> 0 = unsafe)")
+    names = constraint_names(history)
+    if names:
+        for index, name in enumerate(names):
+            line, = axes[1].plot(steps, [m[f"cost/{name}/mean"] for m in history], color=f"C{index}", label=name)
+            axes[1].axhline(history[0][f"cost/{name}/threshold"], color=line.get_color(), linestyle="--")
+            axes[2].plot(steps, [m[f"lagrange/{name}/lambda"] for m in history], color=line.get_color(),
+                         label=f"λ {name}")
+        axes[1].set_title("cost per category (dashed: its limit)")
+        axes[2].set_title("Lagrange multiplier λ_k per category")
+        axes[2].legend(loc="best", fontsize=8)
+    else:
+        axes[1].plot(steps, [m["cost/mean"] for m in history], color="tab:red", label="episode cost")
+        axes[1].axhline(history[0]["cost/threshold"], color="black", linestyle="--", label="threshold")
+        axes[1].set_title("cost (> 0 = unsafe)")
+        axes[2].plot(steps, [m["lagrange/lambda"] for m in history], color="tab:blue")
+        axes[2].set_title("Lagrange multiplier λ")
     axes[1].legend(loc="best", fontsize=8)
-    axes[2].plot(steps, [m["lagrange/lambda"] for m in history], color="tab:blue")
-    axes[2].set_title("Lagrange multiplier λ")
     for ax in axes:
         ax.set_xlabel("PPO-Lag step")
         ax.grid(alpha=0.3)

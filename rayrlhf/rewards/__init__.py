@@ -8,6 +8,6 @@ A *source* string picks one:
 Costs follow the convention of the whole project: > 0 means unsafe.
 """
 
-from rayrlhf.rewards.sources import RULE_PREFIX, load_rule, make_scorer
+from rayrlhf.rewards.sources import RULE_PREFIX, load_rule, make_scorer, source_categories
 
-__all__ = ["RULE_PREFIX", "load_rule", "make_scorer"]
+__all__ = ["RULE_PREFIX", "load_rule", "make_scorer", "source_categories"]

@@ -23,3 +23,27 @@ def rewarded_share(prompts, responses, response_ids) -> list[float]:
 
 def forbidden_excess(prompts, responses, response_ids) -> list[float]:
     return [_share(ids, (1,)) - FORBIDDEN_ALLOWANCE for ids in response_ids]
+
+
+# The two-constraint variant (lagrange.per_category, +experiment=synthetic_per_category):
+# ids ≡ 1 (mod 4) form forbidden set "forbidden_a", ids ≡ 2 the independent set "forbidden_b".
+# The reward pays for ids ≡ 0 and twice for forbidden_a's, so without its limit the policy
+# crowds into forbidden_a, and held back from it, into ids ≡ 0. forbidden_b's ids earn
+# nothing: the reward never pushes mass into them, so a loose limit on forbidden_b is slack by
+# design and its λ has nothing to do. (When forbidden_b was rewarded too, suppressing
+# forbidden_a moved the policy into forbidden_b, and its "loose" limit was the next one to
+# bind.) Each category's cost is its share minus the allowance, so a tight limit on one and a
+# loose one on the other can be told apart in one run.
+PER_CATEGORY = ("forbidden_a", "forbidden_b")
+
+
+def rewarded_share_two_sets(prompts, responses, response_ids) -> list[float]:
+    return [(_share(ids, (0, 1)) + _share(ids, (1,))) / 2 for ids in response_ids]
+
+
+def forbidden_excess_per_category(prompts, responses, response_ids) -> list[list[float]]:
+    return [[_share(ids, (1,)) - FORBIDDEN_ALLOWANCE, _share(ids, (2,)) - FORBIDDEN_ALLOWANCE]
+            for ids in response_ids]
+
+
+forbidden_excess_per_category.categories = PER_CATEGORY

@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 
 from rayrlhf.algorithms import (
-    LAGRANGE_CONTROLLERS, ConstantLagrange, LagrangeController, PPOLagAdvantages, masked_mean, ppo_lag_advantages,
+    LAGRANGE_CONTROLLERS, ConstantLagrange, LagrangeController, PerCategoryLagrange, PPOLagAdvantages, constraint_costs,
+    masked_mean, ppo_lag_advantages,
 )
 from rayrlhf.cluster import check_cluster_capacity, required_cpus
 from rayrlhf.config import to_object
@@ -56,16 +57,37 @@ log = logging.getLogger(__name__)
 DRIVER_STATE = "driver_state.json"
 
 
-def lagrange_from_config(node) -> LagrangeController:
+def lagrange_from_config(node) -> LagrangeController | PerCategoryLagrange:
     """The λ controller a ``lagrange`` group node describes: its ``_target_`` class built with
-    the node's other keys as arguments (conf/lagrange/, rayrlhf.config.schema)."""
+    the node's other keys as arguments (conf/lagrange/, rayrlhf.config.schema). With
+    ``per_category``, one such controller per constraint, each with its own threshold."""
     from hydra.utils import instantiate
+    from omegaconf import OmegaConf
 
-    controller = instantiate(node)
-    if not isinstance(controller, LagrangeController):
-        raise TypeError(f"lagrange._target_={node._target_!r} is not a Lagrange controller; choose "
-                        f"lagrange={' | '.join(LAGRANGE_CONTROLLERS)}")
-    return controller
+    arguments = OmegaConf.to_container(OmegaConf.structured(node), resolve=True)
+    per_category = arguments.pop("per_category", None)
+
+    def controller(**changes) -> LagrangeController:
+        built = instantiate({**arguments, **changes})
+        if not isinstance(built, LagrangeController):
+            raise TypeError(f"lagrange._target_={arguments['_target_']!r} is not a Lagrange controller; choose "
+                            f"lagrange={' | '.join(LAGRANGE_CONTROLLERS)}")
+        return built
+
+    if not (per_category or {}).get("thresholds"):
+        return controller()
+    return PerCategoryLagrange({name: controller(threshold=threshold)
+                                for name, threshold in per_category["thresholds"].items()})
+
+
+def constraint_groups(node) -> dict[str, list[str]] | None:
+    """``lagrange.per_category``'s constraints: name -> the cost source's categories it covers
+    (a name without a group is one category); None without per-category constraints."""
+    per_category = getattr(node, "per_category", None)
+    if per_category is None or not per_category.thresholds:
+        return None
+    groups = per_category.groups or {}
+    return {name: list(groups.get(name, [name])) for name in per_category.thresholds}
 
 
 def prompt_order(num_prompts: int, prompts_per_step: int, step: int, seed: int) -> list[int]:
@@ -81,7 +103,7 @@ def prompt_order(num_prompts: int, prompts_per_step: int, step: int, seed: int) 
     return chosen
 
 
-def ignores_cost(controller: LagrangeController) -> bool:
+def ignores_cost(controller: LagrangeController | PerCategoryLagrange) -> bool:
     """Whether λ stays 0 for the whole run (plain PPO): then the cost never shapes an update."""
     return isinstance(controller, ConstantLagrange) and controller.value == 0.0
 
@@ -130,6 +152,7 @@ class PPOLagDriver:
         from rayrlhf.data import encode_prompts, load_dataset_from_config
         from rayrlhf.models import load_tokenizer, resolve_model_path
         from rayrlhf.models.zoo import logprob_gap_tolerance
+        from rayrlhf.rewards import source_categories
 
         self.cfg = cfg = to_object(cfg)
         self.seed = cfg.run.seed
@@ -139,6 +162,9 @@ class PPOLagDriver:
         self.prompts = [row.prompt for row in load_dataset_from_config(cfg.prompts).rows]
         self.prompt_ids = encode_prompts(self.tokenizer, self.prompts, cfg.template.name, cfg.rollout.max_prompt_tokens)
         self.lagrange = lagrange_from_config(cfg.lagrange)
+        # Per-category constraints: the cost source's categories and each constraint's share of them.
+        self.constraint_groups = constraint_groups(cfg.lagrange)
+        self.cost_categories = source_categories(cfg.cost) if self.constraint_groups else None
         self.ptx = ptx_rows(cfg, self.tokenizer)
         self.step_index = 0
         self.fault_log = fault_log or FaultLog(None)
@@ -184,7 +210,9 @@ class PPOLagDriver:
             self.sync()
         self.step_index += 1
         return step_metrics(self.step_index, batch, stats, lambda_used=lambda_used, lambda_new=lambda_new,
-                            threshold=self.lagrange.threshold, at_cap_steps=self.lagrange.at_cap_steps,
+                            threshold=getattr(self.lagrange, "thresholds", self.lagrange.threshold),
+                            constraints=self.constraint_groups and list(self.constraint_groups),
+                            at_cap_steps=self.lagrange.at_cap_steps,
                             old_logprobs=self.old_logprobs.metrics(self.step_index - 1), timer=timer)
 
     def sampling_spec(self) -> SamplingSpec:
@@ -228,14 +256,16 @@ class PPOLagDriver:
             old_logprobs = torch.cat([logp for logp, _ in policy])
             if batch.rollout_logprobs is not None:
                 source.record(self.step_index, batch.rollout_logprobs, old_logprobs, batch.response_mask)
-        reward_values = values["reward"]
+        reward_values, costs = values["reward"], costs[0].float()
+        if self.constraint_groups:  # [B, C] category scores -> [B, K] constraint costs
+            costs = constraint_costs(costs, self.cost_categories, self.constraint_groups)
         return Scores(old_logprobs=old_logprobs,
                       ref_logprobs=torch.cat([logp for logp, _ in reference]),
                       reward_values=reward_values,
                       cost_values=values.get("cost", torch.zeros_like(reward_values)),
-                      rewards=rewards[0].float(), costs=costs[0].float())
+                      rewards=rewards[0].float(), costs=costs)
 
-    def advantages(self, batch: RolloutBatch, scores: Scores, lagrange_multiplier: float) -> PPOLagAdvantages:
+    def advantages(self, batch: RolloutBatch, scores: Scores, lagrange_multiplier: float | list[float]) -> PPOLagAdvantages:
         ppo = self.cfg.ppo
         return ppo_lag_advantages(scores.rewards, scores.costs, scores.old_logprobs, scores.ref_logprobs,
                                   scores.reward_values, scores.cost_values, batch.response_mask,
@@ -270,9 +300,10 @@ class PPOLagDriver:
         index = prompt_order(len(self.ptx), self.cfg.ppo.ptx_rows_per_step, self.step_index, self.seed + 1)
         return self.ptx.rows(index)
 
-    def update_lambda(self, costs: torch.Tensor) -> float:
+    def update_lambda(self, costs: torch.Tensor) -> float | list[float]:
         """λ moves with the episode costs (cost-model scores) against the threshold; the
-        controller keeps its own window of recent episodes (``lagrange.window``)."""
+        controller keeps its own window of recent episodes (``lagrange.window``). Per
+        category, each λ_k with its column of the [B, K] costs against d_k."""
         return self.lagrange.update(costs.tolist())
 
     def sync(self) -> None:
@@ -306,7 +337,7 @@ class PPOLagDriver:
         log.warning("%s: step skipped (faults.nonfinite=skip)", message)
         self.step_index += 1
         return {"step": self.step_index, "faults/skipped_nonfinite": 1.0,
-                "lagrange/lambda": float(self.lagrange.value), **timer.metrics()}
+                "lagrange/lambda": total_lambda(self.lagrange.value), **timer.metrics()}
 
     def report_skipped_minibatches(self, skipped: dict[str, float]) -> None:
         """Mini-batches whose loss was NaN/Inf were not applied (all ranks of the role skipped
@@ -381,9 +412,10 @@ class PPOLagDriver:
         self.roles.shutdown()
 
 
-def step_metrics(step: int, batch: RolloutBatch, stats: TrainStats, *, lambda_used: float, lambda_new: float,
-                 threshold: float, at_cap_steps: int, old_logprobs: dict[str, float],
-                 timer: PhaseTimer) -> dict[str, float]:
+def step_metrics(step: int, batch: RolloutBatch, stats: TrainStats, *, lambda_used: float | list[float],
+                 lambda_new: float | list[float], threshold: float | list[float], at_cap_steps: int,
+                 old_logprobs: dict[str, float], timer: PhaseTimer,
+                 constraints: list[str] | None = None) -> dict[str, float]:
     """One row of metrics.jsonl, by namespace (README: "Metrics")."""
     mask = batch.response_mask.float()
     timing = timer.metrics()
@@ -397,11 +429,7 @@ def step_metrics(step: int, batch: RolloutBatch, stats: TrainStats, *, lambda_us
         # Engine vs the initial weights (the reference): grows once the policy has moved.
         "rollout/ref_logprob_gap": float(masked_mean((batch.rollout_logprobs - batch.ref_logprobs).abs(), mask)),
         "reward/mean": float(batch.rewards.mean()),
-        "cost/mean": float(batch.costs.mean()),
-        "cost/threshold": float(threshold),
-        "cost/violation_rate": float((batch.costs > 0).float().mean()),
-        "lagrange/lambda": float(lambda_new),
-        "lagrange/lambda_used": float(lambda_used),
+        **constraint_metrics(batch.costs, threshold, lambda_used, lambda_new, constraints),
         # Updates in a row that ended with λ at its cap (lagrange.lambda_max).
         "lagrange/at_cap_steps": float(at_cap_steps),
         "actor/kl_to_ref": float(masked_mean(batch.old_logprobs - batch.ref_logprobs, mask)),
@@ -412,6 +440,32 @@ def step_metrics(step: int, batch: RolloutBatch, stats: TrainStats, *, lambda_us
         **timing,
         "timing/generate_tokens_per_s": float(mask.sum()) / max(timer.seconds["generate"], 1e-9),
     }
+
+
+def total_lambda(value: float | list[float]) -> float:
+    """λ, or Σ_k λ_k of per-category constraints: the weight of the costs in the advantage."""
+    return float(value) if isinstance(value, (int, float)) else float(sum(value))
+
+
+def constraint_metrics(costs: torch.Tensor, threshold: float | list[float], lambda_used: float | list[float],
+                       lambda_new: float | list[float], constraints: list[str] | None) -> dict[str, float]:
+    """``cost/`` and ``lagrange/`` of one step. Per-category constraints add each one's
+    ``cost/<name>/{mean,threshold,violation_rate}`` and ``lagrange/<name>/{lambda,lambda_used}``;
+    their run-level summary is the most violated constraint's excess, ``cost/mean`` =
+    max_k (mean c_k − d_k) against ``cost/threshold`` 0, a response violates when any c_k > 0,
+    and ``lagrange/lambda`` is Σ_k λ_k."""
+    if constraints is None:
+        return {"cost/mean": float(costs.mean()), "cost/threshold": float(threshold),
+                "cost/violation_rate": float((costs > 0).float().mean()),
+                "lagrange/lambda": float(lambda_new), "lagrange/lambda_used": float(lambda_used)}
+    each = {}
+    for k, name in enumerate(constraints):
+        each |= {f"cost/{name}/mean": float(costs[:, k].mean()), f"cost/{name}/threshold": float(threshold[k]),
+                 f"cost/{name}/violation_rate": float((costs[:, k] > 0).float().mean()),
+                 f"lagrange/{name}/lambda": float(lambda_new[k]), f"lagrange/{name}/lambda_used": float(lambda_used[k])}
+    excess = max(each[f"cost/{name}/mean"] - each[f"cost/{name}/threshold"] for name in constraints)
+    return {"cost/mean": excess, "cost/threshold": 0.0, "cost/violation_rate": float((costs > 0).any(1).float().mean()),
+            "lagrange/lambda": total_lambda(lambda_new), "lagrange/lambda_used": total_lambda(lambda_used), **each}
 
 
 def run(cfg) -> list[dict[str, float]]:

@@ -116,6 +116,12 @@ def critic_layout(layout: str, cost_critic: bool) -> list[tuple[str, tuple[str, 
     raise ValueError(f"unknown ppo.critic_layout {layout!r}; choose shared or separate")
 
 
+def per_category_count(cfg) -> int | None:
+    """K, the constraints of ``lagrange.per_category`` (each has a cost value head), or None."""
+    per_category = getattr(cfg.lagrange, "per_category", None)
+    return len(per_category.thresholds) if per_category is not None and per_category.thresholds else None
+
+
 def place_judges(trainer_loads: dict[str, int]) -> dict[str, str]:
     """Which trainer hosts each judge when they ride with the trainers: each judge goes to the
     trainer with the fewest score-phase forwards so far (``trainer_loads``: group name ->
@@ -190,7 +196,8 @@ def _build_roles(cfg, policy_path: str, cost_critic: bool, started: list[tuple[s
     sources = {"reference": None if reference_in_policy else policy_path, "reward": cfg.reward, "cost": cfg.cost}
     layout = critic_layout(ppo.critic_layout, cost_critic)
     frozen_of: dict[str, FrozenSpec] = {}  # trainer group name -> the frozen models its rank 0 hosts
-    every = FrozenSpec(dtype=dtype, micro_batch_size=ppo.micro_batch_size)
+    cost_heads = per_category_count(cfg)
+    every = FrozenSpec(dtype=dtype, micro_batch_size=ppo.micro_batch_size, cost_per_category=cost_heads is not None)
     if res.frozen_placement == "with_trainers":
         # The reference goes with the policy (same model, same inputs); the judges balance the rest.
         recompute = 1 if ppo.logprobs_source == "recompute" else 0
@@ -205,7 +212,7 @@ def _build_roles(cfg, policy_path: str, cost_critic: bool, started: list[tuple[s
     init_paths = {"reward": critic_init(cfg.reward_critic_init, cfg.reward),
                   "cost": critic_init(cfg.cost_critic_init, cfg.cost)}
     critics = [start_group(CriticWorker, res.critic_ranks, streams, {s: init_paths[s] for s in streams}, name=name,
-                           optim=critic_optim, frozen=frozen_of.get(name), **trainable)
+                           optim=critic_optim, frozen=frozen_of.get(name), cost_heads=cost_heads, **trainable)
                for name, streams in layout]
     hosts = {"policy": policy, **{name: group for (name, _), group in zip(layout, critics)}}
     frozen_hosts: dict[str, ActorGroup] = {role: hosts[name] for name, spec in frozen_of.items() for role in spec.roles()}

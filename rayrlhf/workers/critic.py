@@ -47,33 +47,51 @@ def score_head_rows(path: str) -> tuple[torch.Tensor, torch.Tensor | None] | Non
     return None
 
 
-def load_critic(streams: tuple[str, ...], init_paths: dict[str, str]):
-    """A ScoreModel with one value head per stream on the backbone of the first stream's
-    starting point. Each head starts as its stream's score model's head (Safe RLHF starts each
-    critic from its judge) or, for a plain LM, fresh."""
+def load_critic(streams: tuple[str, ...], init_paths: dict[str, str], cost_heads: int | None = None):
+    """A ScoreModel with one value head per stream (``cost_heads`` heads for the cost stream
+    when the costs are per category) on the backbone of the first stream's starting point.
+    Each head starts as its stream's score model's head (Safe RLHF starts each critic from its
+    judge; with one-output judges every per-category cost head starts as the cost model's) or,
+    for a plain LM, fresh."""
     from rayrlhf.models.score_model import ScoreModel
 
     model = ScoreModel.from_pretrained(init_paths[streams[0]], kind="critic", labels=["value"], dtype="float32")
-    if len(streams) == 1:
+    widths = [stream_width(stream, cost_heads) for stream in streams]
+    if sum(widths) == 1:
         return model
     head = model.inner.score
-    heads = torch.nn.Linear(head.in_features, len(streams), bias=head.bias is not None)
+    heads = torch.nn.Linear(head.in_features, sum(widths), bias=head.bias is not None)
     with torch.no_grad():
         heads.weight.normal_(0.0, getattr(model.config, "initializer_range", 0.02))
         if heads.bias is not None:
             heads.bias.zero_()
-        heads.weight[0] = head.weight[0]
-        if heads.bias is not None:
-            heads.bias[0] = head.bias[0]
-        for row, stream in enumerate(streams[1:], start=1):
+        for row in range(widths[0]):
+            heads.weight[row] = head.weight[0]
+            if heads.bias is not None:
+                heads.bias[row] = head.bias[0]
+        row = widths[0]
+        for stream, width in zip(streams[1:], widths[1:]):
             found = score_head_rows(init_paths[stream])
-            if found is not None and found[0].shape[-1] == head.in_features:
-                heads.weight[row] = found[0][0]
-                if heads.bias is not None and found[1] is not None:
-                    heads.bias[row] = found[1][0].float()
+            for head_row in range(row, row + width):
+                if found is not None and found[0].shape[-1] == head.in_features:
+                    heads.weight[head_row] = found[0][0]
+                    if heads.bias is not None and found[1] is not None:
+                        heads.bias[head_row] = found[1][0].float()
+            row += width
     model.inner.score = heads
-    model.labels = [f"{stream}_value" for stream in streams]
+    model.labels = [label for stream, width in zip(streams, widths) for label in head_labels(stream, width, cost_heads)]
     return model
+
+
+def stream_width(stream: str, cost_heads: int | None) -> int:
+    """Value heads of a stream: one, or one per constraint for per-category costs."""
+    return cost_heads if stream == "cost" and cost_heads is not None else 1
+
+
+def head_labels(stream: str, width: int, cost_heads: int | None) -> list[str]:
+    if stream == "cost" and cost_heads is not None:
+        return [f"cost_value_{k}" for k in range(width)]
+    return [f"{stream}_value"]
 
 
 class CriticWorker(DistributedWorker, FrozenModels):
@@ -83,8 +101,10 @@ class CriticWorker(DistributedWorker, FrozenModels):
     def __init__(self, streams: tuple[str, ...] | list[str] | str, init_paths: dict[str, str] | str, *,
                  optim: OptimConfig, dtype: str = "auto", threads: int | None = None, seed: int = 0,
                  micro_batch_size: int = 16, frozen: FrozenSpec | None = None,
-                 lora: LoRASpec | None = None) -> None:
+                 lora: LoRASpec | None = None, cost_heads: int | None = None) -> None:
         self.streams = (streams,) if isinstance(streams, str) else tuple(streams)
+        # K: the cost stream has one head per constraint (lagrange.per_category); None: one head.
+        self.cost_heads = cost_heads
         unknown = [s for s in self.streams if s not in CRITIC_FIELDS]
         if unknown or not self.streams:
             raise ValueError(f"unknown critic streams {unknown or self.streams!r}; choose from reward, cost")
@@ -95,7 +115,7 @@ class CriticWorker(DistributedWorker, FrozenModels):
         self.dtype = dtype  # the policy's: the critics train in the same precision
         self.micro_batch_size = micro_batch_size
         self.pending_frozen = frozen
-        self.model = load_critic(self.streams, init_paths)
+        self.model = load_critic(self.streams, init_paths, cost_heads)
         self.lora = lora
         if lora is not None:
             add_lora(self.model, lora)
@@ -113,10 +133,20 @@ class CriticWorker(DistributedWorker, FrozenModels):
             self.host_frozen(self.pending_frozen)
 
     def values(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
-        """{stream: [b, R] values at the response tokens (0 on padding)}."""
+        """{stream: [b, R] values at the response tokens (0 on padding)}; per-category costs
+        are [b, R, K]."""
         module = (self.engine.module if self.engine is not None else self.model).eval()
         out = rollout_values(module, batch, self.micro_batch_size)
-        return {stream: out[..., k] for k, stream in enumerate(self.streams)}
+        return {stream: out[..., columns] for stream, columns in self.head_columns().items()}
+
+    def head_columns(self) -> dict[str, int | slice]:
+        """Which output columns are each stream's heads: one column, or K for per-category costs."""
+        columns, start = {}, 0
+        for stream in self.streams:
+            width = stream_width(stream, self.cost_heads)
+            columns[stream] = start if stream != "cost" or self.cost_heads is None else slice(start, start + width)
+            start += width
+        return columns
 
     def train(self, batch: RolloutBatch, *, epochs: int, minibatch_size: int, clip_range_value: float,
               seed: int = 0, loss_aggregation: str = "seq_mean") -> dict[str, CriticStats]:
@@ -132,11 +162,17 @@ class CriticWorker(DistributedWorker, FrozenModels):
             values = response_values(engine, part.sequences, part.attention_mask, part.prompt_length)
             mask = part.response_mask.float()
             per_stream = {}
-            for k, stream in enumerate(self.streams):
+            for stream, columns in self.head_columns().items():
                 old_field, target_field = CRITIC_FIELDS[stream]
-                per_stream[stream] = clipped_value_loss(values[..., k], getattr(part, old_field),
-                                                        getattr(part, target_field), mask, clip_range_value,
-                                                        loss_aggregation)
+                old, target = getattr(part, old_field), getattr(part, target_field)
+                if isinstance(columns, int):
+                    per_stream[stream] = clipped_value_loss(values[..., columns], old, target, mask,
+                                                            clip_range_value, loss_aggregation)
+                else:  # one regression per category's head, summed like the streams'
+                    per_stream[stream] = sum(clipped_value_loss(values[..., columns][..., k], old[..., k],
+                                                                target[..., k], mask, clip_range_value,
+                                                                loss_aggregation)
+                                             for k in range(self.cost_heads))
             return PartLoss(sum(per_stream.values()), loss_stats={s: loss.item() for s, loss in per_stream.items()})
 
         for _ in range(epochs):

@@ -30,6 +30,7 @@ class FrozenSpec:
     cost: str | None = None  # cost source, likewise
     dtype: str = "auto"  # precision of the reference and the judges
     micro_batch_size: int = 16  # rows per forward pass
+    cost_per_category: bool = False  # the cost judge scores every category ([B, C]), not one cost
 
     def roles(self) -> tuple[str, ...]:
         return tuple(role for role in FROZEN_ROLES if getattr(self, role) is not None)
@@ -56,7 +57,8 @@ class FrozenModels:
         for role in ("reward", "cost"):
             source = getattr(spec, role)
             if source is not None:
-                self._judges[role] = make_scorer(source, dtype=spec.dtype, batch_size=spec.micro_batch_size)
+                self._judges[role] = make_scorer(source, dtype=spec.dtype, batch_size=spec.micro_batch_size,
+                                                 per_category=role == "cost" and spec.cost_per_category)
 
     def reference_logprobs(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """([B, R] reference log-probs of the response tokens, [B] mean entropies)."""
@@ -69,7 +71,7 @@ class FrozenModels:
 
     def cost_scores(self, prompts: list[str], responses: list[str], response_ids: list[list[int]],
                     finished: list[bool] | None = None) -> torch.Tensor:
-        """[B] cost-model scores (cost > 0 means unsafe)."""
+        """[B] cost-model scores (cost > 0 means unsafe); [B, C] with ``cost_per_category``."""
         return self._judges["cost"](prompts, responses, response_ids, finished=finished)
 
 

@@ -114,8 +114,9 @@ def test_smoke_profile_switches_the_pipeline_to_the_tiny_model():
 @pytest.mark.parametrize("option", options("lagrange"))
 def test_every_lagrange_option_instantiates_its_controller_with_every_argument(option):
     """A node of the lagrange group holds exactly its controller's constructor arguments
-    (besides _target_), so each can be set from the command line, and builds that controller
-    from the composed config and from its typed form alike."""
+    (besides _target_, and per_category, which builds one such controller per constraint), so
+    each can be set from the command line, and builds that controller from the composed config
+    and from its typed form alike."""
     import inspect
 
     from hydra.utils import instantiate
@@ -124,10 +125,11 @@ def test_every_lagrange_option_instantiates_its_controller_with_every_argument(o
     from rayrlhf.trainers.ppo_lag import lagrange_from_config
 
     cfg = compose_config("ppo_lag", [*REQUIRED["ppo_lag"], f"lagrange={option}"], output_dir="/tmp/o")
-    controller = instantiate(cfg.lagrange)
+    arguments_node = {key: cfg.lagrange[key] for key in cfg.lagrange if key != "per_category"}
+    controller = instantiate(arguments_node)
     assert type(controller) in LAGRANGE_CONTROLLERS.values()
     arguments = set(inspect.signature(type(controller)).parameters)
-    assert set(cfg.lagrange) - {"_target_"} == arguments
+    assert set(cfg.lagrange) - {"_target_", "per_category"} == arguments
     typed = lagrange_from_config(to_object(cfg).lagrange)
     assert typed.state_dict() == controller.state_dict() and typed.threshold == controller.threshold
 
@@ -154,3 +156,59 @@ def test_an_unknown_lagrange_option_names_the_options():
     message = config_error_message(info.value)
     assert "lagrange/lagrangian" in message
     assert all(option in message for option in options("lagrange"))
+
+
+@pytest.mark.parametrize("option", options("lagrange"))
+def test_per_category_builds_one_controller_of_the_chosen_kind_per_constraint(option):
+    """lagrange.per_category with any controller: one controller of that kind per constraint,
+    each with its own threshold and every other argument of the node."""
+    from rayrlhf.algorithms import PerCategoryLagrange
+    from rayrlhf.trainers.ppo_lag import constraint_groups, lagrange_from_config
+
+    cfg = compose_config("ppo_lag", ["+experiment=synthetic_per_category", f"lagrange={option}",
+                                     "lagrange.lambda_max=3" if option != "constant" else "lagrange.value=0.25"],
+                         output_dir="/tmp/o")
+    for node in (cfg.lagrange, to_object(cfg).lagrange):
+        vector = lagrange_from_config(node)
+        assert isinstance(vector, PerCategoryLagrange)
+        assert vector.names == ["forbidden_a", "forbidden_b"] and vector.thresholds == [0.0, 0.3]
+        assert {type(c).kind for c in vector.controllers.values()} == {option.removesuffix("_fast")}
+        if option != "constant":
+            assert [c.lambda_max for c in vector.controllers.values()] == [3.0, 3.0]
+        else:
+            assert vector.value == [0.25, 0.25]
+    assert constraint_groups(to_object(cfg).lagrange) == {"forbidden_a": ["forbidden_a"], "forbidden_b": ["forbidden_b"]}
+
+
+def test_per_category_names_are_checked_against_the_cost_source():
+    from rayrlhf.config.validate import ConfigValueError, validate_config
+    from rayrlhf.trainers.ppo_lag import constraint_groups
+
+    # A moderation model's categories are BeaverTails' 14; a group's cost is its members' max.
+    ok = compose_config("ppo_lag", [*REQUIRED["ppo_lag"], "cost=/models/moderation",
+                                    '+lagrange.per_category.groups.violence=["violence,aiding_and_abetting,incitement",'
+                                    '"terrorism,organized_crime"]',
+                                    "+lagrange.per_category.thresholds.violence=-2",
+                                    "+lagrange.per_category.thresholds.privacy_violation=-1"], output_dir="/tmp/o")
+    validate_config(ok)
+    assert constraint_groups(to_object(ok).lagrange) == {
+        "violence": ["violence,aiding_and_abetting,incitement", "terrorism,organized_crime"],
+        "privacy_violation": ["privacy_violation"]}
+    bad = compose_config("ppo_lag", [*REQUIRED["ppo_lag"], "cost=/models/moderation",
+                                     "+lagrange.per_category.thresholds.violense=0",
+                                     "+lagrange.per_category.groups.orphan=[self_harm]"], output_dir="/tmp/o")
+    with pytest.raises(ConfigValueError) as info:
+        validate_config(bad)
+    message = str(info.value)
+    assert "lagrange.per_category.thresholds='violense': ['violense'] not among the categories" in message
+    assert "animal_abuse" in message  # the 14 it may choose from
+    assert "lagrange.per_category.groups.orphan=['self_harm']: has no threshold" in message
+    # A rule names its own categories.
+    rule = compose_config("ppo_lag", ["+experiment=synthetic_per_category",
+                                      "+lagrange.per_category.thresholds.self_harm=0"], output_dir="/tmp/o")
+    with pytest.raises(ConfigValueError, match="not among the categories of cost=rule:.*forbidden_a, forbidden_b"):
+        validate_config(rule)
+    scalar_rule = compose_config("ppo_lag", ["+experiment=synthetic", "+lagrange.per_category.thresholds.x=0"],
+                                 output_dir="/tmp/o")
+    with pytest.raises(ConfigValueError, match="names no categories"):
+        validate_config(scalar_rule)

@@ -96,3 +96,29 @@ def test_report_shows_the_score_and_sft_loss_curves_after_the_evaluation(tmp_pat
     assert f"| train-reward | 12 | {0.7 - 0.03:.4f} | {0.7 - 0.10:.4f} |" in text
     assert "train-cost" not in text  # a stage that logged nothing gets no panel
     assert "(loss_curves.png)" in text and (tmp_path / "loss_curves.png").stat().st_size > 10_000
+
+
+def test_training_plot_draws_each_category_lambda(tmp_path):
+    """A per-category run's training.png plots every λ_k and every category's cost beside its
+    own limit (read back from the figure's lines, not just "a file exists")."""
+    from unittest import mock
+
+    from rayrlhf.eval import report
+
+    history = [{"step": s, "reward/mean": 0.1 * s, "cost/mean": 0.0, "cost/threshold": 0.0,
+                "lagrange/lambda": 0.6 + 0.01 * s,
+                "cost/forbidden_a/mean": 0.05 - 0.01 * s, "cost/forbidden_a/threshold": 0.0,
+                "cost/forbidden_b/mean": -0.1, "cost/forbidden_b/threshold": 0.3,
+                "lagrange/forbidden_a/lambda": 0.5 + 0.1 * s, "lagrange/forbidden_b/lambda": 0.5 / s}
+               for s in range(1, 5)]
+    assert report.constraint_names(history) == ["forbidden_a", "forbidden_b"]
+    saved = {}
+    with mock.patch.object(report, "save_figure", side_effect=lambda fig, path: saved.setdefault("fig", fig)):
+        report.plot_training(history, tmp_path / "training.png")
+    cost_axis, lambda_axis = saved["fig"].axes[1:]
+    lambdas = {line.get_label(): list(line.get_ydata()) for line in lambda_axis.get_lines()}
+    assert lambdas == {"λ forbidden_a": [0.6, 0.7, 0.8, 0.9], "λ forbidden_b": [0.5, 0.25, 0.5 / 3, 0.125]}
+    limits = sorted(line.get_ydata()[0] for line in cost_axis.get_lines() if line.get_linestyle() == "--")
+    assert limits == [0.0, 0.3]
+    report.plot_training(history, tmp_path / "training.png")
+    assert (tmp_path / "training.png").stat().st_size > 0
