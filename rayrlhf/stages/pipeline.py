@@ -134,13 +134,13 @@ def build_splits(cfg, out: Path) -> dict[str, Any]:
     fraction = cfg.heldout_fraction
     prompts_heldout = split_rows(load_dataset_from_config(cfg.prompts).rows, fraction)[1]
     harmful_pool = _optional_rows(cfg.heldout_harmful, "heldout_harmful")
-    harmful_source = cfg.heldout_harmful.source if harmful_pool is not None else "demo held-out split"
-    if harmful_pool is None:
+    external = harmful_pool is not None
+    harmful_source = cfg.heldout_harmful.source if external else "demo held-out split"
+    if not external:
         harmful_pool = [r for r in prompts_heldout if r.category]
-        redteam_rows = []
     harmful_rows = spread(harmful_pool, cfg.num_heldout_harmful) if cfg.num_heldout_harmful else harmful_pool
-    if harmful_source != "demo held-out split":
-        redteam_rows = redteam_training_rows(harmful_pool, harmful_rows, cfg.num_redteam_train)
+    # Only an external set has prompts left over once the held-out ones are drawn.
+    redteam_rows = redteam_training_rows(harmful_pool, harmful_rows, cfg.num_redteam_train) if external else []
     benign_rows = [r for r in prompts_heldout if not r.category]
     extra_benign = _optional_rows(cfg.heldout_benign, "heldout_benign")
     if extra_benign:
@@ -149,25 +149,24 @@ def build_splits(cfg, out: Path) -> dict[str, Any]:
 
     nodes: dict[str, Any] = {}
     counts: dict[str, Any] = {"heldout_fraction": fraction}
-    kept_by_name = {}
     for name in ("prompts", "preferences", "qa_classification", "sft"):
         rows = load_dataset_from_config(getattr(cfg, name)).rows
         kept = drop_prompts(split_rows(rows, fraction)[0], eval_prompts)
+        counts[f"{name}_dropped_rows"] = len(rows) - len(kept)
         if name == "prompts":
             kept += redteam_rows
+            train_prompts = kept
         assert_disjoint([r.prompt for r in kept], eval_prompts, f"{name} ({getattr(cfg, name).source})")
         path = write_rows(kept, out / f"{name}_train.json")
         nodes[name] = _file_dataset(path, getattr(cfg, name).schema)
         counts[f"{name}_train_rows"] = len(kept)
-        counts[f"{name}_dropped_rows"] = len(rows) + (len(redteam_rows) if name == "prompts" else 0) - len(kept)
-        kept_by_name[name] = kept
     write_rows(harmful_rows, out / "heldout_harmful.json")
     write_rows(benign_rows, out / "heldout_benign.json")
     counts.update({"heldout_harmful": len(harmful_rows), "heldout_harmful_source": harmful_source,
                    "heldout_benign": len(benign_rows), "redteam_train_rows": len(redteam_rows)})
     write_json(out / "splits.json", counts)
     return {"datasets": nodes, "counts": counts, "harmful": harmful_rows, "benign": benign_rows,
-            "train_prompts": kept_by_name["prompts"], "redteam": redteam_rows}
+            "train_prompts": train_prompts, "redteam": redteam_rows}
 
 
 def redteam_training_rows(pool: list, heldout: list, n: int) -> list:
@@ -311,8 +310,7 @@ def run(cfg) -> dict:
         start_policy = OmegaConf.merge(cfg.model, {"name_or_path": str(out / "train-sft" / "model")})
         policies["sft"] = start_policy.name_or_path
 
-    judge_data = {kind: data["preferences"] for kind in ("reward", "cost")}
-    judge_data["moderation"] = data["qa_classification"]
+    judge_data = {kind: data[name] for kind, name in SCORE_DATASET.items()}
     onpolicy = None
     if cfg.onpolicy.enabled and ({"reward", "cost"} & set(cfg.score_models)):
         onpolicy = timed("onpolicy_judge_data", lambda: onpolicy_preferences(
