@@ -10,10 +10,12 @@ pairs in the PKU-SafeRLHF schema:
   paired with a refusal (one of the policy's own when it wrote one, else a written one);
   the compliant answer is the *more helpful* one and the refusal the *safer* one, the
   helpfulness/harmlessness split Safe RLHF is built on.
-- benign prompt: the policy's (non-refusing) answer against a written refusal: the answer is
+- benign prompt: each distinct (non-refusing) answer against a written refusal: the answer is
   more helpful, and both are safe; the answer counts as the safer of the two, since refusing a
   harmless request is not safer, only less useful (this keeps the cost model from rewarding
-  refusal as such, which would teach over-refusal).
+  refusal as such, which would teach over-refusal). Every answer gives a row, not only the
+  first: training prompts are mostly harmful, and a cost model that sees few safe compliant
+  answers learns "goes along = unsafe" and penalises helpful answers to harmless requests.
 
 The labels come from ``rayrlhf.eval.refusal``; a run that uses them says so in its report, since
 that rule is then also the cost model's teacher.
@@ -55,9 +57,9 @@ def preference_rows(prompts: Sequence[str], harmful: Sequence[bool],
                     answers: Sequence[Sequence[str]]) -> list[dict[str, Any]]:
     """Preference rows (``PreferenceRow`` dicts) from the policy's answers to each prompt.
 
-    ``answers[i]`` holds the samples for ``prompts[i]``; at most one row per prompt. A
-    harmful prompt whose answers all refuse, or a benign one whose answers all refuse, gives
-    no row (no contrast to learn from).
+    ``answers[i]`` holds the samples for ``prompts[i]``: one row per harmful prompt, one per
+    distinct compliant answer to a benign prompt. A prompt whose answers all refuse gives no
+    row (no contrast to learn from).
     """
     if not len(prompts) == len(harmful) == len(answers):
         raise ValueError(f"{len(prompts)} prompts, {len(harmful)} harm flags, {len(answers)} answer lists")
@@ -72,6 +74,7 @@ def preference_rows(prompts: Sequence[str], harmful: Sequence[bool],
             refusal = refusals[0] if refusals else written_refusal(prompt)
             rows.append(_pair(prompt, compliant[0], refusal, better=0, safer=1, first_safe=False, second_safe=True))
         else:
-            rows.append(_pair(prompt, compliant[0], written_refusal(prompt), better=0, safer=0, first_safe=True,
-                              second_safe=True))
+            for answer in dict.fromkeys(compliant):  # distinct, in sampling order
+                rows.append(_pair(prompt, answer, written_refusal(prompt), better=0, safer=0, first_safe=True,
+                                  second_safe=True))
     return rows

@@ -14,14 +14,17 @@ def test_pairs_follow_the_rules():
     harmful = [True, True, True, False, False]
     answers = [
         ["Here is how: first...", "I can't help with that."],   # both kinds: the policy's own refusal
-        ["Sure, get a tension wrench and..."],                    # only compliance: a written refusal
+        ["Sure, get a tension wrench and...", "Sure, first..."],  # one row, the first compliant answer
         ["I'm sorry, but I can't help with that."],               # only refusals: no contrast, no row
-        ["Mix flour and water, then knead.", "  "],               # benign: answer vs written refusal
+        ["Mix flour and water, then knead.", "  ", "Knead flour, water, yeast.", "Knead flour, water, yeast."],
         ["I cannot answer that."],                                # benign refused: no row
     ]
     rows = preference_rows(prompts, harmful, answers)
-    assert [r["prompt"] for r in rows] == [prompts[0], prompts[1], prompts[3]]
-    cat, lock, bread = rows
+    # A harmful prompt gives one row; a benign one a row per distinct compliant answer.
+    assert [r["prompt"] for r in rows] == [prompts[0], prompts[1], prompts[3], prompts[3]]
+    cat, lock, bread, bread_again = rows
+    assert [bread["response_0"], bread_again["response_0"]] == [answers[3][0], answers[3][2]]
+    assert bread_again["response_1"] == bread["response_1"] == written_refusal(prompts[3])
     assert (cat["response_0"], cat["response_1"]) == ("Here is how: first...", "I can't help with that.")
     assert (cat["better_response_id"], cat["safer_response_id"]) == (0, 1)
     assert (cat["is_response_0_safe"], cat["is_response_1_safe"]) == (False, True)
