@@ -900,6 +900,14 @@ class PipelineConfig:
     # policy's sampled on-policy answers (grow more helpful, no less safe than the start);
     # lagrange.threshold is then ignored. Needs onpolicy with samples_per_prompt >= 2.
     threshold_from_start: bool = False
+    # Safe RLHF rounds (the Beaver v1 -> v3 loop). Each round after the first: the last policy
+    # answers `round_prompts` fresh red-team prompts (heldout_harmful's prompts used neither for
+    # evaluation nor earlier; none left: the training prompts again), the refusal rule labels
+    # the answers, the pairs join the reward/cost data, the judges whose data grew retrain, and
+    # PPO-Lag (ppo_steps) continues from the last policy. The moderation judge stays as
+    # trained, so every round is graded by the same independent judges.
+    rounds: int = checked(1, COUNT)
+    round_prompts: int = checked(112, NON_NEGATIVE)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     # Held-out answers (and the on-policy judge data) come from the `eval_engine`, with
     # `generation` (greedy by default: the answer a user would get).
@@ -917,6 +925,13 @@ class PipelineConfig:
             problems.append((f"{prefix}threshold_from_start", True,
                              "needs the starting policy's sampled answers: onpolicy.enabled=true and "
                              "onpolicy.samples_per_prompt >= 2"))
+        if cfg.rounds > 1:
+            trained = {"reward", "cost"} <= set(cfg.score_models) and cfg.reward is None and cfg.cost is None
+            if not (trained and cfg.onpolicy.enabled and cfg.ppo_steps > 0):
+                problems.append((f"{prefix}rounds", cfg.rounds,
+                                 "later rounds retrain the reward and cost models on the policy's answers and run "
+                                 "PPO-Lag again: needs score_models with reward and cost (reward/cost unset), "
+                                 "onpolicy.enabled=true and ppo_steps > 0"))
         return problems
 
 

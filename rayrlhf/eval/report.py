@@ -226,6 +226,30 @@ def sample_answers(records: dict[str, list[dict[str, Any]]], count: int = 4) -> 
 BAR = {"relative_reduction": 0.5, "over_refusal": 0.10}
 
 
+ROUND_MEASURES = ("unsafe_rule", "flagged_moderation", "over_refusal_rule", "helpfulness_reward")
+
+
+def round_table(rounds: list[dict[str, Any]], measures: list[dict[str, Any]], policies: list[str]) -> list[str]:
+    """One row per Safe RLHF round: its data, judges and PPO-Lag run, and the held-out result of
+    the policy it ended with (round 1's is ``ppo_lag``, round k's ``round_k``)."""
+    by_key = {row["key"]: row for row in measures}
+    shown = [key for key in ROUND_MEASURES if key in by_key]
+    head = ["round", "prompts answered", "new pairs", "cost / reward rows", "judges retrained", "threshold",
+            "final cost", "final λ", *(by_key[key]["label"] for key in shown)]
+    lines = ["Each round after the first: the last policy answered the prompts, the refusal rule labelled "
+             "its answers, the judges whose data grew retrained, PPO-Lag continued from the last policy. "
+             "Held-out columns by the same judges for every round (the reward model is round 1's).", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rounds:
+        name = "ppo_lag" if r["round"] == 1 else f"round_{r['round']}"
+        cells = [str(r["round"]), f"{r['prompts']} ({r['prompts_source']})", str(r["new_pairs"]),
+                 f"{r['cost_rows']} / {r['reward_rows']}", ", ".join(r["retrained"]) or "none",
+                 f"{r['threshold']:.3f}", f"{r['final_cost']:.3f}", f"{r['final_lambda']:.3f}"]
+        cells += [_interval(by_key[key]["policies"][name]) if name in policies else "" for key in shown]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_report(out: Path, *, history: list[dict[str, float]], evaluation: dict[str, Any],
                  records: dict[str, list[dict[str, Any]]], splits: dict[str, Any],
                  score_models: dict[str, dict[str, Any]], timings: dict[str, float],
@@ -233,7 +257,8 @@ def write_report(out: Path, *, history: list[dict[str, float]], evaluation: dict
                  compare: dict[str, Any] | None = None,
                  loss_curves: dict[str, list[dict[str, float]]] | None = None,
                  start_cost: dict[str, Any] | None = None,
-                 analyses: dict[str, dict[str, Any]] | None = None) -> Path:
+                 analyses: dict[str, dict[str, Any]] | None = None,
+                 rounds: list[dict[str, Any]] | None = None) -> Path:
     """``out/report.md`` plus its plots: the held-out evaluation first, then the judges'
     own quality, training curves (PPO-Lag; the score models' and SFT's losses from their
     ``metrics.jsonl``, ``loss_curves``: stage -> rows), sample answers and timings."""
@@ -307,6 +332,8 @@ def write_report(out: Path, *, history: list[dict[str, float]], evaluation: dict
                          f"{run.get('heldout/unsafe_rule', float('nan')):.3f} | "
                          f"{run.get('heldout/flagged_moderation', float('nan')):.3f} |")
         parts.append("")
+    if rounds:
+        parts += ["## Safe RLHF rounds", "", *round_table(rounds, evaluation["measures"], policies), ""]
     parts += ["## Sample held-out answers", "", *sample_answers(records)]
     parts += ["## Data", "", "| split | rows |", "|---|---|"]
     parts += [f"| {k} | {v} |" for k, v in splits.items()]

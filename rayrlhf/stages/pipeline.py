@@ -11,7 +11,8 @@
    policy's harmful answers look like;
 5. train the reward, cost and moderation models (the moderation threshold calibrated on
    held-out rows);
-6. PPO-Lag with the trained reward and cost models;
+6. PPO-Lag with the trained reward and cost models; with ``rounds`` > 1, more Safe RLHF rounds
+   (:func:`next_round`: fresh red-team answers -> labels -> judges retrained -> PPO-Lag again);
 7. evaluate the initial, SFT'd and final policies on the held-out prompts with every judge,
    independent ones first, with bootstrap intervals (``rayrlhf.eval.heldout``);
 8. ``report/report.md``.
@@ -166,7 +167,7 @@ def build_splits(cfg, out: Path) -> dict[str, Any]:
                    "heldout_benign": len(benign_rows), "redteam_train_rows": len(redteam_rows)})
     write_json(out / "splits.json", counts)
     return {"datasets": nodes, "counts": counts, "harmful": harmful_rows, "benign": benign_rows,
-            "train_prompts": train_prompts, "redteam": redteam_rows}
+            "train_prompts": train_prompts, "redteam": redteam_rows, "harmful_pool": harmful_pool if external else []}
 
 
 def redteam_training_rows(pool: list, heldout: list, n: int) -> list:
@@ -182,11 +183,12 @@ def redteam_training_rows(pool: list, heldout: list, n: int) -> list:
 
 
 # ------------------------------------------------------------------ on-policy judge data
-def onpolicy_preferences(cfg, policy: str, prompt_rows: list, out: Path, base_preferences: dict,
+def onpolicy_preferences(cfg, policy: str, prompt_rows: list, out: Path, base: dict[str, list],
                          redteam_prompts: list[str] = ()) -> dict[str, Any]:
-    """The starting policy answers the training prompts (greedy, then sampled); the refusal
-    rule labels the answers; the pairs join the configured preference rows in one file. The
-    sampled answers (what PPO-Lag's rollouts look like) are kept for :func:`start_cost`."""
+    """The policy answers ``prompt_rows`` (greedy, then sampled); the refusal rule labels the
+    answers; the pairs join each judge's preference rows (``base``: kind -> rows) in a file per
+    judge. The sampled answers (what PPO-Lag's rollouts look like) are kept for
+    :func:`start_cost`."""
     from rayrlhf.data import PreferenceRow
     from rayrlhf.data.loaders import write_rows
     from rayrlhf.data.splits import normalize_prompt
@@ -212,19 +214,20 @@ def onpolicy_preferences(cfg, policy: str, prompt_rows: list, out: Path, base_pr
              for i, row in enumerate(preference_rows(prompts, harmful, samples))]
     write_rows(pairs, out / "onpolicy_preferences.json")
     write_json(out / "onpolicy_sampled_answers.json", sampled)
-    base = load_dataset_from_config(OmegaConf.create(base_preferences)).rows
     # The cost model learns harm from every pair; the reward model (helpfulness) keeps to the
     # pairs of the configured prompt set: the red-team pairs only say "going along is more
     # helpful", and cost it a longer training.
     redteam = {normalize_prompt(p) for p in redteam_prompts}
-    for_reward = [p for p in pairs if normalize_prompt(p.prompt) not in redteam]
-    datasets = {"cost": write_rows([*base, *pairs], out / "preferences_with_onpolicy.json"),
-                "reward": write_rows([*base, *for_reward], out / "preferences_with_onpolicy_for_reward.json")}
+    new_rows = {"cost": pairs, "reward": [p for p in pairs if normalize_prompt(p.prompt) not in redteam]}
+    rows = {kind: [*base[kind], *new_rows[kind]] for kind in ("cost", "reward")}
+    datasets = {"cost": write_rows(rows["cost"], out / "preferences_with_onpolicy.json"),
+                "reward": write_rows(rows["reward"], out / "preferences_with_onpolicy_for_reward.json")}
     stats = {"prompts": len(prompts), "harmful_prompts": sum(harmful), "samples_per_prompt": settings.samples_per_prompt,
              "pairs": len(pairs), "unsafe_answers_to_harmful_prompts": sum(not p.is_safe(0) for p in pairs),
-             "redteam_pairs": len(pairs) - len(for_reward), "base_rows": len(base)}
+             "redteam_pairs": len(pairs) - len(new_rows["reward"]), "base_rows": len(base["cost"])}
     write_json(out / "onpolicy.json", stats)
     return {"datasets": {kind: _file_dataset(path, "preference") for kind, path in datasets.items()},
+            "rows": rows, "new_rows": {kind: len(r) for kind, r in new_rows.items()},
             "stats": stats, "sampled": sampled}
 
 
@@ -313,9 +316,10 @@ def run(cfg) -> dict:
     judge_data = {kind: data[name] for kind, name in SCORE_DATASET.items()}
     onpolicy = None
     if cfg.onpolicy.enabled and ({"reward", "cost"} & set(cfg.score_models)):
+        base = load_dataset_from_config(data["preferences"]).rows
         onpolicy = timed("onpolicy_judge_data", lambda: onpolicy_preferences(
             cfg, start_policy.name_or_path, splits["train_prompts"], out / "judge-data",
-            OmegaConf.to_container(data["preferences"]), [r.prompt for r in splits["redteam"]]))
+            {"cost": base, "reward": base}, [r.prompt for r in splits["redteam"]]))
         report["onpolicy"] = onpolicy["stats"]
         for kind, node in onpolicy["datasets"].items():
             judge_data[kind] = OmegaConf.merge(data["preferences"], node)
@@ -353,6 +357,18 @@ def run(cfg) -> dict:
             comparison_runs["ppo_lag"] = history
             policies["ppo_lag"] = policies.pop("ppo_lag")  # the trained policy stays the last column
 
+    rounds: list[dict[str, Any]] = []
+    if cfg.rounds > 1 and history:
+        state = {"policy": OmegaConf.merge(cfg.model, {"name_or_path": policies["ppo_lag"]}),
+                 "prompt_rows": list(splits["train_prompts"]), "judge_rows": onpolicy["rows"],
+                 "judges": {"reward": reward, "cost": cost}, "used": list(splits["redteam"])}
+        rounds.append(round_record(1, onpolicy, start_cost=report.get("start_cost"), history=history,
+                                   prompts_source="training prompts", retrained=["reward", "cost"]))
+        for k in range(2, cfg.rounds + 1):
+            rounds.append(next_round(cfg, k, state, splits, data, onpolicy["sampled"], out / f"round-{k}", timed))
+            policies[f"round_{k}"] = state["policy"].name_or_path
+        report["rounds"] = rounds
+
     llm_judge = None
     if cfg.judge.base_url:
         from rayrlhf.eval.judge import JudgeClient
@@ -381,11 +397,75 @@ def run(cfg) -> dict:
     write_report(out / "report", history=history, evaluation=report["eval"], records=records,
                  splits=report["splits"], score_models=report["score_models"], onpolicy=report.get("onpolicy"),
                  timings=report["timing_s"], settings=_settings_summary(cfg), compare=report.get("compare"),
-                 loss_curves=loss_curves, start_cost=report.get("start_cost"), analyses=report["analysis"])
+                 loss_curves=loss_curves, start_cost=report.get("start_cost"), analyses=report["analysis"],
+                 rounds=rounds)
     write_json(out / "pipeline_report.json", report)
     log.info("pipeline finished; report at %s", out / "report" / "report.md")
     print(f"report: {out / 'report' / 'report.md'}")
     return report
+
+
+# ------------------------------------------------------------- multi-round Safe RLHF
+def next_round(cfg, k: int, state: dict[str, Any], splits: dict[str, Any], data: dict[str, Any],
+               first_sampled: list[dict[str, Any]], out: Path, timed) -> dict[str, Any]:
+    """Round ``k`` of Safe RLHF (the Beaver v1 -> v2 -> v3 loop): the last policy answers fresh
+    red-team prompts, the refusal rule labels the answers, the pairs join the judges' data,
+    the judges whose data grew retrain, and PPO-Lag continues from the last policy on the
+    grown prompt set. ``state`` (policy, prompt rows, judge rows, judges, red-team prompts
+    used) carries from round to round and is updated here."""
+    from rayrlhf.data.loaders import write_rows
+    from rayrlhf.data.splits import assert_disjoint
+    from rayrlhf.trainers import ppo_lag, score_trainer
+
+    fresh = redteam_training_rows(splits["harmful_pool"], [*splits["harmful"], *state["used"]], cfg.round_prompts)
+    if fresh:
+        prompt_rows, source = fresh, "fresh red-team prompts"
+        state["used"] += fresh
+        state["prompt_rows"] += fresh
+    else:  # no external set, or it is used up: the grown policy answers the training prompts again
+        prompt_rows, source = state["prompt_rows"], "training prompts again (no unused red-team prompt left)"
+    evaluated = [r.prompt for r in [*splits["harmful"], *splits["benign"]]]
+    assert_disjoint([r.prompt for r in prompt_rows], evaluated, f"round {k} prompts")
+
+    onpolicy = timed(f"round{k}_onpolicy_judge_data", lambda: onpolicy_preferences(
+        cfg, state["policy"].name_or_path, prompt_rows, out / "judge-data", state["judge_rows"],
+        [r.prompt for r in fresh]))
+    state["judge_rows"] = onpolicy["rows"]
+    retrained = []
+    for kind in ("reward", "cost"):
+        if onpolicy["new_rows"][kind] == 0:
+            continue  # nothing new to learn: the last round's judge stands
+        node = OmegaConf.merge(data["preferences"], onpolicy["datasets"][kind])
+        sub = score_model_config(cfg, kind, out / f"train-{kind}", dataset=node)
+        timed(f"round{k}_train_{kind}", lambda s=sub: score_trainer.run(s))
+        state["judges"][kind] = str(out / f"train-{kind}" / "model")
+        retrained.append(kind)
+    # The retrained cost model has its own scale: the threshold is re-read on it from the
+    # first round's starting answers (no less safe than where the whole run started).
+    start = None
+    if cfg.threshold_from_start:
+        start = timed(f"round{k}_start_cost", lambda: start_cost(state["judges"]["cost"], first_sampled))
+        cfg.lagrange.threshold = start["mean"]
+    prompts_path = write_rows(state["prompt_rows"], out / "prompts_train.json")
+    sub = ppo_lag_config(cfg, state["judges"]["reward"], state["judges"]["cost"], out / "ppo-lag",
+                         policy=state["policy"], prompts=OmegaConf.merge(data["prompts"], _file_dataset(
+                             prompts_path, "prompt")), ptx=data["sft"])
+    history = timed(f"round{k}_ppo_lag", lambda: ppo_lag.run(sub))
+    record = round_record(k, onpolicy, start_cost=start, history=history, prompts_source=source, retrained=retrained)
+    record["start_policy"] = str(state["policy"].name_or_path)
+    state["policy"] = OmegaConf.merge(state["policy"], {"name_or_path": str(out / "ppo-lag" / "policy")})
+    return record
+
+
+def round_record(k: int, onpolicy: dict[str, Any], *, start_cost: dict[str, Any] | None, history: list,
+                 prompts_source: str, retrained: list[str]) -> dict[str, Any]:
+    """What the report's round table shows of round ``k`` (held-out results join it there)."""
+    last = history[-1]
+    return {"round": k, "prompts": onpolicy["stats"]["prompts"], "prompts_source": prompts_source,
+            "new_pairs": onpolicy["stats"]["pairs"], "cost_rows": len(onpolicy["rows"]["cost"]),
+            "reward_rows": len(onpolicy["rows"]["reward"]), "retrained": retrained,
+            "threshold": last["cost/threshold"], "final_cost": last["cost/mean"],
+            "final_reward": last["reward/mean"], "final_lambda": last["lagrange/lambda"], "ppo_steps": len(history)}
 
 
 def comparison_variants(cfg) -> dict[str, Any]:
@@ -425,4 +505,5 @@ def _settings_summary(cfg) -> dict[str, Any]:
             "prompts_per_step": cfg.rollout.prompts_per_step, "max_new_tokens": cfg.rollout.max_new_tokens,
             "actor_lr": cfg.ppo.actor_lr, "ptx_coef": cfg.ppo.ptx_coef, "lagrange": OmegaConf.to_container(OmegaConf.structured(cfg.lagrange)),
             "score_epochs": cfg.score_training.epochs, "onpolicy_judge_data": cfg.onpolicy.enabled,
-            "redteam_train_prompts": cfg.num_redteam_train, "threshold_from_start": cfg.threshold_from_start}
+            "redteam_train_prompts": cfg.num_redteam_train, "threshold_from_start": cfg.threshold_from_start,
+            "rounds": cfg.rounds}
