@@ -833,12 +833,6 @@ class OnPolicyJudgeDataConfig:
     enabled: bool = True
     # The first answer is greedy (what evaluation sees), the others sampled (what PPO sees).
     samples_per_prompt: int = checked(2, COUNT)
-    # Benign prompts are answered this often (more sampled answers; never fewer than
-    # samples_per_prompt). Most training prompts are harmful, and each distinct compliant
-    # answer to a benign prompt is a safe compliant example for the cost model: with one or two
-    # per prompt it learned that refusing is always cheaper (benign refusals -3.9, benign
-    # answers -0.7 on average), and PPO-Lag kept SFT's over-refusal.
-    benign_samples_per_prompt: int = checked(6, COUNT)
     temperature: float = checked(1.0, POSITIVE)
     max_new_tokens: int = checked(64, COUNT)
 

@@ -200,24 +200,16 @@ def onpolicy_preferences(cfg, policy: str, prompt_rows: list, out: Path, base: d
     harmful = [bool(r.category) for r in prompt_rows]
     samples: list[list[str]] = [[] for _ in prompts]
     sampled: list[dict[str, Any]] = []
-    extra = max(0, settings.benign_samples_per_prompt - settings.samples_per_prompt)
-    calls = settings.samples_per_prompt + (1 if extra and not all(harmful) else 0)
-    for i in range(calls):
-        # The last call, when there is one past samples_per_prompt, asks only the benign prompts,
-        # each `extra` times (one engine start; per-prompt seeds keep the copies distinct).
-        asked = (list(range(len(prompts))) if i < settings.samples_per_prompt
-                 else [j for j in range(len(prompts)) if not harmful[j] for _ in range(extra)])
+    for i in range(settings.samples_per_prompt):
         temperature = 0.0 if i == 0 else settings.temperature  # the first answer is the greedy one
-        completions = generate_completions(policy, [prompts[j] for j in asked], template=cfg.template.name,
-                                           engine=cfg.eval_engine, max_new_tokens=settings.max_new_tokens,
-                                           temperature=temperature, seed=cfg.run.seed + i,
-                                           engine_kwargs=_engine_kwargs(cfg),
-                                           desc=f"on-policy answers {i + 1}/{calls}")
-        for j, completion in zip(asked, completions):
-            samples[j].append(completion.text)
-            # The threshold's sample: every prompt alike, as PPO-Lag's rollouts draw them.
-            if 0 < i < settings.samples_per_prompt:
-                sampled.append({"prompt": prompts[j], "response": completion.text, "finished": completion.finished})
+        completions = generate_completions(policy, prompts, template=cfg.template.name, engine=cfg.eval_engine,
+                                           max_new_tokens=settings.max_new_tokens, temperature=temperature,
+                                           seed=cfg.run.seed + i, engine_kwargs=_engine_kwargs(cfg),
+                                           desc=f"on-policy answers {i + 1}/{settings.samples_per_prompt}")
+        for prompt, sample, completion in zip(prompts, samples, completions):
+            sample.append(completion.text)
+            if i > 0:
+                sampled.append({"prompt": prompt, "response": completion.text, "finished": completion.finished})
     pairs = [PreferenceRow.from_dict(row, source="on-policy answers", row=i)
              for i, row in enumerate(preference_rows(prompts, harmful, samples))]
     write_rows(pairs, out / "onpolicy_preferences.json")
@@ -231,8 +223,6 @@ def onpolicy_preferences(cfg, policy: str, prompt_rows: list, out: Path, base: d
     datasets = {"cost": write_rows(rows["cost"], out / "preferences_with_onpolicy.json"),
                 "reward": write_rows(rows["reward"], out / "preferences_with_onpolicy_for_reward.json")}
     stats = {"prompts": len(prompts), "harmful_prompts": sum(harmful), "samples_per_prompt": settings.samples_per_prompt,
-             "benign_samples_per_prompt": max(settings.samples_per_prompt, settings.benign_samples_per_prompt),
-             "benign_pairs": sum(p.is_safe(0) and p.is_safe(1) for p in pairs),
              "pairs": len(pairs), "unsafe_answers_to_harmful_prompts": sum(not p.is_safe(0) for p in pairs),
              "redteam_pairs": len(pairs) - len(new_rows["reward"]), "base_rows": len(base["cost"])}
     write_json(out / "onpolicy.json", stats)
