@@ -512,6 +512,15 @@ class PPOConfig:
     # LoRA instead of full fine-tuning (ppo.lora.enabled=true ppo.lora.rank=8).
     lora: LoRAConfig = field(default_factory=LoRAConfig)
 
+    @classmethod
+    def checks(cls, ppo: Any, prefix: str) -> list[Problem]:
+        if ppo.zero_stage == 3 and ppo.lora.enabled is True:
+            # The merged weights for the engines and the adapters-off reference read whole
+            # weights, which ZeRO-3 splits over the ranks.
+            return [(f"{prefix}zero_stage", 3, f"LoRA ({prefix}lora.enabled=true) does not run under ZeRO-3; use "
+                     f"{prefix}zero_stage=2 (LoRA's optimiser state is small: stage 3 saves little)")]
+        return []
+
 
 def _lambda_cap_problems(lagrange: Any, prefix: str) -> list[Problem]:
     init, cap = lagrange.lambda_init, lagrange.lambda_max
@@ -732,6 +741,18 @@ def ranks_split_the_step(cfg: Any, prefix: str = "") -> list[Problem]:
     return problems
 
 
+def ptx_rows_per_rank(cfg: Any, prefix: str = "") -> list[Problem]:
+    """Under ZeRO-3 every forward pass is a collective (each layer is gathered from all
+    ranks), so every policy rank must have PTX rows to compute when the others do."""
+    ppo, ranks = cfg.ppo, cfg.resources.policy_ranks
+    rows = ppo.ptx_rows_per_step
+    if (ppo.zero_stage == 3 and cfg.ptx is not None and is_number(ppo.ptx_coef) and ppo.ptx_coef > 0
+            and is_number(rows) and is_number(ranks) and rows < ranks):
+        return [(f"{prefix}ppo.ptx_rows_per_step", rows, f"must be at least {prefix}resources.policy_ranks={ranks} "
+                 f"under {prefix}ppo.zero_stage=3 (every rank's forward pass needs the others)")]
+    return []
+
+
 @dataclass
 class PPOLagConfig:
     """`rayrlhf ppo-lag`: PPO-Lagrangian on Ray."""
@@ -775,7 +796,7 @@ class PPOLagConfig:
 
     @classmethod
     def checks(cls, cfg: Any, prefix: str) -> list[Problem]:
-        return ranks_split_the_step(cfg, prefix) + per_category_problems(cfg, prefix)
+        return ranks_split_the_step(cfg, prefix) + per_category_problems(cfg, prefix) + ptx_rows_per_rank(cfg, prefix)
 
 
 @dataclass

@@ -237,7 +237,7 @@ class PPOLagDriver:
         source.step_used_engine = source.use_engine and batch.rollout_logprobs is not None
         check = source.rows_to_check(self.step_index, len(batch)) if source.step_used_engine else []
         policy_calls = [] if source.step_used_engine else roles.policy.call_split(PolicyWorker.logprobs, batch)
-        check_calls = [roles.policy.call_rank0(PolicyWorker.logprobs, batch.select(check))] if check else []
+        check_calls = roles.policy_rank0(PolicyWorker.logprobs, batch.select(check)) if check else []
         policy, checked, reference, rewards, costs, *critics = get_fail_fast_groups([
             policy_calls, check_calls,
             *roles.frozen_calls(batch, rollout.prompts, rollout.responses, rollout.response_ids),
@@ -307,9 +307,10 @@ class PPOLagDriver:
         return self.lagrange.update(costs.tolist())
 
     def sync(self) -> None:
-        """Policy rank 0's weights -> object store -> every rollout engine."""
-        weights = self.roles.policy.call_rank0(PolicyWorker.weights)
-        get_fail_fast([w.update_weights.remote(weights) for w in self.roles.rollout_workers])
+        """Policy rank 0's weights (under ZeRO-3 gathered from every rank) -> object store ->
+        every rollout engine."""
+        weights, *gathering = self.roles.policy_rank0(PolicyWorker.weights)
+        get_fail_fast([w.update_weights.remote(weights) for w in self.roles.rollout_workers] + gathering)
 
     # ------------------------------------------------------------------ NaN / Inf
     def nonfinite_findings(self, batch: RolloutBatch, scores: Scores, advantages: PPOLagAdvantages) -> list[dict]:
