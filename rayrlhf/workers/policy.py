@@ -14,6 +14,7 @@ from rayrlhf.algorithms import entropy_from_logits, ppo_actor_loss, response_nll
 from rayrlhf.fault_injection import inject_fault
 from rayrlhf.models.forward import response_logits, rollout_logprobs, token_logprobs
 from rayrlhf.models.lora import LoRASpec, adapters_disabled, add_lora, merged_state_dict, save_adapter
+from rayrlhf.rollout.weight_sync import WeightBuckets, put_buckets
 from rayrlhf.types import ActorStats, PTXBatch, RolloutBatch
 from rayrlhf.workers.base import (
     DistributedWorker, OptimConfig, PartLoss, build_engine, gathered_state, is_partitioned, parameter_count,
@@ -138,6 +139,21 @@ class PolicyWorker(DistributedWorker, FrozenModels):
         keep = self.rank == 0 or not self.partitioned
         state = dict(gathered_state(self.module, keep=keep, dtype=torch.float32))
         return state if keep else None
+
+    def weight_buckets(self, dtype: str | None, bucket_mb: float) -> WeightBuckets | None:
+        """The weights ``weights`` gives, cast to ``dtype`` (the engines'; None: fp32) and put
+        into the object store in buckets of at most ``bucket_mb`` MB as they are gathered
+        (``rayrlhf.rollout.weight_sync``). Under ZeRO-3 every rank must call it; rank 0
+        returns the buckets, the others None."""
+        from rayrlhf.models.zoo import to_dtype
+
+        cast = to_dtype(dtype) if dtype is not None else torch.float32
+        if self.lora is not None:
+            named = merged_state_dict(self.module, cast).items() if self.rank == 0 else iter(())
+        else:
+            named = gathered_state(self.module, keep=self.rank == 0, dtype=cast)
+        buckets = put_buckets(named, max(1, int(bucket_mb * 1e6)))
+        return buckets if self.rank == 0 else None
 
     def save_pretrained(self, out_dir: str, tokenizer_path: str | None = None) -> str:
         """A plain transformers directory (rank 0 writes) that vLLM and transformers load

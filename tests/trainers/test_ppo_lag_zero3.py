@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 ZERO3 = ["+experiment=synthetic", "ppo.zero_stage=3", "resources.policy_ranks=2", "resources.critic_ranks=2",
          "resources.cpus_per_worker=0.5", "rollout.prompts_per_step=4", "rollout.max_new_tokens=8",
          "ppo.minibatch_size=2", "ppo.epochs=1", "ppo.logprob_check_every=1", "ppo.logprob_check_rows=2",
-         "save_every=0", "logger=[jsonl]"]
+         "save_every=0", "logger=[jsonl]", "rollout.sync_bucket_mb=0.1"]
 
 
 def reloaded(folder) -> dict[str, torch.Tensor]:
@@ -69,6 +69,14 @@ def test_zero3_syncs_saves_and_resumes(ray_cluster, tmp_path):
     assert [info["world_size"] for info in infos] == [2, 2]
     assert infos[0]["parameters"] == sum(p.numel() for p in whole.parameters())
     assert others == [None]
+    # Every sync sent one copy of the weights in the engine's dtype (fp32 here; the tied head
+    # once), in as many buckets of at most 0.1 MB as the model's tensors fill in order.
+    from rayrlhf.rollout.weight_sync import pack_buckets
+
+    model_bytes = 4 * sum(p.numel() for p in whole.parameters())
+    buckets = len(list(pack_buckets(whole.state_dict().items(), 100_000)))
+    assert buckets > 10
+    assert all(m["rollout/sync_bytes"] == model_bytes and m["rollout/sync_buckets"] == buckets for m in history)
     # (a) The engines received the gathered weights: after each update (step 2) and after the
     # resume's load (step 3) the engine samples with the policy's own log-probs, fp32 rounding
     # apart, and no longer with the initial weights' (the reference's).
