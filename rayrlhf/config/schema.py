@@ -410,9 +410,10 @@ class RolloutConfig:
     temperature: float = checked(1.0, POSITIVE)
     top_p: float = checked(1.0, within(0, 1, low_open=True))
     # Weight sync: the policy's weights reach the engines in the engines' dtype, in object-store
-    # buckets of at most this many MB, each put as soon as it is full (the policy never holds
-    # a second copy of the model). 256: a 7B model's largest matrix (its 32k x 4096 embedding,
-    # 256 MiB in bf16) is about one bucket, and objects this size cross nodes at full speed.
+    # buckets of at most this many MB, each put as soon as it is full (without LoRA, whose
+    # merge is one whole copy, the policy never holds a second copy of the model). 256: a 7B
+    # model's largest matrix (its 32k x 4096 embedding, 256 MiB in bf16) is about one bucket,
+    # and objects this size cross nodes at full speed.
     sync_bucket_mb: float = checked(256.0, POSITIVE)
     # vLLM only: KV cache per engine (GiB) and the longest prompt + response it serves.
     kv_cache_gib: int = checked(1, COUNT)

@@ -3,8 +3,9 @@
 The policy's rank 0 walks its weights one module at a time (under ZeRO-3 each gathered only
 while it is copied), casts each tensor to the precision the engines compute in, and puts a
 bucket into Ray's object store as soon as it holds ``bucket_bytes``: the policy process never
-holds more than one bucket of copies, and the object store holds one copy of the model in the
-engines' dtype (half of fp32 for bf16 engines), never a second fp32 one. Each engine reads the
+holds more than one bucket of copies (under LoRA the merged model is one whole copy first),
+and the object store holds one copy of the model in the engines' dtype (half of fp32 for bf16
+engines), never a second fp32 one. Each engine reads the
 buckets one after the other (``stream_buckets``); the HF engine copies each tensor into its
 model as it arrives, vLLM hands the whole list to its own loader (which wants every weight at
 once).
