@@ -409,6 +409,12 @@ class RolloutConfig:
     # PPO samples at temperature 1 so the engine's distribution is the policy's own.
     temperature: float = checked(1.0, POSITIVE)
     top_p: float = checked(1.0, within(0, 1, low_open=True))
+    # Weight sync: the policy's weights reach the engines in the engines' dtype, in object-store
+    # buckets of at most this many MB, each put as soon as it is full (without LoRA, whose
+    # merge is one whole copy, the policy never holds a second copy of the model). 256: a 7B
+    # model's largest matrix (its 32k x 4096 embedding, 256 MiB in bf16) is about one bucket,
+    # and objects this size cross nodes at full speed.
+    sync_bucket_mb: float = checked(256.0, POSITIVE)
     # vLLM only: KV cache per engine (GiB) and the longest prompt + response it serves.
     kv_cache_gib: int = checked(1, COUNT)
     max_model_len: int = checked(1024, COUNT)
@@ -511,6 +517,15 @@ class PPOConfig:
     ptx_rows_per_step: int = checked(8, COUNT)
     # LoRA instead of full fine-tuning (ppo.lora.enabled=true ppo.lora.rank=8).
     lora: LoRAConfig = field(default_factory=LoRAConfig)
+
+    @classmethod
+    def checks(cls, ppo: Any, prefix: str) -> list[Problem]:
+        if ppo.zero_stage == 3 and ppo.lora.enabled is True:
+            # The merged weights for the engines and the adapters-off reference read whole
+            # weights, which ZeRO-3 splits over the ranks.
+            return [(f"{prefix}zero_stage", 3, f"LoRA ({prefix}lora.enabled=true) does not run under ZeRO-3; use "
+                     f"{prefix}zero_stage=2 (LoRA's optimiser state is small: stage 3 saves little)")]
+        return []
 
 
 def _lambda_cap_problems(lagrange: Any, prefix: str) -> list[Problem]:
@@ -732,6 +747,18 @@ def ranks_split_the_step(cfg: Any, prefix: str = "") -> list[Problem]:
     return problems
 
 
+def ptx_rows_per_rank(cfg: Any, prefix: str = "") -> list[Problem]:
+    """Under ZeRO-3 every forward pass is a collective (each layer is gathered from all
+    ranks), so every policy rank must have PTX rows to compute when the others do."""
+    ppo, ranks = cfg.ppo, cfg.resources.policy_ranks
+    rows = ppo.ptx_rows_per_step
+    if (ppo.zero_stage == 3 and cfg.ptx is not None and is_number(ppo.ptx_coef) and ppo.ptx_coef > 0
+            and is_number(rows) and is_number(ranks) and rows < ranks):
+        return [(f"{prefix}ppo.ptx_rows_per_step", rows, f"must be at least {prefix}resources.policy_ranks={ranks} "
+                 f"under {prefix}ppo.zero_stage=3 (every rank's forward pass needs the others)")]
+    return []
+
+
 @dataclass
 class PPOLagConfig:
     """`rayrlhf ppo-lag`: PPO-Lagrangian on Ray."""
@@ -775,7 +802,7 @@ class PPOLagConfig:
 
     @classmethod
     def checks(cls, cfg: Any, prefix: str) -> list[Problem]:
-        return ranks_split_the_step(cfg, prefix) + per_category_problems(cfg, prefix)
+        return ranks_split_the_step(cfg, prefix) + per_category_problems(cfg, prefix) + ptx_rows_per_rank(cfg, prefix)
 
 
 @dataclass

@@ -69,8 +69,9 @@ class RolloutEngine(Protocol):
         """One completion per prompt, in the order given."""
         ...
 
-    def update_weights(self, named_tensors: dict[str, torch.Tensor]) -> None:
-        """Replace the policy weights (HF parameter names, as ``state_dict`` gives them)."""
+    def update_weights(self, named_tensors: dict[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Replace the policy weights (HF parameter names, as ``state_dict`` gives them): a
+        dict, or (name, tensor) pairs streamed from the sync's buckets."""
         ...
 
     def close(self) -> None:

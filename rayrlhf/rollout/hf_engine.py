@@ -4,6 +4,8 @@ cannot run."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 from rayrlhf.models import load_causal_lm, load_tokenizer
@@ -136,13 +138,24 @@ class HFEngine:
         ]
 
     @torch.no_grad()
-    def update_weights(self, named_tensors: dict[str, torch.Tensor]) -> None:
-        """Strict load, except that a tied ``lm_head.weight`` may be left out."""
-        missing, unexpected = self.model.load_state_dict(named_tensors, strict=False)
+    def update_weights(self, named_tensors: dict[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy each tensor into the model as it arrives (an iterable streams: no second copy
+        of the model is held); every weight must arrive, except that a tied
+        ``lm_head.weight`` may be left out."""
+        named = named_tensors.items() if isinstance(named_tensors, dict) else named_tensors
+        targets = self.model.state_dict(keep_vars=True)
+        loaded, unexpected = set(), []
+        for name, tensor in named:
+            target = targets.get(name)
+            if target is None or target.shape != tensor.shape:
+                unexpected.append(name if target is None else f"{name} {tuple(tensor.shape)} != {tuple(target.shape)}")
+                continue
+            target.data.copy_(tensor)
+            loaded.add(name)
         tied = {"lm_head.weight"} if self.model.config.get_text_config().tie_word_embeddings else set()
-        if unexpected or set(missing) - tied:
-            raise KeyError(f"weights do not fit the model: missing {sorted(set(missing) - tied)}, "
-                           f"unexpected {sorted(unexpected)}")
+        missing = set(targets) - loaded - tied
+        if unexpected or missing:
+            raise KeyError(f"weights do not fit the model: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
 
     def close(self) -> None:
         self.model = None

@@ -108,12 +108,14 @@ class VLLMEngine:
         return int(self.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens)
 
     @torch.no_grad()
-    def update_weights(self, named_tensors: dict[str, torch.Tensor]) -> None:
-        """Load HF-named tensors in place (vLLM fuses q/k/v and gate/up itself), then drop the
-        prefix cache, whose KV blocks were computed with the old weights."""
+    def update_weights(self, named_tensors) -> None:
+        """Load HF-named tensors (a dict or (name, tensor) pairs) in place (vLLM fuses q/k/v
+        and gate/up itself), then drop the prefix cache, whose KV blocks were computed with
+        the old weights."""
         start = time.perf_counter()
+        named = named_tensors.items() if isinstance(named_tensors, dict) else named_tensors
         weights = [(name, tensor.detach().to("cpu", self.dtype).contiguous())
-                   for name, tensor in named_tensors.items()
+                   for name, tensor in named
                    if not (self.tied_embeddings and name == "lm_head.weight")]
         self.llm.collective_rpc(_reload_on_worker, args=(weights,))
         self.llm.reset_prefix_cache()

@@ -167,6 +167,7 @@ class PPOLagDriver:
         self.cost_categories = source_categories(cfg.cost) if self.constraint_groups else None
         self.ptx = ptx_rows(cfg, self.tokenizer)
         self.step_index = 0
+        self.last_sync: dict[str, float] = {}  # the latest weight sync's rollout/sync_* metrics
         self.fault_log = fault_log or FaultLog(None)
         # How long each phase may wait on the workers (measured with these workers).
         self.deadlines = deadlines or PhaseDeadlines.from_config(cfg.faults)
@@ -213,7 +214,8 @@ class PPOLagDriver:
                             threshold=getattr(self.lagrange, "thresholds", self.lagrange.threshold),
                             constraints=self.constraint_groups and list(self.constraint_groups),
                             at_cap_steps=self.lagrange.at_cap_steps,
-                            old_logprobs=self.old_logprobs.metrics(self.step_index - 1), timer=timer)
+                            old_logprobs=self.old_logprobs.metrics(self.step_index - 1), timer=timer,
+                            sync=self.last_sync)
 
     def sampling_spec(self) -> SamplingSpec:
         """How this step samples: the policy's own distribution, seeded by the step."""
@@ -237,7 +239,7 @@ class PPOLagDriver:
         source.step_used_engine = source.use_engine and batch.rollout_logprobs is not None
         check = source.rows_to_check(self.step_index, len(batch)) if source.step_used_engine else []
         policy_calls = [] if source.step_used_engine else roles.policy.call_split(PolicyWorker.logprobs, batch)
-        check_calls = [roles.policy.call_rank0(PolicyWorker.logprobs, batch.select(check))] if check else []
+        check_calls = roles.policy_rank0(PolicyWorker.logprobs, batch.select(check)) if check else []
         policy, checked, reference, rewards, costs, *critics = get_fail_fast_groups([
             policy_calls, check_calls,
             *roles.frozen_calls(batch, rollout.prompts, rollout.responses, rollout.response_ids),
@@ -307,9 +309,12 @@ class PPOLagDriver:
         return self.lagrange.update(costs.tolist())
 
     def sync(self) -> None:
-        """Policy rank 0's weights -> object store -> every rollout engine."""
-        weights = self.roles.policy.call_rank0(PolicyWorker.weights)
-        get_fail_fast([w.update_weights.remote(weights) for w in self.roles.rollout_workers])
+        """Policy rank 0's weights (under ZeRO-3 gathered from every rank), in the engines'
+        dtype, -> object store buckets (``rayrlhf.rollout.weight_sync``) -> every engine."""
+        buckets, *_ = get_fail_fast(self.roles.policy_rank0(PolicyWorker.weight_buckets, self.roles.engine_dtype,
+                                                            self.cfg.rollout.sync_bucket_mb))
+        get_fail_fast([w.update_weights.remote(buckets.refs) for w in self.roles.rollout_workers])
+        self.last_sync = {"rollout/sync_bytes": float(buckets.bytes), "rollout/sync_buckets": float(len(buckets.refs))}
 
     # ------------------------------------------------------------------ NaN / Inf
     def nonfinite_findings(self, batch: RolloutBatch, scores: Scores, advantages: PPOLagAdvantages) -> list[dict]:
@@ -415,7 +420,7 @@ class PPOLagDriver:
 def step_metrics(step: int, batch: RolloutBatch, stats: TrainStats, *, lambda_used: float | list[float],
                  lambda_new: float | list[float], threshold: float | list[float], at_cap_steps: int,
                  old_logprobs: dict[str, float], timer: PhaseTimer,
-                 constraints: list[str] | None = None) -> dict[str, float]:
+                 constraints: list[str] | None = None, sync: dict[str, float] | None = None) -> dict[str, float]:
     """One row of metrics.jsonl, by namespace (README: "Metrics")."""
     mask = batch.response_mask.float()
     timing = timer.metrics()
@@ -437,6 +442,8 @@ def step_metrics(step: int, batch: RolloutBatch, stats: TrainStats, *, lambda_us
         "critic/reward_loss": stats.reward_critic.loss,
         **({"critic/cost_loss": stats.cost_critic.loss} if stats.cost_critic is not None else {}),
         "faults/nonfinite_minibatches": float(sum(stats.skipped_minibatches.values())),
+        # What this step's weight sync sent (one copy, in the engines' dtype): with timing/sync_s.
+        **(sync or {}),
         **timing,
         "timing/generate_tokens_per_s": float(mask.sum()) / max(timer.seconds["generate"], 1e-9),
     }

@@ -52,6 +52,8 @@ class Roles:
     engine_dtype: str | None = None
     # LoRA: the policy's ranks compute the reference (adapters off), each on its share of rows.
     reference_in_policy: bool = False
+    # ZeRO-3 (ppo.zero_stage=3): each policy rank holds a slice of every weight.
+    policy_partitioned: bool = False
 
     @property
     def groups(self) -> tuple[ActorGroup, ...]:
@@ -68,6 +70,13 @@ class Roles:
         return [reference,
                 [hosts["reward"].call_rank0(FrozenModels.reward_scores, *texts)],
                 [hosts["cost"].call_rank0(FrozenModels.cost_scores, *texts)]]
+
+    def policy_rank0(self, method, *args: Any) -> list[ray.ObjectRef]:
+        """Futures of ``method`` on the policy, rank 0's first. Under ZeRO-3 every rank runs it
+        (each forward pass or weight read gathers every layer from all ranks), else rank 0 alone."""
+        if self.policy_partitioned:
+            return self.policy.call(method, *args)
+        return [self.policy.call_rank0(method, *args)]
 
     def save_checkpoint(self, folder: Path) -> None:
         """Every rank of the trainable roles writes its DeepSpeed state into ``folder``; when one
@@ -239,7 +248,7 @@ def _build_roles(cfg, policy_path: str, cost_critic: bool, started: list[tuple[s
     return Roles(policy=policy, critics=critics, critic_streams=[streams for _, streams in layout],
                  rollout_workers=rollout_workers, rollout_names=rollout_names, frozen_hosts=frozen_hosts,
                  frozen_groups=frozen_groups, policy_dtype=policy_dtype, engine_dtype=ready[0]["dtype"],
-                 reference_in_policy=reference_in_policy)
+                 reference_in_policy=reference_in_policy, policy_partitioned=ppo.zero_stage == 3)
 
 
 def start_rollout_engines(cfg, policy_path: str, gpus: int, runtime_env: dict | None = None) -> tuple[list[str], list]:

@@ -11,7 +11,7 @@ import os
 import socket
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -55,14 +55,19 @@ def deepspeed_config(micro_batch_size: int, accumulation: int, max_grad_norm: fl
     """DeepSpeed settings for one rank; the optimiser itself is built in code."""
     if zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"zero_stage must be 0-3, got {zero_stage}")
+    zero: dict[str, Any] = {"stage": zero_stage, "reduce_bucket_size": 5e7, "allgather_bucket_size": 5e7}
+    if zero_stage == 3:
+        # Parameters below this many elements stay whole on every rank. DeepSpeed's default
+        # (1e5) would keep every tensor of the tiny test model whole, so stage 3 would go
+        # untested; 1e4 still keeps a 7B model's norms whole (4096) and splits every matrix.
+        zero["stage3_param_persistence_threshold"] = 1e4
     return {
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": accumulation,
         "gradient_clipping": max_grad_norm,
         # DeepSpeed's default 5e8-element buckets cost 2 GB each in fp32 per rank; 5e7 keeps
         # a 135M-parameter model's rank near its real working set on small machines.
-        "zero_optimization": {"stage": zero_stage, "reduce_bucket_size": 5e7,
-                              "allgather_bucket_size": 5e7},
+        "zero_optimization": zero,
         "bf16": {"enabled": bool(bf16)},
         "managed_gradient_accumulation": not caller_accumulates,
         "steps_per_print": 10**9,  # we log ourselves
@@ -138,6 +143,63 @@ def build_engine(model: torch.nn.Module, optim: OptimConfig, model_dtype: str = 
                                       dist_init_required=False)
     engine.train()
     return engine
+
+
+def is_partitioned(model: torch.nn.Module) -> bool:
+    """Whether ZeRO-3 has split ``model``'s parameters over the ranks (then each rank holds
+    placeholders, and reading the weights takes every rank: ``gathered_state``)."""
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
+def parameter_count(param: torch.nn.Parameter) -> int:
+    """Elements of ``param``, also where ZeRO-3 left only a placeholder on this rank."""
+    return int(getattr(param, "ds_numel", param.numel()))
+
+
+def gathered_state(model: torch.nn.Module, keep: bool = True,
+                   dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) of every entry of ``model.state_dict()``, in its order, as new tensors
+    (floating point ones cast to ``dtype`` when given), one module's own parameters at a time.
+
+    Under ZeRO-3 each module's parameters are gathered from all ranks only while they are
+    copied (``deepspeed.zero.GatheredParameters``), so no rank ever holds the whole model
+    gathered; every rank must run the iteration in step (each gather is a collective), and
+    only ranks with ``keep`` copy anything (the others yield nothing). A parameter shared
+    by two modules (tied embeddings) comes back as one tensor under both names, as
+    ``state_dict`` shares it. Copies, never views: pickling a view into ZeRO's flat buffers
+    (Ray's object store) would serialise the whole buffer, once per tensor."""
+    from collections import Counter
+
+    partitioned = is_partitioned(model)
+    uses = Counter(id(p) for module in model.modules(remove_duplicate=False) for p in module._parameters.values())
+    shared: dict[int, torch.Tensor] = {}  # only the copies a later name will use again
+
+    def copy(tensor: torch.Tensor) -> torch.Tensor:
+        if id(tensor) in shared:
+            return shared[id(tensor)]
+        cast = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
+        copied = tensor.detach().to(cast, copy=True)
+        if uses[id(tensor)] > 1:
+            shared[id(tensor)] = copied
+        return copied
+
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        prefix = f"{prefix}." if prefix else ""
+        params = [(name, p) for name, p in module._parameters.items() if p is not None]
+        buffers = [(name, b) for name, b in module._buffers.items()
+                   if b is not None and name not in module._non_persistent_buffers_set]
+        if not params and not buffers:
+            continue
+        if partitioned and params:
+            from deepspeed.runtime.zero.partition_parameters import GatheredParameters
+
+            with GatheredParameters([p for _, p in params], modifier_rank=None):
+                named = [(prefix + name, copy(p)) for name, p in params] if keep else []
+        else:
+            named = [(prefix + name, copy(p)) for name, p in params] if keep else []
+        yield from named
+        if keep:
+            yield from ((prefix + name, copy(b)) for name, b in buffers)
 
 
 @dataclass

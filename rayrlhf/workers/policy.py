@@ -14,8 +14,11 @@ from rayrlhf.algorithms import entropy_from_logits, ppo_actor_loss, response_nll
 from rayrlhf.fault_injection import inject_fault
 from rayrlhf.models.forward import response_logits, rollout_logprobs, token_logprobs
 from rayrlhf.models.lora import LoRASpec, adapters_disabled, add_lora, merged_state_dict, save_adapter
+from rayrlhf.rollout.weight_sync import WeightBuckets, put_buckets
 from rayrlhf.types import ActorStats, PTXBatch, RolloutBatch
-from rayrlhf.workers.base import DistributedWorker, OptimConfig, PartLoss, build_engine
+from rayrlhf.workers.base import (
+    DistributedWorker, OptimConfig, PartLoss, build_engine, gathered_state, is_partitioned, parameter_count,
+)
 from rayrlhf.workers.frozen import FrozenModels, FrozenSpec
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,10 @@ class PolicyWorker(DistributedWorker, FrozenModels):
         """Build the DeepSpeed engine (after ``setup_distributed``); rank 0 loads the frozen
         models it hosts."""
         if self.trainable:
+            if self.lora is not None and self.optim.zero_stage == 3:
+                # merged_state_dict and the adapters-off reference read whole weights.
+                raise ValueError("LoRA (ppo.lora.enabled) does not run under ZeRO-3 (ppo.zero_stage=3); "
+                                 "use ppo.zero_stage=2: the frozen base weights need no optimiser state to split")
             self.engine = build_engine(self.model, self.optim, self.dtype)
         if self.rank == 0 and self.pending_frozen is not None:
             self.host_frozen(self.pending_frozen)
@@ -117,25 +124,50 @@ class PolicyWorker(DistributedWorker, FrozenModels):
         return ActorStats(**{k: sum(v) / len(v) if v else float("nan") for k, v in stats.items()},
                           nonfinite_minibatches=float(skipped))
 
-    def weights(self) -> dict[str, torch.Tensor]:
+    @property
+    def partitioned(self) -> bool:
+        """ZeRO-3 holds a slice of each weight per rank: reading them takes every rank."""
+        return self.engine is not None and is_partitioned(self.module)
+
+    def weights(self) -> dict[str, torch.Tensor] | None:
         """The policy's parameters under their transformers names, for the rollout engines
-        (under LoRA the merged W + BA: engines run plain transformers models)."""
+        (under LoRA the merged W + BA: engines run plain transformers models). Under ZeRO-3
+        every rank must call it (each layer is gathered from all ranks in turn) and only rank
+        0 returns the weights; the others return None."""
         if self.lora is not None:
             return merged_state_dict(self.module, torch.float32)
-        state = self.module.state_dict()
-        # copy=True: under DeepSpeed ZeRO the parameters are views into one flat buffer, and
-        # pickling a view (Ray's object store) serialises its whole storage, once per tensor.
-        return {name: tensor.detach().to(torch.float32 if tensor.is_floating_point() else tensor.dtype, copy=True)
-                for name, tensor in state.items()}
+        keep = self.rank == 0 or not self.partitioned
+        state = dict(gathered_state(self.module, keep=keep, dtype=torch.float32))
+        return state if keep else None
+
+    def weight_buckets(self, dtype: str | None, bucket_mb: float) -> WeightBuckets | None:
+        """The weights ``weights`` gives, cast to ``dtype`` (the engines'; None: fp32) and put
+        into the object store in buckets of at most ``bucket_mb`` MB as they are gathered
+        (``rayrlhf.rollout.weight_sync``). Under ZeRO-3 every rank must call it; rank 0
+        returns the buckets, the others None."""
+        from rayrlhf.models.zoo import to_dtype
+
+        cast = to_dtype(dtype) if dtype is not None else torch.float32
+        if self.lora is not None:
+            named = merged_state_dict(self.module, cast).items() if self.rank == 0 else iter(())
+        else:
+            named = gathered_state(self.module, keep=self.rank == 0, dtype=cast)
+        buckets = put_buckets(named, max(1, int(bucket_mb * 1e6)))
+        return buckets if self.rank == 0 else None
 
     def save_pretrained(self, out_dir: str, tokenizer_path: str | None = None) -> str:
         """A plain transformers directory (rank 0 writes) that vLLM and transformers load
-        (under LoRA the merged weights)."""
+        (under LoRA the merged weights). Every rank must call it: under ZeRO-3 rank 0 writes
+        weights gathered from all of them."""
         from rayrlhf.models import load_tokenizer
 
+        state = None
+        if self.lora is not None:
+            state = merged_state_dict(self.module) if self.rank == 0 else None
+        elif self.partitioned:
+            state = dict(gathered_state(self.module, keep=self.rank == 0))
         if self.rank == 0:
-            merged = merged_state_dict(self.module) if self.lora is not None else None
-            self.module.save_pretrained(out_dir, safe_serialization=True, state_dict=merged)
+            self.module.save_pretrained(out_dir, safe_serialization=True, state_dict=state)
             load_tokenizer(tokenizer_path or self.model_path).save_pretrained(out_dir)
         return out_dir
 
@@ -161,6 +193,6 @@ class PolicyWorker(DistributedWorker, FrozenModels):
 
     def info(self) -> dict[str, Any]:
         return {"rank": self.rank, "world_size": self.world_size, "trainable": self.trainable,
-                "parameters": sum(p.numel() for p in self.model.parameters()),
-                "trainable_parameters": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+                "parameters": sum(parameter_count(p) for p in self.model.parameters()),
+                "trainable_parameters": sum(parameter_count(p) for p in self.model.parameters() if p.requires_grad),
                 "compute_dtype": str(next(self.module.parameters()).dtype).removeprefix("torch.")}

@@ -18,6 +18,7 @@ import torch
 
 from rayrlhf.fault_injection import inject_fault
 from rayrlhf.rollout import Completion, SamplingSpec, make_engine, shard_spec
+from rayrlhf.rollout.weight_sync import stream_buckets
 from rayrlhf.workers.group import get_fail_fast
 
 log = logging.getLogger(__name__)
@@ -58,11 +59,13 @@ class _RolloutWorker:
         """The Ray node this engine runs on (placement checks on multi-node clusters)."""
         return ray.get_runtime_context().get_node_id()
 
-    def update_weights(self, named_tensors: dict[str, torch.Tensor]) -> float:
-        """Push new policy weights; returns the seconds spent inside the engine."""
+    def update_weights(self, named_tensors: dict[str, torch.Tensor] | list[ray.ObjectRef]) -> float:
+        """Push new policy weights: a dict, or the object refs of ``PolicyWorker.weight_buckets``'s
+        buckets, read one at a time. Returns the seconds spent inside the engine."""
         inject_fault("update_weights")  # FAULT-INJECTION POINT (tests and drills only)
         start = time.perf_counter()
-        self.engine.update_weights(named_tensors)
+        named = named_tensors.items() if isinstance(named_tensors, dict) else stream_buckets(named_tensors)
+        self.engine.update_weights(named)
         seconds = time.perf_counter() - start
         log.info("%s rollout worker: weight sync took %.3f s", self.kind, seconds)
         return seconds

@@ -170,6 +170,20 @@ def test_prompts_must_split_evenly_over_the_data_parallel_ranks():
                                                "resources.critic_ranks=3"])) == []
 
 
+def test_zero3_refuses_lora_and_needs_ptx_rows_on_every_rank():
+    """Under ZeRO-3 whole weights exist only while gathered: LoRA's merge and adapters-off
+    reference read them whole, and every forward pass needs every policy rank."""
+    problems = config_problems(compose("ppo_lag", ["ppo.zero_stage=3", "ppo.lora.enabled=true"]))
+    assert [(k, v) for k, v, _ in problems] == [("ppo.zero_stage", 3)]
+    assert "LoRA (ppo.lora.enabled=true) does not run under ZeRO-3" in problems[0][2]
+    ptx = ["+dataset@ptx=demo_sft", "ppo.ptx_coef=1.0", "ppo.ptx_rows_per_step=1", "resources.policy_ranks=2",
+           "rollout.prompts_per_step=16"]
+    problems = config_problems(compose("ppo_lag", ptx + ["ppo.zero_stage=3"]))
+    assert [(k, v) for k, v, _ in problems] == [("ppo.ptx_rows_per_step", 1)]
+    assert config_problems(compose("ppo_lag", ptx + ["ppo.zero_stage=2"])) == []
+    assert config_problems(compose("ppo_lag", ["ppo.zero_stage=3", "resources.policy_ranks=2"])) == []
+
+
 @pytest.mark.parametrize(("stage", "overrides", "needed"), [
     # 1 policy + 1 shared critic x 1 CPU (frozen models ride with them), 4 engines x 1
     # (cluster.required_cpus)

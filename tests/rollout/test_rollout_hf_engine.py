@@ -8,6 +8,7 @@ import torch
 from rayrlhf.models import load_causal_lm
 from rayrlhf.models.tiny import TinyLlamaSpec, build_tiny_llama
 from rayrlhf.rollout import HFEngine, RolloutEngine, SamplingSpec
+from rayrlhf.rollout.weight_sync import pack_buckets
 
 PROMPTS = [[5, 6, 7], [8, 9], [10, 11, 12, 13, 14], [20]]  # ragged: exercises left padding
 
@@ -112,8 +113,10 @@ def test_update_weights_makes_the_engine_score_like_the_new_model(tiny_model_dir
     engine = HFEngine(tiny_model_dir)
     old = load_causal_lm(tiny_model_dir, dtype="float32").eval()
     new = load_causal_lm(other_model_dir, dtype="float32").eval()
-    state = {k: v for k, v in new.state_dict().items() if k != "lm_head.weight"}  # tied: may be omitted
-    engine.update_weights(state)
+    # As the sync sends them: streamed out of small buckets, the tied head left out (sent once).
+    buckets = list(pack_buckets(new.state_dict().items(), bucket_bytes=50_000))
+    assert len(buckets) > 3 and "lm_head.weight" not in {name for bucket in buckets for name in bucket}
+    engine.update_weights(pair for bucket in buckets for pair in bucket.items())
     completions = engine.generate(PROMPTS, SamplingSpec(max_new_tokens=8, seed=5))
     got = torch.cat([torch.tensor(c.response_logprobs) for c in completions])
     want_new = torch.cat([reference_logprobs(new, c.prompt_ids, c.response_ids) for c in completions])
@@ -129,6 +132,8 @@ def test_update_weights_rejects_tensors_that_do_not_fit(tiny_model_dir):
         engine.update_weights({k: v for k, v in state.items() if "norm" not in k})
     with pytest.raises(KeyError, match="unexpected"):
         engine.update_weights({**state, "model.extra.weight": torch.zeros(1)})
+    with pytest.raises(KeyError, match=r"model.norm.weight \(3,\) != \(128,\)"):
+        engine.update_weights({**state, "model.norm.weight": torch.zeros(3)})
 
 
 def test_prefill_groups_keep_each_generate_within_the_budget():
