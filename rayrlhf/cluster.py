@@ -269,24 +269,34 @@ def node_shortfall(plan: PlacementPlan, nodes: list[dict[str, float]]) -> str | 
     return None
 
 
+def capacity_problems(plan: PlacementPlan, have: dict[str, float], nodes: list[dict[str, float]]) -> list[str]:
+    """Why resources ``have`` (in all) on ``nodes`` cannot hold the plan's group: the resources
+    it lacks, with the keys that ask for them, and a bundle (or strict strategy) no node fits."""
+    problems = []
+    missing = shortfall(plan.totals(), have)
+    if missing:
+        problems.append(describe_shortfall(missing) + "; " + "; ".join(
+            f"{name} = {RESOURCE_KEYS.get(name, 'resources.custom_resources per bundle')}" for name in sorted(missing)))
+    node = node_shortfall(plan, nodes)
+    return problems + ([node] if node else [])
+
+
+def _alive_nodes() -> list[dict[str, float]]:
+    import ray
+
+    return [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+
+
 def check_cluster_capacity(cfg, plan: PlacementPlan | None = None) -> None:
     """Actors that do not fit would wait forever. A local cluster cannot grow: refuse at once.
     A remote one may grow (KubeRay's autoscaler, cluster/kuberay/raycluster.yaml): warn, and
     let the placement group wait ``resources.placement_timeout_s`` for nodes."""
     import ray
 
-    plan = plan or placement_plan(cfg)
-    missing = shortfall(plan.totals(), ray.cluster_resources())
-    message = None
-    if missing:
-        message = (f"the Ray cluster is too small for this run's actors ({describe_shortfall(missing)}; "
-                   + "; ".join(f"{name} = {RESOURCE_KEYS.get(name, 'resources.custom_resources per bundle')}"
-                               for name in sorted(missing)) + ")")
-    else:
-        alive = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
-        message = node_shortfall(plan, alive)
-    if message is None:
+    problems = capacity_problems(plan or placement_plan(cfg), ray.cluster_resources(), _alive_nodes())
+    if not problems:
         return
+    message = f"the Ray cluster is too small for this run's actors ({'; '.join(problems)})"
     if cfg.cluster.address is None:
         raise RuntimeError(message + ": lower those, or start Ray with more (cluster.num_cpus, cluster.num_gpus)")
     log.warning("%s; the placement group waits up to resources.placement_timeout_s=%gs for nodes to join "
@@ -344,11 +354,9 @@ def reserve_placement(plan: PlacementPlan, timeout_s: float, name: str = ""):
     if ready:
         return pg
     remove_placement_group(pg)
-    free = ray.available_resources()
-    missing = shortfall(plan.totals(), free)
-    alive = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
-    why = (f"missing {describe_shortfall(missing)} (free now, other jobs hold the rest)" if missing
-           else node_shortfall(plan, alive) or "the free resources are split over nodes so that the bundles do not fit")
+    # Against what is free now (other runs may hold the rest); the nodes by their totals.
+    problems = capacity_problems(plan, ray.available_resources(), _alive_nodes())
+    why = "; ".join(problems) or "the free resources are split over the nodes so that the bundles do not fit"
     raise PlacementTimeoutError(
         f"the run's placement group ({len(plan.bundles)} bundles, {plan.strategy}, layout={plan.layout}: "
         f"{plan.totals()}) was not reserved within resources.placement_timeout_s={timeout_s:g}s: {why}. "
