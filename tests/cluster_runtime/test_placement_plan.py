@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from rayrlhf.cluster import (
-    Demand, PlacementPlan, Slot, describe_shortfall, node_shortfall, placement_plan, plan_placement,
+    Demand, PlacementPlan, Slot, capacity_problems, describe_shortfall, node_shortfall, placement_plan, plan_placement,
     required_cpus, required_resources, shortfall,
 )
 from rayrlhf.config import compose_config
@@ -111,3 +111,13 @@ def test_a_bundle_larger_than_any_node_is_found_although_the_sum_fits():
     assert "whole group" in node_shortfall(strict, [{"CPU": 8.0}, {"CPU": 8.0}])
     spread = PlacementPlan("separate", "STRICT_SPREAD", [{"CPU": 1.0}] * 3, {})
     assert "on a node of its own; there are 2" in node_shortfall(spread, [{"CPU": 8.0}, {"CPU": 8.0}])
+
+
+def test_capacity_problems_name_the_missing_sum_the_keys_and_the_node_too_small():
+    cfg = config("resources.use_gpu=true", "rollout.engine=vllm", "rollout.tensor_parallel_size=8")
+    two_nodes = [{"CPU": 8.0, "GPU": 4.0}] * 2
+    lacks, node = capacity_problems(placement_plan(cfg), {"CPU": 16.0, "GPU": 8.0}, two_nodes)
+    assert lacks.startswith("GPU: needs 10, has 8; GPU = resources.use_gpu")  # 1 + 1 + the engine's 8
+    assert "rollout.tensor_parallel_size per engine" in lacks
+    assert node.startswith("no node can hold bundle {'CPU': 1.0, 'GPU': 8.0}") and "'GPU': 4.0" in node
+    assert capacity_problems(placement_plan(config()), {"CPU": 3.0}, [{"CPU": 3.0}]) == []
