@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from rayrlhf.cluster import CRITIC_LAYOUTS, FROZEN_PLACEMENTS, ROLLOUT_PLACEMENTS
+from rayrlhf.cluster import CRITIC_LAYOUTS, FROZEN_PLACEMENTS, LAYOUTS, PLACEMENT_STRATEGIES, ROLLOUT_PLACEMENTS
 from rayrlhf.config.checks import (
     COUNT, NON_NEGATIVE, POSITIVE, PROBABILITY_OPEN, SEED, UNIT, Problem, checked, each_one_of, greater, is_number,
     one_of, within,
@@ -398,9 +398,10 @@ class RolloutConfig:
     # torch/OpenMP threads per engine. None: the driver node's cores / num_engines, since the
     # other roles are idle while the engines generate (2 threads: 1.7x the tokens/s of 1 here).
     threads_per_engine: Optional[int] = checked(None, COUNT)
-    # Where the engines go on a multi-node cluster: "default" (Ray's scheduler, which keeps
-    # filling a node until it is about half busy) or "spread" (one engine per node where it
-    # can: more memory bandwidth and KV cache per engine, more traffic for weight syncs).
+    # Where the engines go on a multi-node cluster: "default" (in the run's placement group,
+    # as resources.layout and resources.placement_strategy say) or "spread" (outside it, one
+    # engine per node where Ray can: more memory bandwidth and KV cache per engine, more
+    # traffic for weight syncs; one group has one strategy, so spread engines are not in it).
     placement: str = checked("default", one_of(ROLLOUT_PLACEMENTS))
     prompts_per_step: int = checked(16, COUNT)
     max_new_tokens: int = checked(64, COUNT)
@@ -415,9 +416,24 @@ class RolloutConfig:
     # model's largest matrix (its 32k x 4096 embedding, 256 MiB in bf16) is about one bucket,
     # and objects this size cross nodes at full speed.
     sync_bucket_mb: float = checked(256.0, POSITIVE)
-    # vLLM only: KV cache per engine (GiB) and the longest prompt + response it serves.
+    # vLLM only: KV cache per engine (GiB, on CPU) and the longest prompt + response it serves.
     kv_cache_gib: int = checked(1, COUNT)
     max_model_len: int = checked(1024, COUNT)
+    # vLLM on GPUs (resources.use_gpu=true); none of these is exercised on the CPU machines.
+    # GPUs one engine shards its model over (one node); the engine's bundle holds them all.
+    # 7B in bf16 fits one 80 GB GPU with room for KV cache; TP=2 halves its step time.
+    tensor_parallel_size: int = checked(1, COUNT)
+    # Share of each GPU vLLM may fill (weights + KV cache). None: vLLM's 0.9 with GPUs of its
+    # own; 0.5 under resources.layout=colocate, where the trainers keep their weights and
+    # optimiser state on the same GPU (OpenRLHF's advice for colocated engines).
+    gpu_memory_utilization: Optional[float] = checked(None, within(0, 1, low_open=True))
+    # True: no CUDA graphs (slower decoding, faster start, less memory). None: false on GPUs,
+    # true on CPU (vLLM-CPU captures no graphs).
+    enforce_eager: Optional[bool] = None
+    # vLLM sleep mode: between generations the engine moves its weights to CPU memory and
+    # frees its KV cache, so that the trainers sharing its GPU get the memory back; woken up
+    # for the weight sync. None: on when colocated on GPUs (resources.layout=colocate). GPU only.
+    sleep_mode: Optional[bool] = None
 
     @classmethod
     def checks(cls, rollout: Any, prefix: str) -> list[Problem]:
@@ -673,6 +689,9 @@ class ResourcesConfig:
     cpus_per_worker: float = checked(1.0, POSITIVE)
     # Reference policy and both scorers are frozen: fractional CPUs let them share cores.
     cpus_per_frozen_worker: float = checked(0.5, POSITIVE)
+    # GPU share of a frozen actor of its own (use_gpu, layout=separate): three 7B judges in
+    # bf16 (~14 GB of weights each) fit beside each other on one 80 GB GPU.
+    gpus_per_frozen_worker: float = checked(0.25, within(0, 1, low_open=True))
     # Where the frozen models (reference, reward model, cost model) run: with_trainers puts
     # the reference in the policy's rank 0 and spreads the judges over the trainers' rank 0 so
     # each process does a like share of the score phase (no process of their own, ~1 GB each
@@ -680,7 +699,24 @@ class ResourcesConfig:
     frozen_placement: str = checked("with_trainers", one_of(tuple(FROZEN_PLACEMENTS)))
     # torch threads per actor (None: torch's default).
     threads_per_worker: Optional[int] = checked(1, COUNT)
+    # One GPU per policy/critic rank, gpus_per_frozen_worker per frozen actor,
+    # rollout.tensor_parallel_size per engine (layout=separate); NCCL between the ranks.
     use_gpu: bool = False
+    # The run's one placement group (README, "Ray cluster"): separate gives every actor a
+    # bundle of its own; colocate makes bundle i the shared home (one GPU) of policy rank i,
+    # rank i of each critic and engine i, each frozen actor in the emptiest bundle (verl's hybrid
+    # engine): fewer GPUs, models take turns. Separate is what runs ran before placement groups.
+    layout: str = checked("separate", one_of(LAYOUTS))
+    # How Ray spreads the bundles over nodes: PACK (few nodes: NCCL over NVLink), SPREAD, or
+    # STRICT_PACK / STRICT_SPREAD, which wait rather than do otherwise.
+    placement_strategy: str = checked("PACK", one_of(PLACEMENT_STRATEGIES))
+    # Seconds to wait until Ray has reserved every bundle before any actor starts; then the run
+    # stops naming the missing CPUs/GPUs. 600: an autoscaler brings up a GPU pod (pulling a
+    # ~10 GB CUDA image) in minutes.
+    placement_timeout_s: float = checked(600.0, POSITIVE)
+    # Ray custom resources added to every bundle, to pin the run to nodes that advertise them
+    # (e.g. {"H100": 1} on nodes started with --resources='{"H100": 8}').
+    custom_resources: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -732,6 +768,40 @@ class FaultsConfig:
 
         why = phase_timeout_problem(faults.phase_timeout_s)
         return [(f"{prefix}phase_timeout_s", faults.phase_timeout_s, why)] if why else []
+
+
+def placement_problems(cfg: Any, prefix: str = "") -> list[Problem]:
+    """Rollout engines and the placement layout must agree with the hardware asked for: tensor
+    parallelism and sleep mode are vLLM-on-GPU features; a colocated engine shares one GPU with
+    the trainers, so it cannot span several; spread engines cannot share the trainers' bundles."""
+    rollout, res, problems = cfg.rollout, cfg.resources, []
+    tp = rollout.tensor_parallel_size
+    if is_number(tp) and tp > 1:
+        if rollout.engine != "vllm":
+            problems.append((f"{prefix}rollout.tensor_parallel_size", tp, f"needs {prefix}rollout.engine=vllm "
+                                                                           "(the hf engine runs on one device)"))
+        elif res.use_gpu is not True:
+            problems.append((f"{prefix}rollout.tensor_parallel_size", tp, f"shards an engine over GPUs: needs "
+                                                                           f"{prefix}resources.use_gpu=true"))
+        elif res.layout == "colocate":
+            problems.append((f"{prefix}rollout.tensor_parallel_size", tp,
+                             f"{prefix}resources.layout=colocate gives each engine one GPU shared with the trainers; "
+                             "use layout=separate for tensor-parallel engines"))
+    for key in ("sleep_mode", "enforce_eager", "gpu_memory_utilization"):
+        value = getattr(rollout, key)
+        if value is not None and rollout.engine != "vllm":
+            problems.append((f"{prefix}rollout.{key}", value, f"a vLLM setting: needs {prefix}rollout.engine=vllm"))
+    if rollout.sleep_mode is True and rollout.engine == "vllm" and res.use_gpu is not True:
+        problems.append((f"{prefix}rollout.sleep_mode", True, f"vLLM sleep mode frees GPU memory: needs "
+                                                              f"{prefix}resources.use_gpu=true"))
+    for name, amount in dict(res.custom_resources or {}).items():
+        if not is_number(amount) or amount <= 0:
+            problems.append((f"{prefix}resources.custom_resources.{name}", amount, "must be a number > 0"))
+    if res.layout == "colocate" and rollout.placement == "spread":
+        problems.append((f"{prefix}rollout.placement", "spread",
+                         f"{prefix}resources.layout=colocate puts each engine in a trainer's bundle; "
+                         "use rollout.placement=default"))
+    return problems
 
 
 def ranks_split_the_step(cfg: Any, prefix: str = "") -> list[Problem]:
@@ -802,7 +872,8 @@ class PPOLagConfig:
 
     @classmethod
     def checks(cls, cfg: Any, prefix: str) -> list[Problem]:
-        return ranks_split_the_step(cfg, prefix) + per_category_problems(cfg, prefix) + ptx_rows_per_rank(cfg, prefix)
+        return (ranks_split_the_step(cfg, prefix) + per_category_problems(cfg, prefix) + ptx_rows_per_rank(cfg, prefix)
+                + placement_problems(cfg, prefix))
 
 
 @dataclass
@@ -947,7 +1018,7 @@ class PipelineConfig:
 
     @classmethod
     def checks(cls, cfg: Any, prefix: str) -> list[Problem]:
-        problems = ranks_split_the_step(cfg, prefix)
+        problems = ranks_split_the_step(cfg, prefix) + placement_problems(cfg, prefix)
         if cfg.threshold_from_start is True and not (cfg.onpolicy.enabled and cfg.onpolicy.samples_per_prompt >= 2):
             problems.append((f"{prefix}threshold_from_start", True,
                              "needs the starting policy's sampled answers: onpolicy.enabled=true and "

@@ -3,7 +3,7 @@
 Hydra and the dataclass schemas catch misspelled keys and wrong types; this catches values of
 the right type that cannot work, and values never given: a mandatory key left ``???``
 (``reward``/``cost`` of ppo-lag), a negative learning rate, ``lagrange.threshold=nan``, a
-``top_p`` of 2, zero rollout engines, or more actors than the local Ray cluster has CPUs
+``top_p`` of 2, zero rollout engines, or more actors than the local Ray cluster has CPUs or GPUs
 (which would leave them pending forever instead of failing).
 
 The rules live beside the fields they govern (``rayrlhf.config.schema``): each field's checks,
@@ -99,22 +99,31 @@ def _nonfinite(value: Any) -> bool:
 # --- the rule of a whole config ------------------------------------------------------------
 
 
-def _local_cluster_has_the_cpus(cfg: Any) -> list[Problem]:
-    """A private cluster smaller than the run would leave actors pending forever."""
-    from rayrlhf.cluster import stage_cpu_need
+def _local_cluster_has_the_resources(cfg: Any) -> list[Problem]:
+    """A private cluster smaller than the run would leave actors pending forever: its CPUs,
+    and its GPUs where ``cluster.num_gpus`` says how many (unset: Ray counts them at start,
+    and the driver's capacity check refuses a run that asks for more)."""
+    from rayrlhf.cluster import stage_cpu_need, stage_gpu_need
 
     cluster = getattr(cfg, "cluster", None)
     if cluster is None or cluster.address is not None:
         return []
+    problems: list[Problem] = []
     available = cluster.num_cpus
-    if not is_number(available) or available <= 0:
-        return []
-    needed, what = stage_cpu_need(cfg)
-    if needed > available:
-        return [("cluster.num_cpus", available,
-                 f"the local Ray cluster needs at least {needed:g} CPUs for {what}; raise "
-                 "cluster.num_cpus (logical CPUs may exceed the cores) or leave it unset")]
-    return []
+    if is_number(available) and available > 0:
+        needed, what = stage_cpu_need(cfg)
+        if needed > available:
+            problems.append(("cluster.num_cpus", available,
+                             f"the local Ray cluster needs at least {needed:g} CPUs for {what}; raise "
+                             "cluster.num_cpus (logical CPUs may exceed the cores) or leave it unset"))
+    gpus = cluster.num_gpus
+    if is_number(gpus):
+        needed, what = stage_gpu_need(cfg)
+        if needed > gpus:
+            problems.append(("cluster.num_gpus", gpus,
+                             f"the local Ray cluster needs at least {needed:g} GPUs for {what}; "
+                             "lower those or run on a machine with more GPUs"))
+    return problems
 
 
 def _missing(section: Any, prefix: str) -> list[Problem]:
@@ -150,7 +159,7 @@ def config_problems(cfg: Any) -> list[Problem]:
         schema = _schema(section)
         if schema is not None and hasattr(schema, "checks"):
             cross += schema.checks(section, prefix)
-    cross += _local_cluster_has_the_cpus(cfg)
+    cross += _local_cluster_has_the_resources(cfg)
     return problems + [p for p in cross if p[0] not in bad_keys]
 
 

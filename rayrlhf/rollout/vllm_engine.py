@@ -54,6 +54,30 @@ def _reload_on_worker(worker, named_tensors: list[tuple[str, torch.Tensor]]) -> 
             method.process_weights_after_loading(module)
 
 
+def llm_kwargs(model_path: str, *, dtype: str, max_model_len: int, seed: int, on_gpu: bool,
+               enforce_eager: bool | None = None, tensor_parallel_size: int = 1,
+               gpu_memory_utilization: float | None = None, sleep_mode: bool = False, **extra) -> dict:
+    """The keyword arguments of ``vllm.LLM`` for one engine (the ``rollout.*`` knobs).
+
+    ``enforce_eager`` None: CUDA graphs on GPUs (faster decoding), eager on CPU, which captures
+    none. Tensor parallelism runs vLLM's workers as local processes ("mp") on the GPUs Ray gave
+    this actor; left to itself vLLM would pick its Ray executor inside a placement group and
+    ask Ray for GPUs the actor already holds. ``sleep_mode`` lets ``sleep``/``wake_up`` free and
+    restore the engine's GPU memory (CUDA only)."""
+    if not on_gpu and (tensor_parallel_size > 1 or sleep_mode):
+        raise ValueError("rollout.tensor_parallel_size > 1 and rollout.sleep_mode need GPUs (resources.use_gpu=true)")
+    kwargs = {"model": model_path, "dtype": dtype, "max_model_len": max_model_len, "seed": seed,
+              "enforce_eager": (not on_gpu) if enforce_eager is None else bool(enforce_eager),
+              "logprobs_mode": "raw_logprobs", **extra}
+    if tensor_parallel_size > 1:
+        kwargs.update(tensor_parallel_size=tensor_parallel_size, distributed_executor_backend="mp")
+    if gpu_memory_utilization is not None:
+        kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+    if sleep_mode:
+        kwargs["enable_sleep_mode"] = True
+    return kwargs
+
+
 class VLLMEngine:
     """Rollouts through ``vllm.LLM``, token ids in, token ids and log-probs out."""
 
@@ -61,7 +85,9 @@ class VLLMEngine:
 
     def __init__(self, model_path, *, dtype: str = "auto", max_model_len: int = 1024,
                  seed: int = 0, stop_token_ids: list[int] | None = None, warmup: bool = True,
-                 env: dict[str, str] | None = None, **llm_kwargs) -> None:
+                 env: dict[str, str] | None = None, enforce_eager: bool | None = None,
+                 tensor_parallel_size: int = 1, gpu_memory_utilization: float | None = None,
+                 sleep_mode: bool = False, **extra) -> None:
         apply_vllm_env(env)
         from vllm import LLM
 
@@ -72,8 +98,11 @@ class VLLMEngine:
 
             dtype = "bfloat16" if fast_bf16_available() else "float32"
         self.model_path = resolve_model_path(model_path)
-        self.llm = LLM(model=self.model_path, dtype=dtype, max_model_len=max_model_len,
-                       enforce_eager=True, seed=seed, logprobs_mode="raw_logprobs", **llm_kwargs)
+        self.llm = LLM(**llm_kwargs(self.model_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
+                                    on_gpu=torch.cuda.is_available(), enforce_eager=enforce_eager,
+                                    tensor_parallel_size=tensor_parallel_size,
+                                    gpu_memory_utilization=gpu_memory_utilization, sleep_mode=sleep_mode, **extra))
+        self.sleeping = False
         self.tokenizer = self.llm.get_tokenizer()
         model_config = self.llm.llm_engine.model_config
         self.dtype = model_config.dtype
@@ -121,6 +150,19 @@ class VLLMEngine:
         self.llm.reset_prefix_cache()
         self.last_sync_s = time.perf_counter() - start
         log.info("vLLM weight sync: %d tensors in %.3f s", len(weights), self.last_sync_s)
+
+    def sleep(self) -> None:
+        """Free the GPU memory between generations (sleep mode): level 1 keeps the weights in
+        CPU memory and drops the KV cache, whose contents are stale after the next sync anyway."""
+        if not self.sleeping:
+            self.llm.sleep(level=1)
+            self.sleeping = True
+
+    def wake_up(self) -> None:
+        """Weights and KV cache back on the GPU, before the weight sync and the next generation."""
+        if self.sleeping:
+            self.llm.wake_up()
+            self.sleeping = False
 
     def close(self) -> None:
         self.llm = None

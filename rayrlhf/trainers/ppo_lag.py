@@ -35,7 +35,7 @@ from rayrlhf.algorithms import (
     LAGRANGE_CONTROLLERS, ConstantLagrange, LagrangeController, PerCategoryLagrange, PPOLagAdvantages, constraint_costs,
     masked_mean, ppo_lag_advantages,
 )
-from rayrlhf.cluster import check_cluster_capacity, required_cpus
+from rayrlhf.cluster import required_cpus
 from rayrlhf.config import to_object
 from rayrlhf.faults import FAILURES, FaultLog, NonFiniteError, PhaseDeadlines, PhaseTimeoutError, WorkerFailedError, \
     classify_failure, describe_nonfinite, failed_actors, findings_message, name_actors, note_unreachable_threshold, \
@@ -156,7 +156,6 @@ class PPOLagDriver:
 
         self.cfg = cfg = to_object(cfg)
         self.seed = cfg.run.seed
-        check_cluster_capacity(cfg)
         self.policy_path = resolve_model_path(cfg.policy.name_or_path)
         self.tokenizer = load_tokenizer(self.policy_path)
         self.prompts = [row.prompt for row in load_dataset_from_config(cfg.prompts).rows]
@@ -226,6 +225,8 @@ class PPOLagDriver:
     def generate(self, index: list[int], spec: SamplingSpec) -> Rollout:
         """Responses to the prompts ``index`` from all rollout engines, packed into a batch."""
         completions = generate_across(self.roles.rollout_workers, [self.prompt_ids[i] for i in index], spec)
+        if self.roles.engines_sleep:  # the trainers sharing their GPUs get the memory until the sync
+            get_fail_fast([w.sleep.remote() for w in self.roles.rollout_workers])
         batch = build_rollout_batch([c.prompt_ids for c in completions], [c.response_ids for c in completions],
                                     [c.finished for c in completions], self.tokenizer.pad_token_id,
                                     [c.response_logprobs for c in completions])
@@ -311,6 +312,8 @@ class PPOLagDriver:
     def sync(self) -> None:
         """Policy rank 0's weights (under ZeRO-3 gathered from every rank), in the engines'
         dtype, -> object store buckets (``rayrlhf.rollout.weight_sync``) -> every engine."""
+        if self.roles.engines_sleep:
+            get_fail_fast([w.wake_up.remote() for w in self.roles.rollout_workers])
         buckets, *_ = get_fail_fast(self.roles.policy_rank0(PolicyWorker.weight_buckets, self.roles.engine_dtype,
                                                             self.cfg.rollout.sync_bucket_mb))
         get_fail_fast([w.update_weights.remote(buckets.refs) for w in self.roles.rollout_workers])

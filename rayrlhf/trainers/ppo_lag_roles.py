@@ -22,7 +22,10 @@ from typing import Any
 
 import ray
 
-from rayrlhf.cluster import rollout_placement_options
+from rayrlhf.cluster import (
+    FROZEN_PLACEMENTS, PlacementPlan, check_cluster_capacity, placement_plan, reserve_placement,
+    rollout_placement_options,
+)
 from rayrlhf.fault_injection import injection_env
 from rayrlhf.faults import name_actors
 from rayrlhf.models.lora import LoRASpec
@@ -30,7 +33,7 @@ from rayrlhf.types import RolloutBatch
 from rayrlhf.workers.base import OptimConfig
 from rayrlhf.workers.critic import CriticWorker
 from rayrlhf.workers.frozen import FROZEN_ROLES, FrozenModels, FrozenSpec, FrozenWorker
-from rayrlhf.workers.group import ActorGroup, get_fail_fast, wait_until_all_ended
+from rayrlhf.workers.group import ActorGroup, bundle_options, get_fail_fast, wait_until_all_ended
 from rayrlhf.workers.policy import PolicyWorker
 from rayrlhf.workers.rollout_worker import RolloutWorker
 
@@ -54,6 +57,10 @@ class Roles:
     reference_in_policy: bool = False
     # ZeRO-3 (ppo.zero_stage=3): each policy rank holds a slice of every weight.
     policy_partitioned: bool = False
+    # The run's placement group (resources.layout), removed with the actors.
+    placement_group: Any = None
+    # vLLM sleep mode (rollout.sleep_mode): the engines free their GPU memory after generating.
+    engines_sleep: bool = False
 
     @property
     def groups(self) -> tuple[ActorGroup, ...]:
@@ -113,6 +120,8 @@ class Roles:
             ray.kill(worker)
         self.rollout_workers = []
         wait_until_names_free(names)
+        release_placement(self.placement_group)
+        self.placement_group = None
 
 
 def critic_layout(layout: str, cost_critic: bool) -> list[tuple[str, tuple[str, ...]]]:
@@ -147,18 +156,52 @@ def place_judges(trainer_loads: dict[str, int]) -> dict[str, str]:
 
 def build_roles(cfg, policy_path: str, cost_critic: bool = True) -> Roles:
     """Start every actor a ``ppo_lag`` config asks for and wait until all can work
-    (``cost_critic=False``: no cost value head, for runs that never use it). If any fails or
-    hangs while starting, the actors already started are killed before the error propagates, so
-    that a rebuild can take their names."""
+    (``cost_critic=False``: no cost value head, for runs that never use it). The run's placement
+    group is reserved first (``resources.layout``), so that no role starts before every role has
+    its place. If any fails or hangs while starting, the actors already started are killed and
+    the group removed before the error propagates, so that a rebuild can take their names."""
+    plan = run_placement_plan(cfg, cost_critic)
+    check_cluster_capacity(cfg, plan)
+    pg = reserve_placement(plan, cfg.resources.placement_timeout_s)
     started: list[tuple[str, Any]] = []  # (name, actor) of every actor, as it starts
     try:
-        return _build_roles(cfg, policy_path, cost_critic, started)
+        return _build_roles(cfg, policy_path, cost_critic, started, plan, pg)
     except BaseException as exc:
         name_actors(exc, {actor._actor_id.hex(): name for name, actor in started})
         for _, actor in started:
             ray.kill(actor)
         wait_until_names_free([name for name, _ in started])
+        release_placement(pg)
         raise
+
+
+def release_placement(pg) -> None:
+    if pg is not None:
+        from ray.util.placement_group import remove_placement_group
+
+        remove_placement_group(pg)
+
+
+def frozen_actor_names(frozen_placement: str, lora: bool) -> tuple[str, ...]:
+    """The actors that host frozen models only (with LoRA the policy computes the reference)."""
+    names = FROZEN_PLACEMENTS[frozen_placement]
+    return tuple(name for name in names if not (lora and name == "reference"))
+
+
+def run_placement_plan(cfg, cost_critic: bool = True) -> PlacementPlan:
+    """The placement group of the actors this run really starts."""
+    critics = tuple(name for name, _ in critic_layout(cfg.ppo.critic_layout, cost_critic))
+    return placement_plan(cfg, critics, frozen_actor_names(cfg.resources.frozen_placement, cfg.ppo.lora.enabled))
+
+
+def engines_sleep(cfg) -> bool:
+    """rollout.sleep_mode, resolved: None sleeps the engines when they share GPUs with the trainers."""
+    rollout, res = cfg.rollout, cfg.resources
+    if rollout.engine != "vllm":
+        return False
+    if rollout.sleep_mode is None:
+        return bool(res.use_gpu and res.layout == "colocate")
+    return bool(rollout.sleep_mode)
 
 
 def lora_spec(lora) -> LoRASpec | None:
@@ -169,7 +212,8 @@ def lora_spec(lora) -> LoRASpec | None:
                     target_modules=tuple(lora.target_modules), merged_checkpoints=lora.merged_checkpoints)
 
 
-def _build_roles(cfg, policy_path: str, cost_critic: bool, started: list[tuple[str, Any]]) -> Roles:
+def _build_roles(cfg, policy_path: str, cost_critic: bool, started: list[tuple[str, Any]],
+                 plan: PlacementPlan, pg) -> Roles:
     from rayrlhf.models import resolve_model_path
     from rayrlhf.rewards import RULE_PREFIX
 
@@ -182,16 +226,19 @@ def _build_roles(cfg, policy_path: str, cost_critic: bool, started: list[tuple[s
                               gradient_checkpointing=ppo.gradient_checkpointing, caller_accumulates=True,
                               trainable_layers=ppo.trainable_layers)
     critic_optim = OptimConfig(**{**asdict(actor_optim), "lr": ppo.critic_lr})
-    gpus = 1 if res.use_gpu else 0
     # Only where faults.inject lists faults (tests, drills): the workers' injection points.
     env = injection_env(cfg.faults.inject, cfg.run.output_dir)
     runtime_env = {"env_vars": env} if env else None
-    trainable = {"num_cpus": res.cpus_per_worker, "num_gpus": gpus, "distributed": True,
+    trainable = {"distributed": True,
                  "backend": "nccl" if res.use_gpu else "gloo", "dtype": dtype, "threads": threads, "seed": seed,
                  "micro_batch_size": ppo.micro_batch_size, "runtime_env": runtime_env, "lora": lora_spec(ppo.lora)}
 
-    def start_group(*args, **kwargs) -> ActorGroup:
-        built = ActorGroup(*args, **kwargs)
+    def start_group(worker_cls, ranks, *args, name: str, **kwargs) -> ActorGroup:
+        # Each rank in its bundle, with the CPUs and GPU share the layout gives it there.
+        slots = plan.slots[name]
+        kwargs.update(num_cpus=slots[0].cpus, num_gpus=min(slot.gpus for slot in slots))
+        built = ActorGroup(worker_cls, ranks, *args, name=name, placement=(pg, [slot.bundle for slot in slots]),
+                           **kwargs)
         started.extend(zip(built.actor_names, built.actors))
         return built
 
@@ -226,20 +273,19 @@ def _build_roles(cfg, policy_path: str, cost_critic: bool, started: list[tuple[s
     hosts = {"policy": policy, **{name: group for (name, _), group in zip(layout, critics)}}
     frozen_hosts: dict[str, ActorGroup] = {role: hosts[name] for name, spec in frozen_of.items() for role in spec.roles()}
     frozen_groups: list[ActorGroup] = []
-    frozen_actor = {"num_cpus": res.cpus_per_frozen_worker, "num_gpus": gpus * 0.25, "threads": threads,
-                    "runtime_env": runtime_env}
+    frozen_actor = {"threads": threads, "runtime_env": runtime_env}
     if res.frozen_placement == "one_actor":
         group = start_group(FrozenWorker, 1, replace(every, **sources), name="frozen", **frozen_actor)
         frozen_groups, frozen_hosts = [group], {role: group for role in FROZEN_ROLES if sources[role] is not None}
     elif res.frozen_placement == "own_actors":
         for role in (role for role in FROZEN_ROLES if sources[role] is not None):
-            name = {"reference": "reference", "reward": "reward-model", "cost": "cost-model"}[role]
+            name = dict(zip(FROZEN_ROLES, FROZEN_PLACEMENTS["own_actors"]))[role]
             group = start_group(FrozenWorker, 1, replace(every, **{role: sources[role]}), name=name, **frozen_actor)
             frozen_groups.append(group)
             frozen_hosts[role] = group
     if reference_in_policy:
         frozen_hosts["reference"] = policy
-    rollout_names, rollout_workers = start_rollout_engines(cfg, policy_path, gpus, runtime_env)
+    rollout_names, rollout_workers = start_rollout_engines(cfg, policy_path, runtime_env, pg, plan)
     started.extend(zip(rollout_names, rollout_workers))
     ready = get_fail_fast([w.ready.remote() for w in rollout_workers]
                           + policy.call(PolicyWorker.init_engine)
@@ -248,22 +294,43 @@ def _build_roles(cfg, policy_path: str, cost_critic: bool, started: list[tuple[s
     return Roles(policy=policy, critics=critics, critic_streams=[streams for _, streams in layout],
                  rollout_workers=rollout_workers, rollout_names=rollout_names, frozen_hosts=frozen_hosts,
                  frozen_groups=frozen_groups, policy_dtype=policy_dtype, engine_dtype=ready[0]["dtype"],
-                 reference_in_policy=reference_in_policy, policy_partitioned=ppo.zero_stage == 3)
+                 reference_in_policy=reference_in_policy, policy_partitioned=ppo.zero_stage == 3,
+                 placement_group=pg, engines_sleep=engines_sleep(cfg))
 
 
-def start_rollout_engines(cfg, policy_path: str, gpus: int, runtime_env: dict | None = None) -> tuple[list[str], list]:
-    """One RolloutWorker actor per engine, placed as ``rollout.placement`` says."""
+def engine_kwargs(cfg) -> dict[str, Any]:
+    """What each rollout engine's constructor gets from the config (``rollout.*``)."""
+    rollout, res = cfg.rollout, cfg.resources
+    if rollout.engine != "vllm":
+        return {}
+    eager = (not res.use_gpu) if rollout.enforce_eager is None else rollout.enforce_eager
+    kwargs: dict[str, Any] = {"max_model_len": rollout.max_model_len, "seed": cfg.run.seed, "dtype": cfg.policy.dtype,
+                              "env": {"VLLM_CPU_KVCACHE_SPACE": str(int(rollout.kv_cache_gib))},
+                              "enforce_eager": eager, "tensor_parallel_size": rollout.tensor_parallel_size,
+                              "sleep_mode": engines_sleep(cfg)}
+    memory = rollout.gpu_memory_utilization
+    if memory is None and res.use_gpu and res.layout == "colocate":
+        memory = 0.5  # the trainers keep their weights and optimiser state on the same GPU
+    if memory is not None and res.use_gpu:
+        kwargs["gpu_memory_utilization"] = memory
+    return kwargs
+
+
+def start_rollout_engines(cfg, policy_path: str, runtime_env: dict | None = None, pg=None,
+                          plan: PlacementPlan | None = None) -> tuple[list[str], list]:
+    """One RolloutWorker actor per engine, in its bundle of the run's placement group (or
+    outside it, spread over nodes, with ``rollout.placement=spread``)."""
     rollout = cfg.rollout
-    engine_kwargs: dict[str, Any] = {}
-    if rollout.engine == "vllm":
-        engine_kwargs = {"max_model_len": rollout.max_model_len, "seed": cfg.run.seed, "dtype": cfg.policy.dtype,
-                         "env": {"VLLM_CPU_KVCACHE_SPACE": str(int(rollout.kv_cache_gib))}}
-    placement = rollout_placement_options(rollout.placement)
+    plan = plan or placement_plan(cfg)
     threads = rollout.threads_per_engine or engine_threads_default(rollout.num_engines)
     names = [f"rollout-{i}" for i in range(rollout.num_engines)]
-    workers = [RolloutWorker.options(num_cpus=rollout.cpus_per_engine, num_gpus=gpus, name=name,
-                                     runtime_env=runtime_env, **placement)
-               .remote(rollout.engine, policy_path, engine_kwargs, threads) for name in names]
+    workers = []
+    for name, slot in zip(names, plan.slots["rollout"]):
+        where = (bundle_options(pg, slot.bundle) if slot.bundle is not None
+                 else rollout_placement_options(rollout.placement))
+        workers.append(RolloutWorker.options(num_cpus=slot.cpus, num_gpus=slot.gpus, name=name,
+                                             runtime_env=runtime_env, **where)
+                       .remote(rollout.engine, policy_path, engine_kwargs(cfg), threads))
     return names, workers
 
 

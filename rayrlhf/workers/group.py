@@ -12,7 +12,7 @@ inside a phase's ``rayrlhf.faults.deadline_scope`` no wait outlives the phase's 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import ray
 from ray.util.placement_group import PlacementGroup
@@ -72,25 +72,36 @@ def get_fail_fast_groups(groups: list[list[ray.ObjectRef]]) -> list[list[Any]]:
     return out
 
 
+def bundle_options(pg: PlacementGroup | None, bundle: int | None) -> dict[str, Any]:
+    """Ray actor options that put an actor into bundle ``bundle`` of ``pg`` ({} for none)."""
+    if pg is None or bundle is None:
+        return {}
+    return {"scheduling_strategy": PlacementGroupSchedulingStrategy(
+        placement_group=pg, placement_group_bundle_index=bundle,
+        # What the worker starts (vLLM's processes, a DeepSpeed helper) stays outside the group.
+        placement_group_capture_child_tasks=False)}
+
+
 class ActorGroup:
     def __init__(self, worker_cls: type, num_ranks: int, *args: Any, name: str,
                  num_cpus: float = 1, num_gpus: float = 0,
-                 placement: tuple[PlacementGroup, int] | None = None,
+                 placement: tuple[PlacementGroup | None, Sequence[int | None]] | None = None,
                  distributed: bool = False, backend: str = "gloo",
                  runtime_env: dict | None = None, **kwargs: Any) -> None:
+        """``placement``: the run's placement group and each rank's bundle in it (rank order)."""
         if num_ranks < 1:
             raise ValueError(f"{name}: num_ranks must be >= 1, got {num_ranks}")
+        pg, bundles = placement if placement is not None else (None, [None] * num_ranks)
+        if len(bundles) != num_ranks:
+            raise ValueError(f"{name}: {num_ranks} ranks but {len(bundles)} bundles")
         self.name = name
         remote_cls = ray.remote(worker_cls)
         self.actors = []
         self.actor_names = [f"{name}-{rank}" for rank in range(num_ranks)]
         for rank in range(num_ranks):
             options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus,
-                                       "name": self.actor_names[rank], "runtime_env": runtime_env}
-            if placement is not None:
-                pg, bundle = placement
-                options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-                    placement_group=pg, placement_group_bundle_index=bundle)
+                                       "name": self.actor_names[rank], "runtime_env": runtime_env,
+                                       **bundle_options(pg, bundles[rank])}
             self.actors.append(remote_cls.options(**options).remote(*args, **kwargs))
         if distributed:
             try:

@@ -70,6 +70,13 @@ class _RolloutWorker:
         log.info("%s rollout worker: weight sync took %.3f s", self.kind, seconds)
         return seconds
 
+    def sleep(self) -> None:
+        """Release the engine's GPU memory until ``wake_up`` (vLLM sleep mode, rollout.sleep_mode)."""
+        self.engine.sleep()
+
+    def wake_up(self) -> None:
+        self.engine.wake_up()
+
     def close(self) -> None:
         self.engine.close()
 

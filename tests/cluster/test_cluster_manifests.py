@@ -342,6 +342,18 @@ def test_standalone_cluster_has_cpu_and_gpu_worker_groups():
     assert any(group_gpus(g) == 0 for g in groups) and any(group_gpus(g) > 0 for g in groups)
 
 
+def test_standalone_cluster_autoscales_between_its_replica_bounds():
+    """Its groups range from minReplicas to maxReplicas and a PPO-Lag run on a joined cluster
+    waits (resources.placement_timeout_s) for nodes to join: only the autoscaler adds them. Its
+    sidecar runs as locked down as every other container."""
+    ((_, cluster),) = manifests_of_kind("RayCluster")
+    spec = cluster["spec"]
+    assert any(g["minReplicas"] < g["maxReplicas"] for g in spec["workerGroupSpecs"])
+    assert spec.get("enableInTreeAutoscaling") is True
+    sidecar = {"name": "autoscaler", "securityContext": spec["autoscalerOptions"]["securityContext"]}
+    assert security_problems(sidecar) == []
+
+
 def test_gpu_pods_run_the_gpu_image_and_cpu_pods_the_cpu_image():
     version = re.search(r'^version\s*=\s*"([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M)[1]
     for where, spec in all_cluster_specs():

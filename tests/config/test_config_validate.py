@@ -278,3 +278,49 @@ def test_cli_fails_fast_before_ray_starts_naming_the_key(tmp_path):
     assert "ppo.actor_lr=-1.0: must be > 0" in proc.stderr
     assert "Started a local Ray instance" not in proc.stdout + proc.stderr
     assert float(elapsed) < 5, f"the stage took {elapsed} s to refuse its config"
+
+
+@pytest.mark.parametrize(("overrides", "key", "why"), [
+    # Tensor parallelism shards a vLLM engine over GPUs.
+    (["rollout.tensor_parallel_size=2"], "rollout.tensor_parallel_size", "needs resources.use_gpu=true"),
+    (["rollout.tensor_parallel_size=2", "rollout.engine=hf", "resources.use_gpu=true"],
+     "rollout.tensor_parallel_size", "needs rollout.engine=vllm"),
+    (["rollout.tensor_parallel_size=2", "resources.use_gpu=true", "resources.layout=colocate"],
+     "rollout.tensor_parallel_size", "use layout=separate"),
+    (["rollout.sleep_mode=true"], "rollout.sleep_mode", "needs resources.use_gpu=true"),
+    (["rollout.engine=hf", "rollout.enforce_eager=false"], "rollout.enforce_eager", "needs rollout.engine=vllm"),
+    (["rollout.gpu_memory_utilization=1.5"], "rollout.gpu_memory_utilization", "must be in (0, 1]"),
+    (["rollout.tensor_parallel_size=0"], "rollout.tensor_parallel_size", "must be >= 1"),
+    (["resources.layout=hybrid"], "resources.layout", "must be one of separate, colocate"),
+    (["resources.placement_strategy=pack"], "resources.placement_strategy",
+     "must be one of PACK, SPREAD, STRICT_PACK, STRICT_SPREAD"),
+    (["resources.placement_timeout_s=0"], "resources.placement_timeout_s", "must be > 0"),
+    (["resources.layout=colocate", "rollout.placement=spread"], "rollout.placement", "use rollout.placement=default"),
+    (["+resources.custom_resources.H100=0"], "resources.custom_resources.H100", "must be a number > 0"),
+])
+def test_gpu_rollout_and_placement_values_that_cannot_work_are_named(overrides, key, why):
+    problems = config_problems(compose("ppo_lag", overrides))
+    assert [(k, why in w) for k, _, w in problems] == [(key, True)], problems
+
+
+def test_tensor_parallel_engines_must_fit_the_local_clusters_gpus():
+    """TP x engines GPUs, beside one per trainer rank: 2 engines x TP 2 + policy + critic = 6."""
+    gpu_run = ["resources.use_gpu=true", "rollout.num_engines=2", "rollout.tensor_parallel_size=2"]
+    with pytest.raises(ConfigValueError) as info:
+        validate_config(compose("ppo_lag", [*gpu_run, "cluster.num_gpus=4"]))
+    assert "cluster.num_gpus=4: the local Ray cluster needs at least 6 GPUs" in str(info.value)
+    assert "rollout.tensor_parallel_size per engine" in str(info.value)
+    assert config_problems(compose("ppo_lag", [*gpu_run, "cluster.num_gpus=6"])) == []
+    # colocate: one shared GPU per rank/engine index, TP 1: 2 GPUs for the same roles.
+    colocated = ["resources.use_gpu=true", "rollout.num_engines=2", "resources.layout=colocate"]
+    assert config_problems(compose("ppo_lag", [*colocated, "cluster.num_gpus=2"])) == []
+    # A cluster it joins is not sized here (the driver checks it against Ray's own count).
+    assert config_problems(compose("ppo_lag", [*gpu_run, "cluster.num_gpus=4", "cluster.address=auto"])) == []
+
+
+def test_gpu_knobs_are_fine_where_they_apply():
+    assert config_problems(compose("ppo_lag", [
+        "resources.use_gpu=true", "rollout.tensor_parallel_size=2", "rollout.gpu_memory_utilization=0.7",
+        "rollout.enforce_eager=true", "rollout.sleep_mode=false", "resources.placement_strategy=STRICT_PACK"])) == []
+    assert config_problems(compose("ppo_lag", ["resources.use_gpu=true", "resources.layout=colocate",
+                                               "rollout.sleep_mode=true"])) == []
