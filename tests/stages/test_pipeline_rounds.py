@@ -37,7 +37,7 @@ def test_two_rounds_grow_the_data_retrain_the_judges_and_continue_the_policy(ray
     cfg = compose_config("pipeline", [
         "+profile=smoke", "rounds=2", "round_prompts=14", f"heldout_harmful.source={pool}",
         "num_heldout_harmful=14", "num_redteam_train=14", "score_models=[reward,cost]", "score_training.num_workers=1",
-        "heldout_benign=null", "ppo_steps=2", "logger=[jsonl]"], output_dir=str(tmp_path))
+        "heldout_benign=null", "run_sft=false", "ppo_steps=2", "logger=[jsonl]"], output_dir=str(tmp_path))
     report = run(cfg)
 
     first, second = report["rounds"]
