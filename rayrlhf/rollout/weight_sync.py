@@ -172,7 +172,7 @@ def _flatten(bucket: dict[str, torch.Tensor], device: str) -> tuple[list, torch.
         flat = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
         pad = -flat.numel() % _ALIGN
         header.append((name, tuple(tensor.shape), str(tensor.dtype).removeprefix("torch."), flat.numel() + pad))
-        parts += [flat, torch.zeros(pad, dtype=torch.uint8)] if pad else [flat]
+        parts += [flat, torch.zeros(pad, dtype=torch.uint8, device=flat.device)] if pad else [flat]
     return header, torch.cat(parts).to(device) if parts else torch.empty(0, dtype=torch.uint8, device=device)
 
 
