@@ -8,7 +8,8 @@ and the object store holds one copy of the model in the engines' dtype (half of 
 engines), never a second fp32 one. Each engine reads the
 buckets one after the other (``stream_buckets``); the HF engine copies each tensor into its
 model as it arrives, vLLM hands the whole list to its own loader (which wants every weight at
-once).
+once). The collective path (below: ``rollout.sync_path=collective``) sends the same buckets
+by broadcast instead, with nothing in the object store.
 """
 
 from __future__ import annotations
