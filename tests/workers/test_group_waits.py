@@ -73,7 +73,7 @@ def test_the_first_failure_surfaces_at_once_with_its_actor(ray_cluster, actors):
 def test_a_collective_that_fails_is_blamed_on_the_member_that_died(ray_cluster, actors):
     """One member of a broadcast dies; the other's call fails first (here at once, with a plain
     error, as a gloo peer's would): the error raised is the dead member's, naming it."""
-    _, survivor = actors
+    survivor, _ = actors  # the other one still naps from the tests above
     dying = ray_cluster.remote(num_cpus=0)(Sleeper).remote()
     with pytest.raises(Exception) as info:
         get_collective([survivor.fail.remote(), dying.die_after.remote(1.0)])
