@@ -416,6 +416,13 @@ class RolloutConfig:
     # model's largest matrix (its 32k x 4096 embedding, 256 MiB in bf16) is about one bucket,
     # and objects this size cross nodes at full speed.
     sync_bucket_mb: float = checked(256.0, POSITIVE)
+    # How the buckets travel: "object_store" (above) or "collective": policy rank 0 broadcasts
+    # them over a process group of its own with the engines, set up once at start (gloo on
+    # CPUs; NCCL on GPUs, which no test here exercises), with no copy in the object store.
+    sync_path: str = checked("object_store", one_of(("object_store", "collective")))
+    # The collective path's rendezvous and each broadcast fail after this many seconds (a dead
+    # or stuck member), so a sync never hangs; the run's fault handling then restarts the roles.
+    sync_timeout_s: float = checked(300.0, POSITIVE)
     # vLLM only: KV cache per engine (GiB, on CPU) and the longest prompt + response it serves.
     kv_cache_gib: int = checked(1, COUNT)
     max_model_len: int = checked(1024, COUNT)

@@ -49,7 +49,7 @@ from rayrlhf.trainers.ppo_lag_roles import Roles, build_roles
 from rayrlhf.trainers.resume import CONFIG_SNAPSHOT, check_resume_config, resume_hint, write_resume_command
 from rayrlhf.types import PTXBatch, Rollout, RolloutBatch, Scores, TrainStats, build_rollout_batch
 from rayrlhf.workers.critic import CriticWorker
-from rayrlhf.workers.group import ActorGroup, get_fail_fast, get_fail_fast_groups
+from rayrlhf.workers.group import ActorGroup, get_collective, get_fail_fast, get_fail_fast_groups
 from rayrlhf.workers.policy import PolicyWorker
 from rayrlhf.workers.rollout_worker import generate_across
 
@@ -311,12 +311,19 @@ class PPOLagDriver:
 
     def sync(self) -> None:
         """Policy rank 0's weights (under ZeRO-3 gathered from every rank), in the engines'
-        dtype, -> object store buckets (``rayrlhf.rollout.weight_sync``) -> every engine."""
+        dtype and in buckets, -> every engine (``rayrlhf.rollout.weight_sync``): through the
+        object store, or broadcast over the weight-sync group (``rollout.sync_path``)."""
         if self.roles.engines_sleep:
             get_fail_fast([w.wake_up.remote() for w in self.roles.rollout_workers])
-        buckets, *_ = get_fail_fast(self.roles.policy_rank0(PolicyWorker.weight_buckets, self.roles.engine_dtype,
-                                                            self.cfg.rollout.sync_bucket_mb))
-        get_fail_fast([w.update_weights.remote(buckets.refs) for w in self.roles.rollout_workers])
+        dtype, bucket_mb = self.roles.engine_dtype, self.cfg.rollout.sync_bucket_mb
+        if self.cfg.rollout.sync_path == "collective":
+            # Sender and receivers run at once; a member that dies fails the others within
+            # rollout.sync_timeout_s (gloo/NCCL timeout), and the dead actor is the one blamed.
+            sent = self.roles.policy_rank0(PolicyWorker.broadcast_weights, dtype, bucket_mb)
+            buckets, *_ = get_collective(sent + [w.receive_weights.remote() for w in self.roles.rollout_workers])
+        else:
+            buckets, *_ = get_fail_fast(self.roles.policy_rank0(PolicyWorker.weight_buckets, dtype, bucket_mb))
+            get_fail_fast([w.update_weights.remote(buckets.refs) for w in self.roles.rollout_workers])
         self.last_sync = {"rollout/sync_bytes": float(buckets.bytes), "rollout/sync_buckets": float(len(buckets.refs))}
 
     # ------------------------------------------------------------------ NaN / Inf

@@ -291,11 +291,23 @@ def _build_roles(cfg, policy_path: str, cost_critic: bool, started: list[tuple[s
                           + policy.call(PolicyWorker.init_engine)
                           + [ref for critic in critics for ref in critic.call(CriticWorker.init_engine)])
     policy_dtype = get_fail_fast([policy.call_rank0(PolicyWorker.info)])[0]["compute_dtype"]
+    if cfg.rollout.sync_path == "collective":
+        join_weight_sync(policy, rollout_workers, "nccl" if res.use_gpu else "gloo", cfg.rollout.sync_timeout_s)
     return Roles(policy=policy, critics=critics, critic_streams=[streams for _, streams in layout],
                  rollout_workers=rollout_workers, rollout_names=rollout_names, frozen_hosts=frozen_hosts,
                  frozen_groups=frozen_groups, policy_dtype=policy_dtype, engine_dtype=ready[0]["dtype"],
                  reference_in_policy=reference_in_policy, policy_partitioned=ppo.zero_stage == 3,
                  placement_group=pg, engines_sleep=engines_sleep(cfg))
+
+
+def join_weight_sync(policy: ActorGroup, rollout_workers: list, backend: str, timeout_s: float) -> None:
+    """The collective path's process group, once per set of roles: policy rank 0 (rank 0, its
+    rendezvous on one of its node's free ports) and the engines (ranks 1..N) join at once."""
+    address, port = get_fail_fast([policy.call_rank0(PolicyWorker.free_address)])[0]
+    world_size = 1 + len(rollout_workers)
+    get_fail_fast(policy.call(PolicyWorker.join_weight_sync, address, port, world_size, backend, timeout_s)
+                  + [w.join_weight_sync.remote(address, port, rank, world_size, backend, timeout_s)
+                     for rank, w in enumerate(rollout_workers, start=1)])
 
 
 def engine_kwargs(cfg) -> dict[str, Any]:

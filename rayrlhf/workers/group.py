@@ -18,7 +18,7 @@ import ray
 from ray.util.placement_group import PlacementGroup
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from rayrlhf.faults import PhaseTimeoutError, blame_actor, current_deadline
+from rayrlhf.faults import PhaseTimeoutError, actor_failure_types, blame_actor, current_deadline, worker_error
 from rayrlhf.types import RolloutBatch
 
 
@@ -42,6 +42,25 @@ def get_fail_fast(refs: list[ray.ObjectRef]) -> list[Any]:
             blame_actor(exc, called_actor(ready[0]))
             raise
     return ray.get(list(refs))
+
+
+def get_collective(refs: list[ray.ObjectRef]) -> list[Any]:
+    """``get_fail_fast`` for calls that are members of one collective (a weight-sync broadcast):
+    when one member dies, the others' collective fails too, at about the same time. Once any
+    fails, this waits for them all (each is bounded by its group's timeout) and raises a dead
+    actor's error first, so the failure names its cause, not a member that lost its peer."""
+    try:
+        return get_fail_fast(refs)
+    except Exception as first:
+        wait_until_all_ended(refs)
+        for ref in refs:
+            try:
+                ray.get(ref, timeout=0)
+            except Exception as exc:
+                if isinstance(worker_error(exc), actor_failure_types()):
+                    blame_actor(exc, called_actor(ref))
+                    raise exc from None
+        raise first
 
 
 def wait_until_all_ended(refs: list[ray.ObjectRef]) -> None:

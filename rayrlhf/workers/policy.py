@@ -6,7 +6,7 @@ own base weights with the adapters switched off: no second copy of the model exi
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -14,7 +14,7 @@ from rayrlhf.algorithms import entropy_from_logits, ppo_actor_loss, response_nll
 from rayrlhf.fault_injection import inject_fault
 from rayrlhf.models.forward import response_logits, rollout_logprobs, token_logprobs
 from rayrlhf.models.lora import LoRASpec, adapters_disabled, add_lora, merged_state_dict, save_adapter
-from rayrlhf.rollout.weight_sync import WeightBuckets, put_buckets
+from rayrlhf.rollout.weight_sync import WeightBuckets, broadcast_buckets, join_sync_group, put_buckets
 from rayrlhf.types import ActorStats, PTXBatch, RolloutBatch
 from rayrlhf.workers.base import (
     DistributedWorker, OptimConfig, PartLoss, build_engine, gathered_state, is_partitioned, parameter_count,
@@ -145,15 +145,35 @@ class PolicyWorker(DistributedWorker, FrozenModels):
         into the object store in buckets of at most ``bucket_mb`` MB as they are gathered
         (``rayrlhf.rollout.weight_sync``). Under ZeRO-3 every rank must call it; rank 0
         returns the buckets, the others None."""
+        buckets = put_buckets(self._engine_weights(dtype), max(1, int(bucket_mb * 1e6)))
+        return buckets if self.rank == 0 else None
+
+    def _engine_weights(self, dtype: str | None) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, copy in ``dtype``) of every weight, streamed; empty on ranks other than 0
+        (which under ZeRO-3 still take part in each layer's gather)."""
         from rayrlhf.models.zoo import to_dtype
 
         cast = to_dtype(dtype) if dtype is not None else torch.float32
         if self.lora is not None:
-            named = merged_state_dict(self.module, cast).items() if self.rank == 0 else iter(())
-        else:
-            named = gathered_state(self.module, keep=self.rank == 0, dtype=cast)
-        buckets = put_buckets(named, max(1, int(bucket_mb * 1e6)))
-        return buckets if self.rank == 0 else None
+            return iter(merged_state_dict(self.module, cast).items() if self.rank == 0 else ())
+        return gathered_state(self.module, keep=self.rank == 0, dtype=cast)
+
+    def join_weight_sync(self, address: str, port: int, world_size: int, backend: str, timeout_s: float) -> None:
+        """Rank 0 hosts the weight-sync group with the engines (``rollout.sync_path=collective``)
+        at ``address:port``, one of its own node's free ports; the other ranks are not in it."""
+        if self.rank == 0:
+            self.sync_group = join_sync_group(address, port, 0, world_size, backend, timeout_s)
+
+    def broadcast_weights(self, dtype: str | None, bucket_mb: float) -> WeightBuckets | None:
+        """``weight_buckets`` over the weight-sync group instead of the object store: rank 0
+        broadcasts each bucket as it fills (the engines run ``receive_weights`` meanwhile).
+        Under ZeRO-3 every rank must call it (the gathers); rank 0 returns what it sent."""
+        named = self._engine_weights(dtype)
+        if self.rank != 0:
+            for _ in named:  # nothing to send: only the gathers' collectives
+                pass
+            return None
+        return broadcast_buckets(self.sync_group, named, max(1, int(bucket_mb * 1e6)))
 
     def save_pretrained(self, out_dir: str, tokenizer_path: str | None = None) -> str:
         """A plain transformers directory (rank 0 writes) that vLLM and transformers load

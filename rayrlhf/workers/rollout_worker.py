@@ -18,7 +18,7 @@ import torch
 
 from rayrlhf.fault_injection import inject_fault
 from rayrlhf.rollout import Completion, SamplingSpec, make_engine, shard_spec
-from rayrlhf.rollout.weight_sync import stream_buckets
+from rayrlhf.rollout.weight_sync import join_sync_group, receive_buckets, stream_buckets
 from rayrlhf.workers.group import get_fail_fast
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,21 @@ class _RolloutWorker:
         self.engine.update_weights(named)
         seconds = time.perf_counter() - start
         log.info("%s rollout worker: weight sync took %.3f s", self.kind, seconds)
+        return seconds
+
+    def join_weight_sync(self, address: str, port: int, rank: int, world_size: int, backend: str,
+                         timeout_s: float) -> None:
+        """Join policy rank 0's weight-sync group as ``rank`` (``rollout.sync_path=collective``)."""
+        self.sync_group = join_sync_group(address, port, rank, world_size, backend, timeout_s)
+
+    def receive_weights(self) -> float:
+        """Load the weights policy rank 0 broadcasts now (``PolicyWorker.broadcast_weights``),
+        bucket by bucket, into the engine as ``update_weights`` does. Returns the seconds taken."""
+        inject_fault("update_weights")  # FAULT-INJECTION POINT (tests and drills only)
+        start = time.perf_counter()
+        self.engine.update_weights(receive_buckets(self.sync_group))
+        seconds = time.perf_counter() - start
+        log.info("%s rollout worker: collective weight sync took %.3f s", self.kind, seconds)
         return seconds
 
     def sleep(self) -> None:

@@ -103,6 +103,8 @@ BAD = [
     ("ppo_lag", "rollout.engine=tgi", "rollout.engine='tgi'", "vllm, hf"),
     ("pipeline", "eval_engine=tgi", "eval_engine='tgi'", "vllm, hf"),
     ("ppo_lag", "rollout.placement=pack", "rollout.placement='pack'", "default, spread"),
+    ("ppo_lag", "rollout.sync_path=nccl", "rollout.sync_path='nccl'", "object_store, collective"),
+    ("ppo_lag", "rollout.sync_timeout_s=0", "rollout.sync_timeout_s=0.0", "must be > 0"),
     ("train_reward", "training.lr_scheduler=step", "training.lr_scheduler='step'", "cosine, linear"),
     ("sample", "template.name=alpaca", "template.name='alpaca'", "chat, safe_rlhf"),
     ("train_reward", "kind=judge", "kind='judge'", "reward, cost, moderation"),

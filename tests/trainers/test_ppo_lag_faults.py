@@ -230,16 +230,20 @@ def test_a_worker_hung_inside_train_is_killed_and_the_run_restarts_from_its_chec
     assert_same_weights(tmp_path, undisturbed.folder)
 
 
-def test_workers_killed_inside_train_and_inside_the_weight_sync_are_replaced(ray_cluster, tmp_path, undisturbed):
+@pytest.mark.parametrize("sync_path", ["object_store", "collective"])
+def test_workers_killed_inside_train_and_inside_the_weight_sync_are_replaced(ray_cluster, tmp_path, undisturbed,
+                                                                            sync_path):
     """policy-0 is SIGKILLed between the two optimiser steps of step 3 (its weights half
     updated); then rollout-0 is SIGKILLed inside the weight sync of step 4 (the policy trained
     and λ moved, the engine not yet updated). Each time every worker is rebuilt from the newest
-    checkpoint, and the run ends as the undisturbed one does."""
+    checkpoint, and the run ends as the undisturbed one does. With rollout.sync_path=collective
+    the engine dies while policy-0 broadcasts to it: policy-0's broadcast fails instead of
+    hanging, and the rebuilt roles set up a new weight-sync group."""
     # Calls are counted per process from 1, and each fault fires once per run. policy-0's
     # train_step 5 is in step 3 of the first set of workers; rollout-0's update_weights 3 is
     # reached only by the second set (1 loads step 2's checkpoint, 2 is step 3's sync, 3 step 4's).
     faults = ["policy-0.train_step:kill:5", "rollout-0.update_weights:kill:3"]
-    history = ppo_lag.run(config(tmp_path, f"faults.inject=[{','.join(faults)}]"))
+    history = ppo_lag.run(config(tmp_path, f"faults.inject=[{','.join(faults)}]", f"rollout.sync_path={sync_path}"))
     assert [m["step"] for m in history] == [1, 2, 3, 4, 5]
     assert len(fault_injection.fired(tmp_path)) == 2
     failures = [f for f in fault_rows(tmp_path) if f["kind"] != "recomputed_steps"]

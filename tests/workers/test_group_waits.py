@@ -8,7 +8,7 @@ import time
 import pytest
 
 from rayrlhf.faults import PhaseTimeoutError, classify_failure, deadline_scope, failed_actors, name_actors
-from rayrlhf.workers.group import called_actor, get_fail_fast
+from rayrlhf.workers.group import called_actor, get_collective, get_fail_fast
 
 pytestmark = pytest.mark.slow
 
@@ -20,6 +20,12 @@ class Sleeper:
 
     def fail(self) -> None:
         raise ValueError("broken on purpose")
+
+    def die_after(self, seconds: float) -> None:
+        time.sleep(seconds)
+        import os
+
+        os._exit(1)
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +68,18 @@ def test_the_first_failure_surfaces_at_once_with_its_actor(ray_cluster, actors):
     assert failed_actors(name_actors(info.value, {broken._actor_id.hex(): "broken-0"})) == ["broken-0"]
     assert classify_failure(info.value) == "task_error"
     assert called_actor(ray_cluster.put(1)) == ""  # an object no actor returns
+
+
+def test_a_collective_that_fails_is_blamed_on_the_member_that_died(ray_cluster, actors):
+    """One member of a broadcast dies; the other's call fails first (here at once, with a plain
+    error, as a gloo peer's would): the error raised is the dead member's, naming it."""
+    survivor, _ = actors  # the other one still naps from the tests above
+    dying = ray_cluster.remote(num_cpus=0)(Sleeper).remote()
+    with pytest.raises(Exception) as info:
+        get_collective([survivor.fail.remote(), dying.die_after.remote(1.0)])
+    assert classify_failure(info.value) == "worker_died"
+    assert failed_actors(name_actors(info.value, {dying._actor_id.hex(): "rollout-0"})) == ["rollout-0"]
+    # Without a death, the first failure is raised as get_fail_fast raises it.
+    with pytest.raises(ValueError, match="broken on purpose"):
+        get_collective([survivor.nap.remote(0.1), survivor.fail.remote()])
+    assert get_collective([survivor.nap.remote(0.0)]) == [0.0]
