@@ -6,6 +6,7 @@ fails at once, or after ``resources.placement_timeout_s``, naming what is missin
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
@@ -61,7 +62,11 @@ def test_roles_land_in_the_bundles_their_layout_names(ray_cluster, tmp_path, tin
         table = placement_group_table(roles.placement_group)
         assert table["state"] == "CREATED" and table["strategy"] == "PACK"
         assert list(table["bundles"].values()) == placement_plan(cfg).bundles
-        ours = actor_places(ray_cluster, pg_id)
+        # An actor build_roles did not wait for (the frozen host loads lazily) may still be
+        # starting on a loaded machine: wait until every expected one is listed alive.
+        deadline = time.monotonic() + 120
+        while set(ours := actor_places(ray_cluster, pg_id)) != set(expected) and time.monotonic() < deadline:
+            time.sleep(0.5)
         assert {name: bundle for name, (_, bundle, _) in ours.items()} == expected
         # Each actor runs on the node Ray reserved its bundle on.
         assert all(node == table["bundles_to_node_id"][bundle] for _, bundle, node in ours.values())
