@@ -225,7 +225,7 @@ def rayrlhf_overrides(variant: str, args, reward_dir: str, cost_dir: str, steps:
         f"reward={reward_dir}", f"cost={cost_dir}", "rollout.engine=vllm",
         f"rollout.prompts_per_step={args.prompts}", f"rollout.max_new_tokens={args.new_tokens}",
         "ppo.epochs=1", f"ppo.minibatch_size={args.prompts}", "ppo.bf16=false", "policy.dtype=float32",
-        f"steps={steps}", "save_every=0", "tensorboard=false", f"run.seed={args.seed}",
+        f"steps={steps}", "save_every=0", "logger=[jsonl]", f"run.seed={args.seed}",
         *VARIANTS[variant], *args.override,
     ]
 
