@@ -362,8 +362,8 @@ def run(cfg) -> dict:
         state = {"policy": OmegaConf.merge(cfg.model, {"name_or_path": policies["ppo_lag"]}),
                  "prompt_rows": list(splits["train_prompts"]), "judge_rows": onpolicy["rows"],
                  "judges": {"reward": reward, "cost": cost}, "used": list(splits["redteam"])}
-        rounds.append(round_record(1, onpolicy, start_cost=report.get("start_cost"), history=history,
-                                   prompts_source="training prompts", retrained=["reward", "cost"]))
+        rounds.append(round_record(1, onpolicy, history=history, prompts_source="training prompts",
+                                   retrained=["reward", "cost"]))
         for k in range(2, cfg.rounds + 1):
             rounds.append(next_round(cfg, k, state, splits, data, onpolicy["sampled"], out / f"round-{k}", timed))
             policies[f"round_{k}"] = state["policy"].name_or_path
@@ -429,7 +429,7 @@ def next_round(cfg, k: int, state: dict[str, Any], splits: dict[str, Any], data:
 
     onpolicy = timed(f"round{k}_onpolicy_judge_data", lambda: onpolicy_preferences(
         cfg, state["policy"].name_or_path, prompt_rows, out / "judge-data", state["judge_rows"],
-        [r.prompt for r in fresh]))
+        [r.prompt for r in state["used"]]))  # every red-team prompt so far: their pairs stay the cost model's
     state["judge_rows"] = onpolicy["rows"]
     retrained = []
     for kind in ("reward", "cost"):
@@ -442,23 +442,22 @@ def next_round(cfg, k: int, state: dict[str, Any], splits: dict[str, Any], data:
         retrained.append(kind)
     # The retrained cost model has its own scale: the threshold is re-read on it from the
     # first round's starting answers (no less safe than where the whole run started).
-    start = None
     if cfg.threshold_from_start:
-        start = timed(f"round{k}_start_cost", lambda: start_cost(state["judges"]["cost"], first_sampled))
-        cfg.lagrange.threshold = start["mean"]
+        cfg.lagrange.threshold = timed(f"round{k}_start_cost",
+                                       lambda: start_cost(state["judges"]["cost"], first_sampled))["mean"]
     prompts_path = write_rows(state["prompt_rows"], out / "prompts_train.json")
     sub = ppo_lag_config(cfg, state["judges"]["reward"], state["judges"]["cost"], out / "ppo-lag",
                          policy=state["policy"], prompts=OmegaConf.merge(data["prompts"], _file_dataset(
                              prompts_path, "prompt")), ptx=data["sft"])
     history = timed(f"round{k}_ppo_lag", lambda: ppo_lag.run(sub))
-    record = round_record(k, onpolicy, start_cost=start, history=history, prompts_source=source, retrained=retrained)
+    record = round_record(k, onpolicy, history=history, prompts_source=source, retrained=retrained)
     record["start_policy"] = str(state["policy"].name_or_path)
     state["policy"] = OmegaConf.merge(state["policy"], {"name_or_path": str(out / "ppo-lag" / "policy")})
     return record
 
 
-def round_record(k: int, onpolicy: dict[str, Any], *, start_cost: dict[str, Any] | None, history: list,
-                 prompts_source: str, retrained: list[str]) -> dict[str, Any]:
+def round_record(k: int, onpolicy: dict[str, Any], *, history: list, prompts_source: str,
+                 retrained: list[str]) -> dict[str, Any]:
     """What the report's round table shows of round ``k`` (held-out results join it there)."""
     last = history[-1]
     return {"round": k, "prompts": onpolicy["stats"]["prompts"], "prompts_source": prompts_source,
