@@ -850,6 +850,10 @@ class PPOLagConfig:
     reward_critic_init: Optional[str] = None
     cost_critic_init: Optional[str] = None
     prompts: DatasetConfig = field(default_factory=DatasetConfig)
+    # Each benign prompt (a row without a category) is drawn as often as it takes for benign
+    # prompts to make up at least this share of the draws (0: every prompt alike), so a
+    # red-team-heavy prompt set still teaches PPO to answer harmless requests.
+    benign_prompt_share: float = checked(0.0, within(0, 1, high_open=True))
     # Instruction/answer rows (schema sft) for the PTX term (ppo.ptx_coef); None: no PTX.
     ptx: Optional[DatasetConfig] = None
     template: TemplateConfig = field(default_factory=TemplateConfig)
@@ -969,6 +973,8 @@ class PipelineConfig:
     # Red-team prompts for training: up to this many of `heldout_harmful`'s prompts that were
     # NOT drawn for evaluation join PPO-Lag's prompts and the on-policy judge data (0: none).
     num_redteam_train: int = checked(0, NON_NEGATIVE)
+    # PPO-Lag's benign_prompt_share (red-team prompts otherwise outnumber the benign ones ~9:1).
+    benign_prompt_share: float = checked(0.0, within(0, 1, high_open=True))
     # More benign prompts for over-refusal and helpfulness (any schema with a prompt).
     heldout_benign: Optional[DatasetConfig] = None
     onpolicy: OnPolicyJudgeDataConfig = field(default_factory=OnPolicyJudgeDataConfig)

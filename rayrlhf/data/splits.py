@@ -12,6 +12,8 @@ no prompt with training, which :func:`assert_disjoint` checks at run time.
 from __future__ import annotations
 
 import hashlib
+import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -57,3 +59,29 @@ def assert_disjoint(train_prompts: Iterable[str], eval_prompts: Iterable[str], w
     if overlap:
         sample = sorted(overlap)[:3]
         raise ValueError(f"{what}: {len(overlap)} evaluation prompt(s) also occur in training, e.g. {sample}")
+
+
+
+def benign_share_indices(rows: Sequence[Any], share: float) -> list[int]:
+    """Indices into ``rows`` with each benign row's (one without a category) repeated as often
+    as it takes for benign rows to make up at least ``share`` of the result (0: each once).
+
+    Red-team prompts outnumber benign ones about 9 to 1 in the pipeline's training prompts, so
+    PPO would rarely meet a harmless request and nothing would teach it not to refuse one.
+    Every benign row is repeated the same number of times, so none is favoured.
+    """
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"benign share must lie in [0, 1), got {share}")
+    harmful_row = [bool(getattr(row, "category", None)) for row in rows]
+    benign = harmful_row.count(False)
+    harmful = len(rows) - benign
+    copies = 1
+    if share > 0.0 and benign and harmful:
+        # Smallest k with k*B / (k*B + H) >= share, i.e. k >= share*H / ((1-share)*B).
+        copies = max(1, math.ceil(share * harmful / ((1.0 - share) * benign) - 1e-9))
+    return [i for i, is_harmful in enumerate(harmful_row) for _ in range(1 if is_harmful else copies)]
+
+
+def prompt_weights(rows: Sequence[Row]) -> dict[str, int]:
+    """How often each (normalised) prompt occurs in ``rows``."""
+    return dict(Counter(normalize_prompt(row_prompt(row)) for row in rows))

@@ -10,12 +10,14 @@ pairs in the PKU-SafeRLHF schema:
   paired with a refusal (one of the policy's own when it wrote one, else a written one);
   the compliant answer is the *more helpful* one and the refusal the *safer* one, the
   helpfulness/harmlessness split Safe RLHF is built on.
-- benign prompt: each distinct (non-refusing) answer against a written refusal: the answer is
-  more helpful, and both are safe; the answer counts as the safer of the two, since refusing a
-  harmless request is not safer, only less useful (this keeps the cost model from rewarding
-  refusal as such, which would teach over-refusal). Every answer gives a row, not only the
-  first: training prompts are mostly harmful, and a cost model that sees few safe compliant
-  answers learns "goes along = unsafe" and penalises helpful answers to harmless requests.
+- benign prompt: each distinct (non-refusing) answer against a refusal, again the policy's own
+  when it wrote one: the answer is more helpful, and both are safe; the answer counts as the
+  safer of the two, since refusing a harmless request is not safer, only less useful (this
+  keeps the cost model from rewarding refusal as such, which would teach over-refusal). The
+  policy's own refusals matter most here: they are what PPO would drift to, and on harmful
+  prompts the same wording is the safer answer. Every answer gives a row, not only the first:
+  training prompts are mostly harmful, and a cost model that sees few safe compliant answers
+  learns "goes along = unsafe" and penalises helpful answers to harmless requests.
 
 The labels come from ``rayrlhf.eval.refusal``; a run that uses them says so in its report, since
 that rule is then also the cost model's teacher.
@@ -70,11 +72,11 @@ def preference_rows(prompts: Sequence[str], harmful: Sequence[bool],
         compliant = [s for s in samples if not is_refusal(s)]
         if not compliant:
             continue
+        refusal = refusals[0] if refusals else written_refusal(prompt)
         if is_harmful:
-            refusal = refusals[0] if refusals else written_refusal(prompt)
             rows.append(_pair(prompt, compliant[0], refusal, better=0, safer=1, first_safe=False, second_safe=True))
         else:
             for answer in dict.fromkeys(compliant):  # distinct, in sampling order
-                rows.append(_pair(prompt, answer, written_refusal(prompt), better=0, safer=0, first_safe=True,
+                rows.append(_pair(prompt, answer, refusal, better=0, safer=0, first_safe=True,
                                   second_safe=True))
     return rows

@@ -81,6 +81,7 @@ def ppo_lag_config(cfg, reward: str, cost: str, out_dir, policy=None, prompts=No
         "cost": cost, "prompts": prompts if prompts is not None else cfg.prompts,
         "template": cfg.template, "rollout": cfg.rollout, "ppo": cfg.ppo, "lagrange": cfg.lagrange,
         "resources": cfg.resources, "steps": cfg.ppo_steps, "save_every": 0,
+        "benign_prompt_share": cfg.benign_prompt_share,
         "ptx": ptx if ptx is not None and cfg.ppo.ptx_coef else None,
     })
 
@@ -130,7 +131,7 @@ def build_splits(cfg, out: Path) -> dict[str, Any]:
     ``out``; return their DatasetConfig-style nodes and the evaluation prompts."""
     from rayrlhf.data import PromptRow
     from rayrlhf.data.loaders import write_rows
-    from rayrlhf.data.splits import assert_disjoint, drop_prompts, split_rows
+    from rayrlhf.data.splits import assert_disjoint, benign_share_indices, drop_prompts, split_rows
 
     fraction = cfg.heldout_fraction
     prompts_heldout = split_rows(load_dataset_from_config(cfg.prompts).rows, fraction)[1]
@@ -161,13 +162,18 @@ def build_splits(cfg, out: Path) -> dict[str, Any]:
         path = write_rows(kept, out / f"{name}_train.json")
         nodes[name] = _file_dataset(path, getattr(cfg, name).schema)
         counts[f"{name}_train_rows"] = len(kept)
+    # The mix PPO-Lag draws its prompts from (benign ones repeated up to benign_prompt_share).
+    ppo_prompts = [train_prompts[i] for i in benign_share_indices(train_prompts, cfg.benign_prompt_share)]
+    counts.update({"prompts_ppo_draws": len(ppo_prompts),
+                   "prompts_ppo_benign_share": sum(not r.category for r in ppo_prompts) / max(1, len(ppo_prompts))})
     write_rows(harmful_rows, out / "heldout_harmful.json")
     write_rows(benign_rows, out / "heldout_benign.json")
     counts.update({"heldout_harmful": len(harmful_rows), "heldout_harmful_source": harmful_source,
                    "heldout_benign": len(benign_rows), "redteam_train_rows": len(redteam_rows)})
     write_json(out / "splits.json", counts)
     return {"datasets": nodes, "counts": counts, "harmful": harmful_rows, "benign": benign_rows,
-            "train_prompts": train_prompts, "redteam": redteam_rows, "harmful_pool": harmful_pool if external else []}
+            "train_prompts": train_prompts, "ppo_prompts": ppo_prompts, "redteam": redteam_rows,
+            "harmful_pool": harmful_pool if external else []}
 
 
 def redteam_training_rows(pool: list, heldout: list, n: int) -> list:
@@ -231,20 +237,25 @@ def onpolicy_preferences(cfg, policy: str, prompt_rows: list, out: Path, base: d
             "stats": stats, "sampled": sampled}
 
 
-def start_cost(cost: str, sampled: list[dict[str, Any]]) -> dict[str, Any]:
+def start_cost(cost: str, sampled: list[dict[str, Any]], ppo_prompts: list | None = None) -> dict[str, Any]:
     """The cost model's mean over the starting policy's sampled answers to the training
     prompts, scored as PPO-Lag scores its rollouts (an answer the length limit cut off counts
-    as unfinished). As the cost threshold it says: grow more helpful, but no less safe than
-    where you started."""
+    as unfinished), each answer weighted by how often its prompt occurs in ``ppo_prompts``
+    (the rows PPO-Lag draws from, benign ones repeated), so the mean is over PPO-Lag's mix. As
+    the cost threshold it says: grow more helpful, but no less safe than where you started."""
     import numpy as np
 
+    from rayrlhf.data.splits import normalize_prompt, prompt_weights
     from rayrlhf.rewards import make_scorer
 
     if not sampled:
         raise ValueError("threshold_from_start needs sampled on-policy answers (onpolicy.samples_per_prompt >= 2)")
     scores = make_scorer(cost)([s["prompt"] for s in sampled], [s["response"] for s in sampled],
                                [[] for _ in sampled], [s["finished"] for s in sampled]).numpy()
-    return {"mean": float(np.mean(scores)), "unsafe_share": float(np.mean(scores > 0)), "answers": len(scores)}
+    counts = prompt_weights(ppo_prompts) if ppo_prompts else {}
+    weights = np.array([counts.get(normalize_prompt(s["prompt"]), 1) for s in sampled], dtype=np.float64)
+    return {"mean": float(np.average(scores, weights=weights)), "unweighted_mean": float(np.mean(scores)),
+            "unsafe_share": float(np.average(scores > 0, weights=weights)), "answers": len(scores)}
 
 
 def _engine_kwargs(cfg) -> dict[str, Any]:
@@ -331,7 +342,7 @@ def run(cfg) -> dict:
         judges[kind] = str(out / f"train-{kind}" / "model")
     reward, cost = cfg.reward or judges.get("reward"), cfg.cost or judges.get("cost")
     if cfg.threshold_from_start and cost and onpolicy:
-        report["start_cost"] = timed("start_cost", lambda: start_cost(cost, onpolicy["sampled"]))
+        report["start_cost"] = timed("start_cost", lambda: start_cost(cost, onpolicy["sampled"], splits["ppo_prompts"]))
         cfg.lagrange.threshold = report["start_cost"]["mean"]
         log.info("pipeline: cost threshold %.3f, the starting policy's mean cost over %d sampled answers",
                  cfg.lagrange.threshold, report["start_cost"]["answers"])
@@ -444,7 +455,8 @@ def next_round(cfg, k: int, state: dict[str, Any], splits: dict[str, Any], data:
     # first round's starting answers (no less safe than where the whole run started).
     if cfg.threshold_from_start:
         cfg.lagrange.threshold = timed(f"round{k}_start_cost",
-                                       lambda: start_cost(state["judges"]["cost"], first_sampled))["mean"]
+                                       lambda: start_cost(state["judges"]["cost"], first_sampled,
+                                                          splits["ppo_prompts"]))["mean"]
     prompts_path = write_rows(state["prompt_rows"], out / "prompts_train.json")
     sub = ppo_lag_config(cfg, state["judges"]["reward"], state["judges"]["cost"], out / "ppo-lag",
                          policy=state["policy"], prompts=OmegaConf.merge(data["prompts"], _file_dataset(
@@ -505,4 +517,5 @@ def _settings_summary(cfg) -> dict[str, Any]:
             "actor_lr": cfg.ppo.actor_lr, "ptx_coef": cfg.ppo.ptx_coef, "lagrange": OmegaConf.to_container(OmegaConf.structured(cfg.lagrange)),
             "score_epochs": cfg.score_training.epochs, "onpolicy_judge_data": cfg.onpolicy.enabled,
             "redteam_train_prompts": cfg.num_redteam_train, "threshold_from_start": cfg.threshold_from_start,
+            "benign_prompt_share": cfg.benign_prompt_share,
             "rounds": cfg.rounds}

@@ -150,6 +150,7 @@ class PPOLagDriver:
 
     def __init__(self, cfg, fault_log: FaultLog | None = None, deadlines: PhaseDeadlines | None = None) -> None:
         from rayrlhf.data import encode_prompts, load_dataset_from_config
+        from rayrlhf.data.splits import benign_share_indices
         from rayrlhf.models import load_tokenizer, resolve_model_path
         from rayrlhf.models.zoo import logprob_gap_tolerance
         from rayrlhf.rewards import source_categories
@@ -158,7 +159,10 @@ class PPOLagDriver:
         self.seed = cfg.run.seed
         self.policy_path = resolve_model_path(cfg.policy.name_or_path)
         self.tokenizer = load_tokenizer(self.policy_path)
-        self.prompts = [row.prompt for row in load_dataset_from_config(cfg.prompts).rows]
+        rows = load_dataset_from_config(cfg.prompts).rows
+        self.prompts = [row.prompt for row in rows]
+        self.prompt_draws = benign_share_indices(rows, cfg.benign_prompt_share)
+        self.prompt_benign = [not getattr(row, "category", None) for row in rows]
         self.prompt_ids = encode_prompts(self.tokenizer, self.prompts, cfg.template.name, cfg.rollout.max_prompt_tokens)
         self.lagrange = lagrange_from_config(cfg.lagrange)
         # Per-category constraints: the cost source's categories and each constraint's share of them.
@@ -191,7 +195,8 @@ class PPOLagDriver:
         """One PPO-Lag step. A NaN/Inf among the update's inputs stops or skips it before
         anything changes (``faults.nonfinite``); the metrics are ``step_metrics``."""
         timer, lambda_used = PhaseTimer(self.deadlines), self.lagrange.value
-        index = prompt_order(len(self.prompts), self.cfg.rollout.prompts_per_step, self.step_index, self.seed)
+        index = [self.prompt_draws[i] for i in prompt_order(len(self.prompt_draws), self.cfg.rollout.prompts_per_step,
+                                                            self.step_index, self.seed)]
         with timer.phase("generate"):
             rollout = self.generate(index, self.sampling_spec())
         with timer.phase("score"):
@@ -209,12 +214,15 @@ class PPOLagDriver:
         with timer.phase("sync"):
             self.sync()
         self.step_index += 1
-        return step_metrics(self.step_index, batch, stats, lambda_used=lambda_used, lambda_new=lambda_new,
-                            threshold=getattr(self.lagrange, "thresholds", self.lagrange.threshold),
-                            constraints=self.constraint_groups and list(self.constraint_groups),
-                            at_cap_steps=self.lagrange.at_cap_steps,
-                            old_logprobs=self.old_logprobs.metrics(self.step_index - 1), timer=timer,
-                            sync=self.last_sync)
+        metrics = step_metrics(self.step_index, batch, stats, lambda_used=lambda_used, lambda_new=lambda_new,
+                               threshold=getattr(self.lagrange, "thresholds", self.lagrange.threshold),
+                               constraints=self.constraint_groups and list(self.constraint_groups),
+                               at_cap_steps=self.lagrange.at_cap_steps,
+                               old_logprobs=self.old_logprobs.metrics(self.step_index - 1), timer=timer,
+                               sync=self.last_sync)
+        # Share of this step's prompts without a harm category (benign_prompt_share raises it).
+        metrics["rollout/benign_share"] = sum(self.prompt_benign[i] for i in index) / len(index)
+        return metrics
 
     def sampling_spec(self) -> SamplingSpec:
         """How this step samples: the policy's own distribution, seeded by the step."""

@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from rayrlhf.data.splits import assert_disjoint, drop_prompts, is_heldout, normalize_prompt, split_rows
+from rayrlhf.data import PromptRow
+from rayrlhf.data.splits import (assert_disjoint, benign_share_indices, drop_prompts, is_heldout, normalize_prompt,
+                                   prompt_weights, split_rows)
 from rayrlhf.eval.heldout import by_category, compare_policies, cost_model_recall_on_compliance, headline
 
 
@@ -73,6 +75,21 @@ def test_heldout_rule_is_fixed_and_disjoint():
         assert_disjoint(["A  b"], ["a B", "c"], "demo")
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         is_heldout("x", 1.0)
+
+
+def test_benign_share_repeats_every_benign_row_alike():
+    rows = [PromptRow(prompt=f"harm {i}", category="self_harm", category_id=11) for i in range(9)]
+    rows += [PromptRow(prompt="Bake bread?", category=None, category_id=None),
+             PromptRow(prompt="Plant tulips?", category=None, category_id=None)]
+    # 2 benign of 11; share 0.3 needs k*2 / (k*2 + 9) >= 0.3, i.e. k >= 1.93: each benign row twice.
+    mixed = [rows[i] for i in benign_share_indices(rows, 0.3)]
+    assert prompt_weights(mixed) == {**{f"harm {i}": 1 for i in range(9)}, "bake bread?": 2, "plant tulips?": 2}
+    # 0.25 needs k >= 1.5: twice as well; 0.18 is met as they come (2 of 11).
+    assert len(benign_share_indices(rows, 0.25)) == 13
+    assert benign_share_indices(rows, 0.18) == benign_share_indices(rows, 0.0) == list(range(11))
+    assert benign_share_indices(rows[:9], 0.5) == list(range(9))  # nothing benign to repeat
+    with pytest.raises(ValueError, match="benign share"):
+        benign_share_indices(rows, 1.0)
 
 
 def test_demo_heldout_prompts_are_in_no_training_set():

@@ -18,13 +18,19 @@ def test_pairs_follow_the_rules():
         ["I'm sorry, but I can't help with that."],               # only refusals: no contrast, no row
         ["Mix flour and water, then knead.", "  ", "Knead flour, water, yeast.", "Knead flour, water, yeast."],
         ["I cannot answer that."],                                # benign refused: no row
+        ["I won't help you plant tulips.", "Plant the bulbs in autumn, pointy end up."],  # benign, own refusal
     ]
+    prompts.append("When should I plant tulips?")
+    harmful.append(False)
     rows = preference_rows(prompts, harmful, answers)
     # A harmful prompt gives one row; a benign one a row per distinct compliant answer.
-    assert [r["prompt"] for r in rows] == [prompts[0], prompts[1], prompts[3], prompts[3]]
-    cat, lock, bread, bread_again = rows
+    assert [r["prompt"] for r in rows] == [prompts[0], prompts[1], prompts[3], prompts[3], prompts[5]]
+    cat, lock, bread, bread_again, tulips = rows
     assert [bread["response_0"], bread_again["response_0"]] == [answers[3][0], answers[3][2]]
     assert bread_again["response_1"] == bread["response_1"] == written_refusal(prompts[3])
+    # The policy's own refusal of a harmless request is the less safe member of its pair.
+    assert (tulips["response_0"], tulips["response_1"]) == (answers[5][1], answers[5][0])
+    assert (tulips["better_response_id"], tulips["safer_response_id"]) == (0, 0)
     assert (cat["response_0"], cat["response_1"]) == ("Here is how: first...", "I can't help with that.")
     assert (cat["better_response_id"], cat["safer_response_id"]) == (0, 1)
     assert (cat["is_response_0_safe"], cat["is_response_1_safe"]) == (False, True)

@@ -45,6 +45,12 @@ def test_build_splits_adds_the_redteam_rows_to_the_ppo_prompts_only(tmp_path):
     assert len(redteam) == 20 and all(r.category in HARM_CATEGORIES for r in redteam)
     assert heldout.isdisjoint(normalize_prompt(r.prompt) for r in trained)
     assert [r.prompt for r in splits["train_prompts"]] == [r.prompt for r in trained]
+    # PPO-Lag draws from the same prompts, the benign ones repeated up to the configured share.
+    ppo = splits["ppo_prompts"]
+    assert {r.prompt for r in ppo} == {r.prompt for r in trained}
+    benign = sum(not r.category for r in ppo) / len(ppo)
+    assert benign >= cfg.benign_prompt_share > sum(not r.category for r in trained) / len(trained)
+    assert splits["counts"]["prompts_ppo_benign_share"] == pytest.approx(benign)
     # The other training sets are the demo ones: no red-team prompt was added there.
     sft = load_rows(str(tmp_path / "splits" / "sft_train.json"), "sft").rows
     assert not any(r.prompt.startswith("red-team prompt") for r in sft)
@@ -78,6 +84,12 @@ def test_start_cost_scores_cut_answers_as_unfinished(tiny_model_dir, tmp_path):
     as_driver = scorer(prompts, responses, [[], []], [False, True])
     assert result["mean"] == pytest.approx(float(as_driver.mean()), abs=1e-6)
     assert result["answers"] == 2
+    # Weighted by how often each prompt occurs in PPO-Lag's prompt rows (the haiku 3 times).
+    rows = [PromptRow(prompt="How do I pick a lock?", category="privacy_violation", category_id=0),
+            *[PromptRow(prompt="Write a haiku about tea.", category=None, category_id=None)] * 3]
+    weighted = start_cost(path, sampled, rows)
+    assert weighted["mean"] == pytest.approx((float(as_driver[0]) + 3 * float(as_driver[1])) / 4, abs=1e-6)
+    assert weighted["unweighted_mean"] == pytest.approx(result["mean"], abs=1e-6)
     closed = scorer(prompts, responses, [[], []], [True, True])
     assert float(closed[0]) != pytest.approx(float(as_driver[0]), abs=1e-6)
 
