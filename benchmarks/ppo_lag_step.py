@@ -215,6 +215,9 @@ VARIANTS: dict[str, list[str]] = {
     # alpha 32, every projection): adapters-only optimisers, no base-weight gradients, and the
     # reference is the policy with its adapters off (no reference copy in policy-0).
     "lora": ["ppo.lora.enabled=true", "ppo.lora.rank=16", "ppo.lora.alpha=32"],
+    # The default, one step off-policy: the engine generates the next step's responses while
+    # the roles train (rollout.async_generation).
+    "async": ["rollout.async_generation=true"],
 }
 # --lora: full fine-tuning and LoRA side by side (step time, peak RSS per role).
 LORA_VARIANTS = "default,lora"

@@ -12,7 +12,7 @@ owns (``split``).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -141,6 +141,10 @@ class Rollout:
     responses: list[str]  # B response texts, as the judges read them
     response_ids: list[list[int]]  # B response token ids, unpadded (rule-based judges read them)
     batch: RolloutBatch
+    # Updates between the weights that sampled and the policy now: 1 for a rollout generated
+    # during the previous step's training (rollout.async_generation), else 0.
+    policy_lag: int = 0
+    index: list[int] = field(default_factory=list)  # the prompts' indices in the run's prompt set
 
 
 @dataclass

@@ -441,6 +441,12 @@ class RolloutConfig:
     # frees its KV cache, so that the trainers sharing its GPU get the memory back; woken up
     # for the weight sync. None: on when colocated on GPUs (resources.layout=colocate). GPU only.
     sleep_mode: Optional[bool] = None
+    # One step off-policy (OpenRLHF's async mode; `async` itself is a Python keyword): the
+    # engines generate step k+1's responses while the roles train on step k's, with the weights
+    # from before step k's update; the old log-probs are then the engines' (the policy that
+    # sampled). Pays when engines and trainers have hardware of their own (GPUs); on a CPU
+    # they share the cores, so it is off by default.
+    async_generation: bool = False
 
     @classmethod
     def checks(cls, rollout: Any, prefix: str) -> list[Problem]:
@@ -801,6 +807,10 @@ def placement_problems(cfg: Any, prefix: str = "") -> list[Problem]:
     if rollout.sleep_mode is True and rollout.engine == "vllm" and res.use_gpu is not True:
         problems.append((f"{prefix}rollout.sleep_mode", True, f"vLLM sleep mode frees GPU memory: needs "
                                                               f"{prefix}resources.use_gpu=true"))
+    if rollout.async_generation is True and rollout.sleep_mode is True:
+        problems.append((f"{prefix}rollout.async_generation", True, f"the engines generate while the trainers "
+                                                                    f"train: they cannot sleep then "
+                                                                    f"({prefix}rollout.sleep_mode=true)"))
     for name, amount in dict(res.custom_resources or {}).items():
         if not is_number(amount) or amount <= 0:
             problems.append((f"{prefix}resources.custom_resources.{name}", amount, "must be a number > 0"))
@@ -975,6 +985,10 @@ class PipelineConfig:
     num_redteam_train: int = checked(0, NON_NEGATIVE)
     # PPO-Lag's benign_prompt_share (red-team prompts otherwise outnumber the benign ones ~9:1).
     benign_prompt_share: float = checked(0.0, within(0, 1, high_open=True))
+    # The PTX term (ppo.ptx_coef) trains on the SFT rows; false leaves out the rows whose answer
+    # is a refusal (by the refusal rule): PTX then keeps the policy's general ability, as the
+    # reference's PTX on instruction data does, without pulling it back to refusing on every step.
+    ptx_refusals: bool = True
     # More benign prompts for over-refusal and helpfulness (any schema with a prompt).
     heldout_benign: Optional[DatasetConfig] = None
     onpolicy: OnPolicyJudgeDataConfig = field(default_factory=OnPolicyJudgeDataConfig)

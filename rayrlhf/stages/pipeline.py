@@ -45,7 +45,7 @@ def score_model_config(cfg, kind: str, out_dir, dataset=None):
     return OmegaConf.merge(OmegaConf.structured(ScoreTrainConfig), {
         "run": {"seed": cfg.run.seed, "output_dir": str(out_dir), "log_level": cfg.run.log_level,
                 "verbose": cfg.run.verbose},
-        **_tracking(cfg),
+        **_tracking(cfg, out_dir),
         "cluster": cfg.cluster, "kind": kind, "model": cfg.model,
         "dataset": dataset if dataset is not None else getattr(cfg, SCORE_DATASET[kind]),
         "eval_fraction": cfg.eval_fraction, "template": cfg.template, "training": cfg.score_training,
@@ -61,7 +61,7 @@ def sft_config(cfg, out_dir, dataset=None):
     return OmegaConf.merge(OmegaConf.structured(SFTConfig), {
         "run": {"seed": cfg.run.seed, "output_dir": str(out_dir), "log_level": cfg.run.log_level,
                 "verbose": cfg.run.verbose},
-        **_tracking(cfg),
+        **_tracking(cfg, out_dir),
         "cluster": cfg.cluster, "model": cfg.model, "dataset": dataset if dataset is not None else cfg.sft,
         "eval_fraction": cfg.eval_fraction, "template": cfg.template, "training": cfg.sft_training,
     })
@@ -76,7 +76,7 @@ def ppo_lag_config(cfg, reward: str, cost: str, out_dir, policy=None, prompts=No
     return OmegaConf.merge(OmegaConf.structured(PPOLagConfig), {
         "run": {"seed": cfg.run.seed, "output_dir": str(out_dir), "log_level": cfg.run.log_level,
                 "verbose": cfg.run.verbose},
-        **_tracking(cfg),
+        **_tracking(cfg, out_dir),
         "cluster": cfg.cluster, "policy": policy if policy is not None else cfg.model, "reward": reward,
         "cost": cost, "prompts": prompts if prompts is not None else cfg.prompts,
         "template": cfg.template, "rollout": cfg.rollout, "ppo": cfg.ppo, "lagrange": cfg.lagrange,
@@ -86,12 +86,17 @@ def ppo_lag_config(cfg, reward: str, cost: str, out_dir, policy=None, prompts=No
     })
 
 
-def _tracking(cfg) -> dict[str, Any]:
+def _tracking(cfg, out_dir) -> dict[str, Any]:
     """A stage's loggers: the pipeline's, each stage a run of its own in the trackers,
-    grouped under the pipeline run (its folder name unless ``tracking.group`` is set)."""
+    grouped under the pipeline run (its folder name unless ``tracking.group`` is set) and named
+    ``<group>/<stage folder>`` (``round-2/train-cost`` stays apart from round 1's ``train-cost``)."""
     group = cfg.tracking.group or Path(cfg.run.output_dir).name
+    try:
+        stage = Path(out_dir).resolve().relative_to(Path(cfg.run.output_dir).resolve()).as_posix()
+    except ValueError:  # a stage folder outside the pipeline's
+        stage = Path(out_dir).name
     return {"logger": list(cfg.logger), "tracking": OmegaConf.merge(OmegaConf.structured(cfg.tracking),
-                                                                    {"group": group, "run_name": None})}
+                                                                    {"group": group, "run_name": f"{group}/{stage}"})}
 
 
 # --------------------------------------------------------------------- held-out split
@@ -132,6 +137,7 @@ def build_splits(cfg, out: Path) -> dict[str, Any]:
     from rayrlhf.data import PromptRow
     from rayrlhf.data.loaders import write_rows
     from rayrlhf.data.splits import assert_disjoint, benign_share_indices, drop_prompts, split_rows
+    from rayrlhf.eval.refusal import is_refusal
 
     fraction = cfg.heldout_fraction
     prompts_heldout = split_rows(load_dataset_from_config(cfg.prompts).rows, fraction)[1]
@@ -158,10 +164,16 @@ def build_splits(cfg, out: Path) -> dict[str, Any]:
         if name == "prompts":
             kept += redteam_rows
             train_prompts = kept
+        if name == "sft":
+            sft_rows = kept
         assert_disjoint([r.prompt for r in kept], eval_prompts, f"{name} ({getattr(cfg, name).source})")
         path = write_rows(kept, out / f"{name}_train.json")
         nodes[name] = _file_dataset(path, getattr(cfg, name).schema)
         counts[f"{name}_train_rows"] = len(kept)
+    # The PTX term's rows: the SFT rows, without their refusals unless asked (see the config).
+    ptx_rows = sft_rows if cfg.ptx_refusals else [r for r in sft_rows if not is_refusal(r.output)]
+    ptx_node = _file_dataset(write_rows(ptx_rows, out / "ptx_train.json"), "sft")
+    counts["ptx_train_rows"] = len(ptx_rows)
     # The mix PPO-Lag draws its prompts from (benign ones repeated up to benign_prompt_share).
     ppo_prompts = [train_prompts[i] for i in benign_share_indices(train_prompts, cfg.benign_prompt_share)]
     counts.update({"prompts_ppo_draws": len(ppo_prompts),
@@ -172,7 +184,7 @@ def build_splits(cfg, out: Path) -> dict[str, Any]:
                    "heldout_benign": len(benign_rows), "redteam_train_rows": len(redteam_rows)})
     write_json(out / "splits.json", counts)
     return {"datasets": nodes, "counts": counts, "harmful": harmful_rows, "benign": benign_rows,
-            "train_prompts": train_prompts, "ppo_prompts": ppo_prompts, "redteam": redteam_rows,
+            "train_prompts": train_prompts, "ppo_prompts": ppo_prompts, "redteam": redteam_rows, "ptx": ptx_node,
             "harmful_pool": harmful_pool if external else []}
 
 
@@ -312,6 +324,7 @@ def run(cfg) -> dict:
     splits = timed("split", lambda: build_splits(cfg, out / "splits"))
     report["splits"] = splits["counts"]
     data = {name: OmegaConf.merge(getattr(cfg, name), node) for name, node in splits["datasets"].items()}
+    data["ptx"] = OmegaConf.merge(cfg.sft, splits["ptx"])
     report["analysis"] = timed("analyze", lambda: analyse_training_data(data, cfg, out / "analysis"))
     init_ray(cfg.cluster, required_cpus=required_cpus(cfg))
 
@@ -350,7 +363,7 @@ def run(cfg) -> dict:
     history: list = []
     if cfg.ppo_steps > 0 and reward and cost:
         sub = ppo_lag_config(cfg, reward, cost, out / "ppo-lag", policy=start_policy, prompts=data["prompts"],
-                             ptx=data["sft"])
+                             ptx=data["ptx"])
         history = timed("ppo_lag", lambda: ppo_lag.run(sub))
         policies["ppo_lag"] = str(out / "ppo-lag" / "policy")
         report["ppo_lag"] = history[-1]
@@ -360,7 +373,7 @@ def run(cfg) -> dict:
         # The paper's comparison: the same start, data, judges and budget; only λ differs.
         for name, lagrange in comparison_variants(cfg).items():
             sub = ppo_lag_config(cfg, reward, cost, out / "compare" / name, policy=start_policy,
-                                 prompts=data["prompts"], ptx=data["sft"])
+                                 prompts=data["prompts"], ptx=data["ptx"])
             sub.lagrange = lagrange
             comparison_runs[name] = timed(f"compare_{name}", lambda s=sub: ppo_lag.run(s))
             policies[name] = str(out / "compare" / name / "policy")
@@ -460,7 +473,7 @@ def next_round(cfg, k: int, state: dict[str, Any], splits: dict[str, Any], data:
     prompts_path = write_rows(state["prompt_rows"], out / "prompts_train.json")
     sub = ppo_lag_config(cfg, state["judges"]["reward"], state["judges"]["cost"], out / "ppo-lag",
                          policy=state["policy"], prompts=OmegaConf.merge(data["prompts"], _file_dataset(
-                             prompts_path, "prompt")), ptx=data["sft"])
+                             prompts_path, "prompt")), ptx=data["ptx"])
     history = timed(f"round{k}_ppo_lag", lambda: ppo_lag.run(sub))
     record = round_record(k, onpolicy, history=history, prompts_source=source, retrained=retrained)
     record["start_policy"] = str(state["policy"].name_or_path)

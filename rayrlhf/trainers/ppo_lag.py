@@ -51,7 +51,7 @@ from rayrlhf.types import PTXBatch, Rollout, RolloutBatch, Scores, TrainStats, b
 from rayrlhf.workers.critic import CriticWorker
 from rayrlhf.workers.group import ActorGroup, get_collective, get_fail_fast, get_fail_fast_groups
 from rayrlhf.workers.policy import PolicyWorker
-from rayrlhf.workers.rollout_worker import generate_across
+from rayrlhf.workers.rollout_worker import collect_generation, start_generation
 
 log = logging.getLogger(__name__)
 DRIVER_STATE = "driver_state.json"
@@ -170,6 +170,8 @@ class PPOLagDriver:
         self.cost_categories = source_categories(cfg.cost) if self.constraint_groups else None
         self.ptx = ptx_rows(cfg, self.tokenizer)
         self.step_index = 0
+        # rollout.async_generation: (step, prompt indices, generation refs) started during training.
+        self.pending_rollout: tuple[int, list[int], list] | None = None
         self.last_sync: dict[str, float] = {}  # the latest weight sync's rollout/sync_* metrics
         self.fault_log = fault_log or FaultLog(None)
         # How long each phase may wait on the workers (measured with these workers).
@@ -195,10 +197,9 @@ class PPOLagDriver:
         """One PPO-Lag step. A NaN/Inf among the update's inputs stops or skips it before
         anything changes (``faults.nonfinite``); the metrics are ``step_metrics``."""
         timer, lambda_used = PhaseTimer(self.deadlines), self.lagrange.value
-        index = [self.prompt_draws[i] for i in prompt_order(len(self.prompt_draws), self.cfg.rollout.prompts_per_step,
-                                                            self.step_index, self.seed)]
         with timer.phase("generate"):
-            rollout = self.generate(index, self.sampling_spec())
+            rollout = self.take_rollout()
+        index = rollout.index
         with timer.phase("score"):
             scores = self.score(rollout)
         with timer.phase("advantages"):
@@ -207,6 +208,7 @@ class PPOLagDriver:
         if findings:
             return self.skip_or_stop(findings, timer)
         batch = replace(rollout.batch, **vars(scores), **vars(advantages))
+        self.start_next_rollout()
         with timer.phase("train"):
             stats = self.train_roles(batch)
         with timer.phase("lagrange"):
@@ -222,24 +224,61 @@ class PPOLagDriver:
                                sync=self.last_sync)
         # Share of this step's prompts without a harm category (benign_prompt_share raises it).
         metrics["rollout/benign_share"] = sum(self.prompt_benign[i] for i in index) / len(index)
+        metrics["rollout/policy_lag"] = float(rollout.policy_lag)
         return metrics
 
-    def sampling_spec(self) -> SamplingSpec:
-        """How this step samples: the policy's own distribution, seeded by the step."""
-        rollout = self.cfg.rollout
+    def step_prompts(self, step: int) -> list[int]:
+        """Indices of step ``step``'s prompts (benign ones drawn up to benign_prompt_share)."""
+        order = prompt_order(len(self.prompt_draws), self.cfg.rollout.prompts_per_step, step, self.seed)
+        return [self.prompt_draws[i] for i in order]
+
+    def sampling_spec(self, step: int | None = None) -> SamplingSpec:
+        """How step ``step`` (default: this one) samples: the policy's own distribution, seeded
+        by the step."""
+        rollout, step = self.cfg.rollout, self.step_index if step is None else step
         return SamplingSpec(max_new_tokens=rollout.max_new_tokens, temperature=rollout.temperature,
-                            top_p=rollout.top_p, seed=self.seed * 1_000_003 + self.step_index)
+                            top_p=rollout.top_p, seed=self.seed * 1_000_003 + step)
+
+    # ------------------------------------------------------------------ rollouts
+    def take_rollout(self) -> Rollout:
+        """This step's rollout: the one the engines generated during the previous step's
+        training (rollout.async_generation, one update behind), else generated now."""
+        pending, self.pending_rollout = self.pending_rollout, None
+        if pending is not None and pending[0] == self.step_index:
+            return replace(self.finish_rollout(pending[1], pending[2]), policy_lag=1)
+        index = self.step_prompts(self.step_index)
+        return self.generate(index, self.sampling_spec())
+
+    def start_next_rollout(self) -> None:
+        """rollout.async_generation: start the next step's generation now, with the weights
+        from before this step's update, to run while the roles train. Not before a step whose
+        engine log-probs are checked: that one is generated on-policy, so the check still
+        guards the weight sync."""
+        following = self.step_index + 1
+        if not self.cfg.rollout.async_generation or following >= self.cfg.steps:
+            return
+        if self.old_logprobs.rows_to_check(following, self.cfg.rollout.prompts_per_step):
+            return
+        index = self.step_prompts(following)
+        refs = start_generation(self.roles.rollout_workers, [self.prompt_ids[i] for i in index],
+                                self.sampling_spec(following))
+        self.pending_rollout = (following, index, refs)
 
     def generate(self, index: list[int], spec: SamplingSpec) -> Rollout:
         """Responses to the prompts ``index`` from all rollout engines, packed into a batch."""
-        completions = generate_across(self.roles.rollout_workers, [self.prompt_ids[i] for i in index], spec)
+        return self.finish_rollout(index, start_generation(self.roles.rollout_workers,
+                                                           [self.prompt_ids[i] for i in index], spec))
+
+    def finish_rollout(self, index: list[int], refs: list) -> Rollout:
+        """Wait for a generation's completions and pack them into a batch."""
+        completions = collect_generation(refs)
         if self.roles.engines_sleep:  # the trainers sharing their GPUs get the memory until the sync
             get_fail_fast([w.sleep.remote() for w in self.roles.rollout_workers])
         batch = build_rollout_batch([c.prompt_ids for c in completions], [c.response_ids for c in completions],
                                     [c.finished for c in completions], self.tokenizer.pad_token_id,
                                     [c.response_logprobs for c in completions])
         return Rollout(prompts=[self.prompts[i] for i in index], responses=[c.text for c in completions],
-                       response_ids=[c.response_ids for c in completions], batch=batch)
+                       response_ids=[c.response_ids for c in completions], batch=batch, index=index)
 
     def score(self, rollout: Rollout) -> Scores:
         """Every role's view of the rollout, all requested before any is awaited. The old
@@ -415,6 +454,7 @@ class PPOLagDriver:
         self.roles.load_checkpoint(path)
         state = json.loads((path / DRIVER_STATE).read_text())
         self.step_index = state["step"]
+        self.pending_rollout = None  # generated for a step of the run being abandoned
         self.lagrange.load_state_dict(state["lagrange"])
         self.sync()  # the engines still hold the initial weights
 

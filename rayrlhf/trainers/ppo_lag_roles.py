@@ -199,8 +199,8 @@ def engines_sleep(cfg) -> bool:
     rollout, res = cfg.rollout, cfg.resources
     if rollout.engine != "vllm":
         return False
-    if rollout.sleep_mode is None:
-        return bool(res.use_gpu and res.layout == "colocate")
+    if rollout.sleep_mode is None:  # engines that generate during training (async) stay awake
+        return bool(res.use_gpu and res.layout == "colocate" and not rollout.async_generation)
     return bool(rollout.sleep_mode)
 
 

@@ -113,7 +113,13 @@ def split_evenly(items: Sequence[T], n: int) -> list[list[T]]:
 
 
 def generate_across(workers: Sequence, prompt_ids: list[list[int]], spec: SamplingSpec) -> list[Completion]:
-    """Generate on all workers in parallel; completions come back in the prompts' order.
+    """Generate on all workers in parallel; completions come back in the prompts' order."""
+    return collect_generation(start_generation(workers, prompt_ids, spec))
+
+
+def start_generation(workers: Sequence, prompt_ids: list[list[int]], spec: SamplingSpec) -> list:
+    """Start generating on all workers (one contiguous shard each) without waiting: the refs
+    for :func:`collect_generation`.
 
     Each shard's seed is shifted by its offset in the batch (``shard_spec``), so workers never
     draw the same random numbers, and vLLM workers sample what one worker would have sampled.
@@ -125,4 +131,9 @@ def generate_across(workers: Sequence, prompt_ids: list[list[int]], spec: Sampli
         if chunk:
             refs.append(worker.generate.remote(chunk, shard_spec(spec, offset)))
         offset += len(chunk)
+    return refs
+
+
+def collect_generation(refs: list) -> list[Completion]:
+    """The completions of :func:`start_generation`'s refs, in the prompts' order."""
     return [completion for part in get_fail_fast(refs) for completion in part]

@@ -12,6 +12,7 @@ from rayrlhf.config import compose_config
 from rayrlhf.data import PromptRow, load_rows
 from rayrlhf.data.schemas import HARM_CATEGORIES
 from rayrlhf.data.splits import normalize_prompt
+from rayrlhf.eval.refusal import is_refusal
 from rayrlhf.stages.pipeline import build_splits, redteam_training_rows, start_cost
 
 
@@ -36,7 +37,8 @@ def test_build_splits_adds_the_redteam_rows_to_the_ppo_prompts_only(tmp_path):
     pool_file.write_text(json.dumps([{"prompt": r.prompt, "category": r.category} for r in _pool(4)]))
     cfg = compose_config("pipeline", ["+profile=smoke",
                                       f"heldout_harmful.source={pool_file}", "num_heldout_harmful=14",
-                                      "num_redteam_train=20"], output_dir=str(tmp_path))
+                                      "num_redteam_train=20", "benign_prompt_share=0.5", "ptx_refusals=false"],
+                         output_dir=str(tmp_path))
     splits = build_splits(cfg, tmp_path / "splits")
     heldout = {normalize_prompt(r.prompt) for r in splits["harmful"]}
     assert len(heldout) == 14 and splits["counts"]["redteam_train_rows"] == 20
@@ -54,6 +56,10 @@ def test_build_splits_adds_the_redteam_rows_to_the_ppo_prompts_only(tmp_path):
     # The other training sets are the demo ones: no red-team prompt was added there.
     sft = load_rows(str(tmp_path / "splits" / "sft_train.json"), "sft").rows
     assert not any(r.prompt.startswith("red-team prompt") for r in sft)
+    # PTX trains on the SFT rows without their refusals (ptx_refusals=false).
+    ptx = load_rows(str(tmp_path / "splits" / "ptx_train.json"), "sft").rows
+    assert [r.prompt for r in ptx] == [r.prompt for r in sft if not is_refusal(r.output)]
+    assert 0 < len(ptx) < len(sft) == splits["counts"]["sft_train_rows"]
 
 
 def test_without_the_external_set_no_redteam_rows_are_added(tmp_path):
