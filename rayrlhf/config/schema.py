@@ -1025,6 +1025,10 @@ class PipelineConfig:
     # policy's sampled on-policy answers (grow more helpful, no less safe than the start);
     # lagrange.threshold is then ignored. Needs onpolicy with samples_per_prompt >= 2.
     threshold_from_start: bool = False
+    # Which starting answers set that threshold: "sampled" (as PPO-Lag's rollouts are drawn) or
+    # "greedy" (the answers a user gets and the evaluation grades: a tighter limit, since
+    # sampling at temperature 1 goes along with harmful requests far more often than greedy).
+    threshold_answers: str = checked("sampled", one_of(("sampled", "greedy")))
     # Safe RLHF rounds (the Beaver v1 -> v3 loop). Each round after the first: the last policy
     # answers `round_prompts` fresh red-team prompts (heldout_harmful's prompts used neither for
     # evaluation nor earlier; none left: the training prompts again), the refusal rule labels
@@ -1046,7 +1050,9 @@ class PipelineConfig:
     @classmethod
     def checks(cls, cfg: Any, prefix: str) -> list[Problem]:
         problems = ranks_split_the_step(cfg, prefix) + placement_problems(cfg, prefix)
-        if cfg.threshold_from_start is True and not (cfg.onpolicy.enabled and cfg.onpolicy.samples_per_prompt >= 2):
+        sampled = cfg.threshold_answers == "sampled"
+        if cfg.threshold_from_start is True and not (cfg.onpolicy.enabled and (cfg.onpolicy.samples_per_prompt >= 2
+                                                                                or not sampled)):
             problems.append((f"{prefix}threshold_from_start", True,
                              "needs the starting policy's sampled answers: onpolicy.enabled=true and "
                              "onpolicy.samples_per_prompt >= 2"))

@@ -205,8 +205,8 @@ def onpolicy_preferences(cfg, policy: str, prompt_rows: list, out: Path, base: d
                          redteam_prompts: list[str] = ()) -> dict[str, Any]:
     """The policy answers ``prompt_rows`` (greedy, then sampled); the refusal rule labels the
     answers; the pairs join each judge's preference rows (``base``: kind -> rows) in a file per
-    judge. The sampled answers (what PPO-Lag's rollouts look like) are kept for
-    :func:`start_cost`."""
+    judge. The greedy and the sampled answers (what PPO-Lag's rollouts look like) are kept
+    for :func:`start_cost`."""
     from rayrlhf.data import PreferenceRow
     from rayrlhf.data.loaders import write_rows
     from rayrlhf.data.splits import normalize_prompt
@@ -218,6 +218,7 @@ def onpolicy_preferences(cfg, policy: str, prompt_rows: list, out: Path, base: d
     harmful = [bool(r.category) for r in prompt_rows]
     samples: list[list[str]] = [[] for _ in prompts]
     sampled: list[dict[str, Any]] = []
+    greedy: list[dict[str, Any]] = []
     for i in range(settings.samples_per_prompt):
         temperature = 0.0 if i == 0 else settings.temperature  # the first answer is the greedy one
         completions = generate_completions(policy, prompts, template=cfg.template.name, engine=cfg.eval_engine,
@@ -226,12 +227,13 @@ def onpolicy_preferences(cfg, policy: str, prompt_rows: list, out: Path, base: d
                                            desc=f"on-policy answers {i + 1}/{settings.samples_per_prompt}")
         for prompt, sample, completion in zip(prompts, samples, completions):
             sample.append(completion.text)
-            if i > 0:
-                sampled.append({"prompt": prompt, "response": completion.text, "finished": completion.finished})
+            (sampled if i > 0 else greedy).append({"prompt": prompt, "response": completion.text,
+                                                   "finished": completion.finished})
     pairs = [PreferenceRow.from_dict(row, source="on-policy answers", row=i)
              for i, row in enumerate(preference_rows(prompts, harmful, samples))]
     write_rows(pairs, out / "onpolicy_preferences.json")
     write_json(out / "onpolicy_sampled_answers.json", sampled)
+    write_json(out / "onpolicy_greedy_answers.json", greedy)
     # The cost model learns harm from every pair; the reward model (helpfulness) keeps to the
     # pairs of the configured prompt set: the red-team pairs only say "going along is more
     # helpful", and cost it a longer training.
@@ -246,26 +248,28 @@ def onpolicy_preferences(cfg, policy: str, prompt_rows: list, out: Path, base: d
     write_json(out / "onpolicy.json", stats)
     return {"datasets": {kind: _file_dataset(path, "preference") for kind, path in datasets.items()},
             "rows": rows, "new_rows": {kind: len(r) for kind, r in new_rows.items()},
-            "stats": stats, "sampled": sampled}
+            "stats": stats, "sampled": sampled, "greedy": greedy}
 
 
-def start_cost(cost: str, sampled: list[dict[str, Any]], ppo_prompts: list | None = None) -> dict[str, Any]:
-    """The cost model's mean over the starting policy's sampled answers to the training
-    prompts, scored as PPO-Lag scores its rollouts (an answer the length limit cut off counts
-    as unfinished), each answer weighted by how often its prompt occurs in ``ppo_prompts``
-    (the rows PPO-Lag draws from, benign ones repeated), so the mean is over PPO-Lag's mix. As
-    the cost threshold it says: grow more helpful, but no less safe than where you started."""
+def start_cost(cost: str, answers: list[dict[str, Any]], ppo_prompts: list | None = None) -> dict[str, Any]:
+    """The cost model's mean over the starting policy's answers to the training prompts
+    (sampled or greedy: ``threshold_answers``), scored as PPO-Lag scores its rollouts (an
+    answer the length limit cut off counts as unfinished), each answer weighted by how often
+    its prompt occurs in ``ppo_prompts`` (the rows PPO-Lag draws from, benign ones repeated),
+    so the mean is over PPO-Lag's mix. As the cost threshold it says: grow more helpful, but
+    no less safe than where you started."""
     import numpy as np
 
     from rayrlhf.data.splits import normalize_prompt, prompt_weights
     from rayrlhf.rewards import make_scorer
 
-    if not sampled:
-        raise ValueError("threshold_from_start needs sampled on-policy answers (onpolicy.samples_per_prompt >= 2)")
-    scores = make_scorer(cost)([s["prompt"] for s in sampled], [s["response"] for s in sampled],
-                               [[] for _ in sampled], [s["finished"] for s in sampled]).numpy()
+    if not answers:
+        raise ValueError("threshold_from_start needs the starting policy's on-policy answers (onpolicy.enabled, "
+                         "and onpolicy.samples_per_prompt >= 2 for sampled ones)")
+    scores = make_scorer(cost)([a["prompt"] for a in answers], [a["response"] for a in answers],
+                               [[] for _ in answers], [a["finished"] for a in answers]).numpy()
     counts = prompt_weights(ppo_prompts) if ppo_prompts else {}
-    weights = np.array([counts.get(normalize_prompt(s["prompt"]), 1) for s in sampled], dtype=np.float64)
+    weights = np.array([counts.get(normalize_prompt(a["prompt"]), 1) for a in answers], dtype=np.float64)
     return {"mean": float(np.average(scores, weights=weights)), "unweighted_mean": float(np.mean(scores)),
             "unsafe_share": float(np.average(scores > 0, weights=weights)), "answers": len(scores)}
 
@@ -355,10 +359,12 @@ def run(cfg) -> dict:
         judges[kind] = str(out / f"train-{kind}" / "model")
     reward, cost = cfg.reward or judges.get("reward"), cfg.cost or judges.get("cost")
     if cfg.threshold_from_start and cost and onpolicy:
-        report["start_cost"] = timed("start_cost", lambda: start_cost(cost, onpolicy["sampled"], splits["ppo_prompts"]))
+        start_answers = onpolicy[cfg.threshold_answers]
+        report["start_cost"] = timed("start_cost", lambda: start_cost(cost, start_answers, splits["ppo_prompts"]))
+        report["start_cost"]["which_answers"] = cfg.threshold_answers
         cfg.lagrange.threshold = report["start_cost"]["mean"]
-        log.info("pipeline: cost threshold %.3f, the starting policy's mean cost over %d sampled answers",
-                 cfg.lagrange.threshold, report["start_cost"]["answers"])
+        log.info("pipeline: cost threshold %.3f, the starting policy's mean cost over %d %s answers",
+                 cfg.lagrange.threshold, report["start_cost"]["answers"], cfg.threshold_answers)
 
     history: list = []
     if cfg.ppo_steps > 0 and reward and cost:
@@ -389,7 +395,8 @@ def run(cfg) -> dict:
         rounds.append(round_record(1, onpolicy, history=history, prompts_source="training prompts",
                                    retrained=["reward", "cost"]))
         for k in range(2, cfg.rounds + 1):
-            rounds.append(next_round(cfg, k, state, splits, data, onpolicy["sampled"], out / f"round-{k}", timed))
+            rounds.append(next_round(cfg, k, state, splits, data, onpolicy[cfg.threshold_answers], out / f"round-{k}",
+                                     timed))
             policies[f"round_{k}"] = state["policy"].name_or_path
         report["rounds"] = rounds
 
@@ -431,7 +438,7 @@ def run(cfg) -> dict:
 
 # ------------------------------------------------------------- multi-round Safe RLHF
 def next_round(cfg, k: int, state: dict[str, Any], splits: dict[str, Any], data: dict[str, Any],
-               first_sampled: list[dict[str, Any]], out: Path, timed) -> dict[str, Any]:
+               first_answers: list[dict[str, Any]], out: Path, timed) -> dict[str, Any]:
     """Round ``k`` of Safe RLHF (the Beaver v1 -> v2 -> v3 loop): the last policy answers fresh
     red-team prompts, the refusal rule labels the answers, the pairs join the judges' data,
     the judges whose data grew retrain, and PPO-Lag continues from the last policy on the
@@ -468,7 +475,7 @@ def next_round(cfg, k: int, state: dict[str, Any], splits: dict[str, Any], data:
     # first round's starting answers (no less safe than where the whole run started).
     if cfg.threshold_from_start:
         cfg.lagrange.threshold = timed(f"round{k}_start_cost",
-                                       lambda: start_cost(state["judges"]["cost"], first_sampled,
+                                       lambda: start_cost(state["judges"]["cost"], first_answers,
                                                           splits["ppo_prompts"]))["mean"]
     prompts_path = write_rows(state["prompt_rows"], out / "prompts_train.json")
     sub = ppo_lag_config(cfg, state["judges"]["reward"], state["judges"]["cost"], out / "ppo-lag",

@@ -104,5 +104,6 @@ def test_threshold_from_start_needs_sampled_answers():
     from rayrlhf.config.validate import validate_config
 
     with pytest.raises(ValueError, match="threshold_from_start"):
-        validate_config(compose_config("pipeline", ["threshold_from_start=true", "onpolicy.samples_per_prompt=1"],
+        validate_config(compose_config("pipeline", ["threshold_from_start=true", "threshold_answers=sampled",
+                                                   "onpolicy.samples_per_prompt=1"],
                                        output_dir="/tmp/o"))

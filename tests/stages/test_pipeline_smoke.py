@@ -66,8 +66,11 @@ def first_round_holds(tmp_path, report: dict) -> None:
     assert report["onpolicy"]["pairs"] > 0
     assert (tmp_path / "judge-data" / "onpolicy_preferences.json").is_file()
     assert report["splits"]["redteam_train_rows"] == 14
-    # The cost threshold is the starting policy's mean cost over its sampled answers.
+    # The cost threshold is the starting policy's mean cost over its greedy answers (the default).
     assert report["start_cost"]["answers"] == report["onpolicy"]["prompts"]
+    assert report["start_cost"]["which_answers"] == "greedy"
+    assert len(json.loads((tmp_path / "judge-data" / "onpolicy_greedy_answers.json").read_text())) == \
+        report["onpolicy"]["prompts"]
     ppo_rows = [json.loads(line) for line in (tmp_path / "ppo-lag" / "metrics.jsonl").read_text().splitlines()]
     assert ppo_rows[0]["cost/threshold"] == pytest.approx(report["start_cost"]["mean"], abs=1e-6)
     # PPO-Lag draws from the mix the split reported (benign prompts up to benign_prompt_share).
