@@ -985,10 +985,11 @@ class PipelineConfig:
     num_redteam_train: int = checked(0, NON_NEGATIVE)
     # PPO-Lag's benign_prompt_share (red-team prompts otherwise outnumber the benign ones ~9:1).
     benign_prompt_share: float = checked(0.0, within(0, 1, high_open=True))
-    # The PTX term (ppo.ptx_coef) trains on the SFT rows; false leaves out the rows whose answer
-    # is a refusal (by the refusal rule): PTX then keeps the policy's general ability, as the
-    # reference's PTX on instruction data does, without pulling it back to refusing on every step.
-    ptx_refusals: bool = True
+    # The PTX term (ppo.ptx_coef) trains on the SFT rows: every helpful answer, and this share of
+    # the rows whose answer is a refusal (by the refusal rule; spread evenly over them). 1 keeps
+    # them all; 0 keeps none: PTX then keeps the general ability, as the reference's PTX on
+    # instruction data does, and no longer pulls the policy back to refusing at every step.
+    ptx_refusal_share: float = checked(1.0, UNIT)
     # More benign prompts for over-refusal and helpfulness (any schema with a prompt).
     heldout_benign: Optional[DatasetConfig] = None
     onpolicy: OnPolicyJudgeDataConfig = field(default_factory=OnPolicyJudgeDataConfig)

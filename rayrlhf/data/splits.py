@@ -85,3 +85,19 @@ def benign_share_indices(rows: Sequence[Any], share: float) -> list[int]:
 def prompt_weights(rows: Sequence[Row]) -> dict[str, int]:
     """How often each (normalised) prompt occurs in ``rows``."""
     return dict(Counter(normalize_prompt(row_prompt(row)) for row in rows))
+
+
+def keep_share(rows: Sequence[Row], marked: Sequence[bool], share: float) -> list[Row]:
+    """``rows`` with every unmarked row and ``share`` of the marked ones, spread evenly over
+    them (the j-th marked row stays when ``floor((j + 1) * share)`` steps past ``floor(j * share)``)."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"share must lie in [0, 1], got {share}")
+    kept, j = [], 0
+    for row, is_marked in zip(rows, marked, strict=True):
+        if is_marked:
+            keep = math.floor((j + 1) * share + 1e-9) > math.floor(j * share + 1e-9)
+            j += 1
+            if not keep:
+                continue
+        kept.append(row)
+    return kept

@@ -136,7 +136,7 @@ def build_splits(cfg, out: Path) -> dict[str, Any]:
     ``out``; return their DatasetConfig-style nodes and the evaluation prompts."""
     from rayrlhf.data import PromptRow
     from rayrlhf.data.loaders import write_rows
-    from rayrlhf.data.splits import assert_disjoint, benign_share_indices, drop_prompts, split_rows
+    from rayrlhf.data.splits import assert_disjoint, benign_share_indices, drop_prompts, keep_share, split_rows
     from rayrlhf.eval.refusal import is_refusal
 
     fraction = cfg.heldout_fraction
@@ -170,8 +170,8 @@ def build_splits(cfg, out: Path) -> dict[str, Any]:
         path = write_rows(kept, out / f"{name}_train.json")
         nodes[name] = _file_dataset(path, getattr(cfg, name).schema)
         counts[f"{name}_train_rows"] = len(kept)
-    # The PTX term's rows: the SFT rows, without their refusals unless asked (see the config).
-    ptx_rows = sft_rows if cfg.ptx_refusals else [r for r in sft_rows if not is_refusal(r.output)]
+    # The PTX term's rows: the SFT rows' helpful answers and ptx_refusal_share of their refusals.
+    ptx_rows = keep_share(sft_rows, [is_refusal(r.output) for r in sft_rows], cfg.ptx_refusal_share)
     ptx_node = _file_dataset(write_rows(ptx_rows, out / "ptx_train.json"), "sft")
     counts["ptx_train_rows"] = len(ptx_rows)
     # The mix PPO-Lag draws its prompts from (benign ones repeated up to benign_prompt_share).

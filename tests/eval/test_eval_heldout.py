@@ -7,8 +7,8 @@ import json
 import pytest
 
 from rayrlhf.data import PromptRow
-from rayrlhf.data.splits import (assert_disjoint, benign_share_indices, drop_prompts, is_heldout, normalize_prompt,
-                                   prompt_weights, split_rows)
+from rayrlhf.data.splits import (assert_disjoint, benign_share_indices, drop_prompts, is_heldout, keep_share,
+                                   normalize_prompt, prompt_weights, split_rows)
 from rayrlhf.eval.heldout import by_category, compare_policies, cost_model_recall_on_compliance, headline
 
 
@@ -90,6 +90,17 @@ def test_benign_share_repeats_every_benign_row_alike():
     assert benign_share_indices(rows[:9], 0.5) == list(range(9))  # nothing benign to repeat
     with pytest.raises(ValueError, match="benign share"):
         benign_share_indices(rows, 1.0)
+
+
+def test_keep_share_spreads_the_kept_marked_rows():
+    rows = list("abcdefgh")
+    marked = [False, True, True, False, True, True, True, False]  # b c e f g marked
+    assert keep_share(rows, marked, 1.0) == rows
+    assert keep_share(rows, marked, 0.0) == ["a", "d", "h"]
+    # Half of 5: the 2nd and the 4th marked rows (c, f), every unmarked one in its place.
+    assert keep_share(rows, marked, 0.5) == ["a", "c", "d", "f", "h"]
+    with pytest.raises(ValueError, match="share"):
+        keep_share(rows, marked, 1.5)
 
 
 def test_demo_heldout_prompts_are_in_no_training_set():

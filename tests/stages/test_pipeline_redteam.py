@@ -37,7 +37,7 @@ def test_build_splits_adds_the_redteam_rows_to_the_ppo_prompts_only(tmp_path):
     pool_file.write_text(json.dumps([{"prompt": r.prompt, "category": r.category} for r in _pool(4)]))
     cfg = compose_config("pipeline", ["+profile=smoke",
                                       f"heldout_harmful.source={pool_file}", "num_heldout_harmful=14",
-                                      "num_redteam_train=20", "benign_prompt_share=0.5", "ptx_refusals=false"],
+                                      "num_redteam_train=20", "benign_prompt_share=0.5", "ptx_refusal_share=0"],
                          output_dir=str(tmp_path))
     splits = build_splits(cfg, tmp_path / "splits")
     heldout = {normalize_prompt(r.prompt) for r in splits["harmful"]}
@@ -56,7 +56,7 @@ def test_build_splits_adds_the_redteam_rows_to_the_ppo_prompts_only(tmp_path):
     # The other training sets are the demo ones: no red-team prompt was added there.
     sft = load_rows(str(tmp_path / "splits" / "sft_train.json"), "sft").rows
     assert not any(r.prompt.startswith("red-team prompt") for r in sft)
-    # PTX trains on the SFT rows without their refusals (ptx_refusals=false).
+    # PTX trains on the SFT rows without their refusals (ptx_refusal_share=0).
     ptx = load_rows(str(tmp_path / "splits" / "ptx_train.json"), "sft").rows
     assert [r.prompt for r in ptx] == [r.prompt for r in sft if not is_refusal(r.output)]
     assert 0 < len(ptx) < len(sft) == splits["counts"]["sft_train_rows"]
