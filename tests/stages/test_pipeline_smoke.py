@@ -37,6 +37,7 @@ def test_smoke_pipeline_with_two_rounds_writes_the_report(ray_cluster, tmp_path)
     cfg = compose_config("pipeline", ["+profile=smoke", "score_training.num_workers=1", "run_sft=true",
                                       "rounds=2", "round_prompts=14", f"heldout_harmful.source={pool}",
                                       "num_heldout_harmful=14", "num_redteam_train=14", "benign_prompt_share=0.4",
+                                      "threshold_answers=greedy", "ptx_refusal_share=0.5",
                                       "logger=[jsonl,tensorboard,wandb,mlflow]", "tracking.wandb_mode=offline",
                                       f"tracking.mlflow_tracking_uri={mlruns}"], output_dir=str(tmp_path))
     report = run(cfg)
@@ -66,7 +67,7 @@ def first_round_holds(tmp_path, report: dict) -> None:
     assert report["onpolicy"]["pairs"] > 0
     assert (tmp_path / "judge-data" / "onpolicy_preferences.json").is_file()
     assert report["splits"]["redteam_train_rows"] == 14
-    # The cost threshold is the starting policy's mean cost over its greedy answers (the default).
+    # The cost threshold is the starting policy's mean cost over its greedy answers (as asked).
     assert report["start_cost"]["answers"] == report["onpolicy"]["prompts"]
     assert report["start_cost"]["which_answers"] == "greedy"
     assert len(json.loads((tmp_path / "judge-data" / "onpolicy_greedy_answers.json").read_text())) == \
