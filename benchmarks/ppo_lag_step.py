@@ -224,6 +224,10 @@ LORA_VARIANTS = "default,lora"
 
 
 def rayrlhf_overrides(variant: str, args, reward_dir: str, cost_dir: str, steps: int) -> list[str]:
+    # Async starts the next step's generation only while there is a next step: one step more
+    # than are run, so the last measured step overlaps like the others (the first async run,
+    # results/ppo_lag_step_async_cpu.json, measured its last step without it: read step 2).
+    steps += 1 if variant == "async" else 0
     return [
         f"reward={reward_dir}", f"cost={cost_dir}", "rollout.engine=vllm",
         f"rollout.prompts_per_step={args.prompts}", f"rollout.max_new_tokens={args.new_tokens}",
