@@ -1051,12 +1051,14 @@ class PipelineConfig:
     @classmethod
     def checks(cls, cfg: Any, prefix: str) -> list[Problem]:
         problems = ranks_split_the_step(cfg, prefix) + placement_problems(cfg, prefix)
-        sampled = cfg.threshold_answers == "sampled"
-        if cfg.threshold_from_start is True and not (cfg.onpolicy.enabled and (cfg.onpolicy.samples_per_prompt >= 2
-                                                                                or not sampled)):
-            problems.append((f"{prefix}threshold_from_start", True,
-                             "needs the starting policy's sampled answers: onpolicy.enabled=true and "
-                             "onpolicy.samples_per_prompt >= 2"))
+        if cfg.threshold_from_start is True:
+            if cfg.threshold_answers == "sampled" and not (cfg.onpolicy.enabled and cfg.onpolicy.samples_per_prompt >= 2):
+                problems.append((f"{prefix}threshold_from_start", True,
+                                 "needs the starting policy's sampled answers: onpolicy.enabled=true and "
+                                 "onpolicy.samples_per_prompt >= 2"))
+            elif not cfg.onpolicy.enabled:
+                problems.append((f"{prefix}threshold_from_start", True,
+                                 "needs the starting policy's greedy answers: onpolicy.enabled=true"))
         if cfg.rounds > 1:
             trained = {"reward", "cost"} <= set(cfg.score_models) and cfg.reward is None and cfg.cost is None
             if not (trained and cfg.onpolicy.enabled and cfg.ppo_steps > 0):

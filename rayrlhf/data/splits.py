@@ -61,7 +61,6 @@ def assert_disjoint(train_prompts: Iterable[str], eval_prompts: Iterable[str], w
         raise ValueError(f"{what}: {len(overlap)} evaluation prompt(s) also occur in training, e.g. {sample}")
 
 
-
 def benign_share_indices(rows: Sequence[Any], share: float) -> list[int]:
     """Indices into ``rows`` with each benign row's (one without a category) repeated as often
     as it takes for benign rows to make up at least ``share`` of the result (0: each once).
@@ -72,14 +71,14 @@ def benign_share_indices(rows: Sequence[Any], share: float) -> list[int]:
     """
     if not 0.0 <= share < 1.0:
         raise ValueError(f"benign share must lie in [0, 1), got {share}")
-    harmful_row = [bool(getattr(row, "category", None)) for row in rows]
-    benign = harmful_row.count(False)
+    is_harmful = [bool(getattr(row, "category", None)) for row in rows]
+    benign = is_harmful.count(False)
     harmful = len(rows) - benign
     copies = 1
     if share > 0.0 and benign and harmful:
         # Smallest k with k*B / (k*B + H) >= share, i.e. k >= share*H / ((1-share)*B).
         copies = max(1, math.ceil(share * harmful / ((1.0 - share) * benign) - 1e-9))
-    return [i for i, is_harmful in enumerate(harmful_row) for _ in range(1 if is_harmful else copies)]
+    return [i for i, flag in enumerate(is_harmful) for _ in range(1 if flag else copies)]
 
 
 def prompt_weights(rows: Sequence[Row]) -> dict[str, int]:

@@ -260,14 +260,15 @@ class PPOLagDriver:
         if self.old_logprobs.rows_to_check(following, self.cfg.rollout.prompts_per_step):
             return
         index = self.step_prompts(following)
-        refs = start_generation(self.roles.rollout_workers, [self.prompt_ids[i] for i in index],
-                                self.sampling_spec(following))
-        self.pending_rollout = (following, index, refs)
+        self.pending_rollout = (following, index, self.start_rollout(index, self.sampling_spec(following)))
 
     def generate(self, index: list[int], spec: SamplingSpec) -> Rollout:
         """Responses to the prompts ``index`` from all rollout engines, packed into a batch."""
-        return self.finish_rollout(index, start_generation(self.roles.rollout_workers,
-                                                           [self.prompt_ids[i] for i in index], spec))
+        return self.finish_rollout(index, self.start_rollout(index, spec))
+
+    def start_rollout(self, index: list[int], spec: SamplingSpec) -> list:
+        """Start every engine on its share of the prompts ``index``; the refs to finish."""
+        return start_generation(self.roles.rollout_workers, [self.prompt_ids[i] for i in index], spec)
 
     def finish_rollout(self, index: list[int], refs: list) -> Rollout:
         """Wait for a generation's completions and pack them into a batch."""

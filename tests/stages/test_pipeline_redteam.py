@@ -107,3 +107,9 @@ def test_threshold_from_start_needs_sampled_answers():
         validate_config(compose_config("pipeline", ["threshold_from_start=true", "threshold_answers=sampled",
                                                    "onpolicy.samples_per_prompt=1"],
                                        output_dir="/tmp/o"))
+    # Greedy answers need one answer per prompt, but the on-policy answers all the same.
+    validate_config(compose_config("pipeline", ["threshold_from_start=true", "threshold_answers=greedy",
+                                                "onpolicy.samples_per_prompt=1"], output_dir="/tmp/o"))
+    with pytest.raises(ValueError, match="greedy answers: onpolicy.enabled=true"):
+        validate_config(compose_config("pipeline", ["threshold_from_start=true", "threshold_answers=greedy",
+                                                    "onpolicy.enabled=false"], output_dir="/tmp/o"))
