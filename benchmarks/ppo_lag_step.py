@@ -478,13 +478,12 @@ STANDALONE_VLLM = r'''
 import json, os, sys, time
 spec = json.load(open(sys.argv[1]))
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(spec["kv_cache_gib"])
 import torch
 torch.set_num_threads(spec["threads"])
 from vllm import LLM, SamplingParams
 from vllm.inputs import TokensPrompt
 llm = LLM(model=spec["model"], dtype=spec["dtype"], max_model_len=spec["max_model_len"], enforce_eager=True,
-          seed=spec["seed"], logprobs_mode="raw_logprobs")
+          seed=spec["seed"], logprobs_mode="raw_logprobs", kv_cache_memory_bytes=int(spec["kv_cache_gib"] * 2**30))
 prompts = [TokensPrompt(prompt_token_ids=p) for p in spec["prompt_ids"]]
 def run(seed, max_tokens, n):
     params = []

@@ -104,12 +104,6 @@ def entropy_from_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     return masked_mean(token_entropy(logits), mask)
 
 
-def mean_entropy_per_row(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """[B] mean entropy over each row's valid tokens (0 for a row without any)."""
-    mask = mask.to(logits.dtype)
-    return (token_entropy(logits) * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-
-
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Token cross-entropy −mean_t log p(label_t) over valid tokens (the PTX loss).
 

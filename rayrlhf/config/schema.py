@@ -261,6 +261,7 @@ class TrainingConfig:
     lr_scheduler: str = checked("cosine", one_of(_constant("rayrlhf.algorithms.schedules", "LR_SCHEDULES")))  # cosine | linear | constant
     max_grad_norm: float = checked(1.0, POSITIVE)
     # ZeRO stage 0-3; 2 shards optimiser states and gradients, what fits 2 CPU workers best.
+    # One fp32 rank runs stage 0 (nothing to shard; `workers.base.effective_zero_stage`).
     zero_stage: int = checked(2, one_of(ZERO_STAGES))
     # bf16 weights and activations with fp32 master weights. None (auto): the model's dtype
     # decides, so `dtype: auto` trains in bf16 where it is fast (GPUs, CPUs with AMX/AVX512-BF16)
@@ -419,12 +420,17 @@ class RolloutConfig:
     # How the buckets travel: "object_store" (above) or "collective": policy rank 0 broadcasts
     # them over a process group of its own with the engines, set up once at start (gloo on
     # CPUs; NCCL on GPUs, which no test here exercises), with no copy in the object store.
-    sync_path: str = checked("object_store", one_of(("object_store", "collective")))
+    # "auto": collective on CPUs (half the object store's time and 1.1 GiB less peak memory on
+    # the sender for SmolLM2: benchmarks/README.md "Weight sync"), the object store on GPUs.
+    sync_path: str = checked("auto", one_of(("auto", "object_store", "collective")))
     # The collective path's rendezvous and each broadcast fail after this many seconds (a dead
     # or stuck member), so a sync never hangs; the run's fault handling then restarts the roles.
     sync_timeout_s: float = checked(300.0, POSITIVE)
-    # vLLM only: KV cache per engine (GiB, on CPU) and the longest prompt + response it serves.
-    kv_cache_gib: int = checked(1, COUNT)
+    # vLLM only: KV cache per engine (GiB, on CPU; fractions allowed) and the longest prompt +
+    # response it serves. None: room for one step's rows at their longest (max_prompt_tokens +
+    # max_new_tokens each), from the model's shapes (SmolLM2 fp32, 16 rows: 0.27 GiB; a fixed
+    # 1 GiB held 0.6 GiB more resident memory for nothing).
+    kv_cache_gib: Optional[float] = checked(None, POSITIVE)
     max_model_len: int = checked(1024, COUNT)
     # vLLM on GPUs (resources.use_gpu=true); none of these is exercised on the CPU machines.
     # GPUs one engine shards its model over (one node); the engine's bundle holds them all.
@@ -507,6 +513,7 @@ class PPOConfig:
     critic_lr: float = checked(5.0e-6, POSITIVE)
     weight_decay: float = checked(0.0, NON_NEGATIVE)
     max_grad_norm: float = checked(1.0, POSITIVE)
+    # A role on one fp32 rank runs stage 0 whatever is set here (`workers.base.effective_zero_stage`).
     zero_stage: int = checked(2, one_of(ZERO_STAGES))
     # None (auto): follow policy.dtype (bf16 exactly where that resolves to bf16).
     bf16: Optional[bool] = None

@@ -170,7 +170,7 @@ def run(cfg) -> dict[str, Any]:
     prompts = [r.prompt for r in rows]
     categories = [getattr(r, "category", None) for r in rows]
     init_ray(cfg.cluster, required_cpus=1)
-    engine_kwargs = {"env": {"VLLM_CPU_KVCACHE_SPACE": "1"}} if cfg.engine == "vllm" else {}
+    engine_kwargs = {"kv_cache_gib": 1.0} if cfg.engine == "vllm" else {}
     judges = {"moderation": cfg.moderation_model, "reward": cfg.reward_model, "cost": cfg.cost_model,
               "threshold": cfg.moderation_threshold}
     report: dict[str, Any] = {}

@@ -1,4 +1,4 @@
-"""Per-token quantities of a rollout under a model: log-probs, entropies, values.
+"""Per-token quantities of a rollout under a model: log-probs and values.
 
 Position ids come from the attention mask so that left-padded prompts see the same
 positions as unpadded ones (as the rollout engines saw them).
@@ -40,20 +40,18 @@ def response_values(critic, sequences: torch.Tensor, attention_mask: torch.Tenso
 
 
 @torch.no_grad()
-def rollout_logprobs(model, batch, micro_batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """([B, R] log-probs of a RolloutBatch's response tokens under ``model`` (0 on padding), [B]
-    mean token entropy per response), over length-sorted, trimmed micro-batches."""
-    from rayrlhf.algorithms import mean_entropy_per_row
+def rollout_logprobs(model, batch, micro_batch_size: int) -> torch.Tensor:
+    """[B, R] log-probs of a RolloutBatch's response tokens under ``model`` (0 on padding), over
+    length-sorted, trimmed micro-batches."""
     from rayrlhf.types import pad_responses
 
     width = batch.response_mask.shape[1]
-    logps, entropies = torch.zeros(batch.response_mask.shape), torch.zeros(len(batch))
+    logps = torch.zeros(batch.response_mask.shape)
     for index in batch.length_groups(micro_batch_size):
         part = batch.select(index).trimmed()
         logits = response_logits(model, part.sequences, part.attention_mask, part.prompt_length)
         logps[index] = pad_responses(token_logprobs(logits, part.response_ids) * part.response_mask, width)
-        entropies[index] = mean_entropy_per_row(logits.float(), part.response_mask)
-    return logps, entropies
+    return logps
 
 
 @torch.no_grad()

@@ -24,8 +24,9 @@ from rayrlhf.rollout.base import Completion, SamplingSpec
 
 log = logging.getLogger(__name__)
 
-# Defaults for vLLM's environment: engine core in this process; KV cache size in GiB on CPU.
-VLLM_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
+# Defaults for vLLM's environment: the engine core in this process. (The KV cache size on CPU is
+# the engine's ``kv_cache_gib``; a user's own VLLM_CPU_KVCACHE_SPACE, whole GiB, overrides it.)
+VLLM_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 
 
 def apply_vllm_env(overrides: dict[str, str] | None = None) -> None:
@@ -52,6 +53,24 @@ def _reload_on_worker(worker, named_tensors: list[tuple[str, torch.Tensor]]) -> 
         method = getattr(module, "quant_method", None)
         if isinstance(method, UnquantizedEmbeddingMethod):
             method.process_weights_after_loading(module)
+
+
+# Room left over the exact need (vLLM rounds the cache to whole blocks of tokens).
+KV_CACHE_MARGIN = 1.25
+
+
+def kv_cache_bytes(model_path: str, dtype: str, tokens: int) -> int:
+    """Bytes of KV cache that hold ``tokens`` tokens of ``model_path`` in ``dtype``: keys and
+    values of every layer's key/value heads, read from the model's config."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path)
+    text = getattr(config, "text_config", None) or config
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    per_token = 2 * text.num_hidden_layers * kv_heads * head_dim * getattr(torch, dtype).itemsize
+    return int(per_token * tokens * KV_CACHE_MARGIN)
 
 
 def llm_kwargs(model_path: str, *, dtype: str, max_model_len: int, seed: int, on_gpu: bool,
@@ -87,7 +106,8 @@ class VLLMEngine:
                  seed: int = 0, stop_token_ids: list[int] | None = None, warmup: bool = True,
                  env: dict[str, str] | None = None, enforce_eager: bool | None = None,
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float | None = None,
-                 sleep_mode: bool = False, **extra) -> None:
+                 sleep_mode: bool = False, kv_cache_gib: float | None = None, kv_cache_tokens: int | None = None,
+                 **extra) -> None:
         apply_vllm_env(env)
         from vllm import LLM
 
@@ -98,6 +118,13 @@ class VLLMEngine:
 
             dtype = "bfloat16" if fast_bf16_available() else "float32"
         self.model_path = resolve_model_path(model_path)
+        if not torch.cuda.is_available():  # on GPUs vLLM sizes its cache from gpu_memory_utilization
+            # ``kv_cache_gib``; else room for ``kv_cache_tokens`` (at least one max_model_len
+            # sequence, vLLM's minimum); else 1 GiB.
+            extra.setdefault("kv_cache_memory_bytes",
+                             int(kv_cache_gib * 2**30) if kv_cache_gib is not None
+                             else kv_cache_bytes(self.model_path, dtype, max(kv_cache_tokens, max_model_len))
+                             if kv_cache_tokens is not None else 2**30)
         self.llm = LLM(**llm_kwargs(self.model_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
                                     on_gpu=torch.cuda.is_available(), enforce_eager=enforce_eager,
                                     tensor_parallel_size=tensor_parallel_size,
@@ -105,6 +132,8 @@ class VLLMEngine:
         self.sleeping = False
         self.tokenizer = self.llm.get_tokenizer()
         model_config = self.llm.llm_engine.model_config
+        cache_bytes = self.llm.llm_engine.vllm_config.cache_config.kv_cache_memory_bytes
+        self.kv_cache_gib = cache_bytes / 2**30 if cache_bytes is not None else None
         self.dtype = model_config.dtype
         self.tied_embeddings = bool(getattr(model_config.hf_text_config, "tie_word_embeddings", False))
         self.stop_token_ids = list(stop_token_ids or [])

@@ -275,7 +275,7 @@ def start_cost(cost: str, answers: list[dict[str, Any]], ppo_prompts: list | Non
 
 
 def _engine_kwargs(cfg) -> dict[str, Any]:
-    return {"env": {"VLLM_CPU_KVCACHE_SPACE": "1"}} if cfg.eval_engine == "vllm" else {}
+    return {"kv_cache_gib": 1.0} if cfg.eval_engine == "vllm" else {}
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -297,21 +297,21 @@ class PPOLagDriver:
         values = {stream: torch.cat([rank[stream] for rank in ranks]) for ranks in critics for stream in ranks[0]}
         if checked:
             rows = torch.tensor(check)
-            source.record(self.step_index, batch.rollout_logprobs[rows], checked[0][0], batch.response_mask[rows])
+            source.record(self.step_index, batch.rollout_logprobs[rows], checked[0], batch.response_mask[rows])
             if not source.use_engine:  # the engine's failed the check: this step recomputes too
                 source.step_used_engine = False
                 policy = get_fail_fast(roles.policy.call_split(PolicyWorker.logprobs, batch))
         if source.step_used_engine:
             old_logprobs = batch.rollout_logprobs
         else:
-            old_logprobs = torch.cat([logp for logp, _ in policy])
+            old_logprobs = torch.cat(policy)
             if batch.rollout_logprobs is not None:
                 source.record(self.step_index, batch.rollout_logprobs, old_logprobs, batch.response_mask)
         reward_values, costs = values["reward"], costs[0].float()
         if self.constraint_groups:  # [B, C] category scores -> [B, K] constraint costs
             costs = constraint_costs(costs, self.cost_categories, self.constraint_groups)
         return Scores(old_logprobs=old_logprobs,
-                      ref_logprobs=torch.cat([logp for logp, _ in reference]),
+                      ref_logprobs=torch.cat(reference),
                       reward_values=reward_values,
                       cost_values=values.get("cost", torch.zeros_like(reward_values)),
                       rewards=rewards[0].float(), costs=costs)
@@ -364,7 +364,7 @@ class PPOLagDriver:
         if self.roles.engines_sleep:
             get_fail_fast([w.wake_up.remote() for w in self.roles.rollout_workers])
         dtype, bucket_mb = self.roles.engine_dtype, self.cfg.rollout.sync_bucket_mb
-        if self.cfg.rollout.sync_path == "collective":
+        if self.roles.sync_path == "collective":
             # Sender and receivers run at once; a member that dies fails the others within
             # rollout.sync_timeout_s (gloo/NCCL timeout), and the dead actor is the one blamed.
             sent = self.roles.policy_rank0(PolicyWorker.broadcast_weights, dtype, bucket_mb)

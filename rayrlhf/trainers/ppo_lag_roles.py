@@ -61,6 +61,8 @@ class Roles:
     placement_group: Any = None
     # vLLM sleep mode (rollout.sleep_mode): the engines free their GPU memory after generating.
     engines_sleep: bool = False
+    # How weights reach the engines: "object_store" or "collective" (``sync_path``).
+    sync_path: str = "object_store"
 
     @property
     def groups(self) -> tuple[ActorGroup, ...]:
@@ -291,13 +293,22 @@ def _build_roles(cfg, policy_path: str, cost_critic: bool, started: list[tuple[s
                           + policy.call(PolicyWorker.init_engine)
                           + [ref for critic in critics for ref in critic.call(CriticWorker.init_engine)])
     policy_dtype = get_fail_fast([policy.call_rank0(PolicyWorker.info)])[0]["compute_dtype"]
-    if cfg.rollout.sync_path == "collective":
+    if sync_path(cfg) == "collective":
         join_weight_sync(policy, rollout_workers, "nccl" if res.use_gpu else "gloo", cfg.rollout.sync_timeout_s)
     return Roles(policy=policy, critics=critics, critic_streams=[streams for _, streams in layout],
                  rollout_workers=rollout_workers, rollout_names=rollout_names, frozen_hosts=frozen_hosts,
                  frozen_groups=frozen_groups, policy_dtype=policy_dtype, engine_dtype=ready[0]["dtype"],
                  reference_in_policy=reference_in_policy, policy_partitioned=ppo.zero_stage == 3,
-                 placement_group=pg, engines_sleep=engines_sleep(cfg))
+                 placement_group=pg, engines_sleep=engines_sleep(cfg), sync_path=sync_path(cfg))
+
+
+def sync_path(cfg) -> str:
+    """``rollout.sync_path`` with "auto" decided: the gloo broadcast on CPUs, the object store
+    on GPUs (where the broadcast would be NCCL's, which no test here runs)."""
+    path = cfg.rollout.sync_path
+    if path == "auto":
+        return "object_store" if cfg.resources.use_gpu else "collective"
+    return path
 
 
 def join_weight_sync(policy: ActorGroup, rollout_workers: list, backend: str, timeout_s: float) -> None:
@@ -310,6 +321,16 @@ def join_weight_sync(policy: ActorGroup, rollout_workers: list, backend: str, ti
                      for rank, w in enumerate(rollout_workers, start=1)])
 
 
+def kv_cache_size(cfg) -> dict[str, Any]:
+    """Each engine's KV cache: ``rollout.kv_cache_gib``, or (None) room for its share of a
+    step's rows at their longest (the engine sizes it from the model's shapes)."""
+    rollout = cfg.rollout
+    if rollout.kv_cache_gib is not None:
+        return {"kv_cache_gib": rollout.kv_cache_gib}
+    rows = -(-rollout.prompts_per_step // rollout.num_engines)
+    return {"kv_cache_tokens": rows * (rollout.max_prompt_tokens + rollout.max_new_tokens)}
+
+
 def engine_kwargs(cfg) -> dict[str, Any]:
     """What each rollout engine's constructor gets from the config (``rollout.*``)."""
     rollout, res = cfg.rollout, cfg.resources
@@ -317,7 +338,7 @@ def engine_kwargs(cfg) -> dict[str, Any]:
         return {}
     eager = (not res.use_gpu) if rollout.enforce_eager is None else rollout.enforce_eager
     kwargs: dict[str, Any] = {"max_model_len": rollout.max_model_len, "seed": cfg.run.seed, "dtype": cfg.policy.dtype,
-                              "env": {"VLLM_CPU_KVCACHE_SPACE": str(int(rollout.kv_cache_gib))},
+                              **kv_cache_size(cfg),
                               "enforce_eager": eager, "tensor_parallel_size": rollout.tensor_parallel_size,
                               "sleep_mode": engines_sleep(cfg)}
     memory = rollout.gpu_memory_utilization

@@ -75,6 +75,15 @@ def deepspeed_config(micro_batch_size: int, accumulation: int, max_grad_norm: fl
     }
 
 
+def effective_zero_stage(zero_stage: int, world_size: int, bf16: bool) -> int:
+    """The ZeRO stage a rank really runs. Stages 1 and 2 split optimiser state and gradients
+    over the ranks; on one rank they split nothing, yet in fp32 still keep a flat copy of the
+    weights and gradient buckets: stage 0 (plain AdamW) takes the same step in less time and
+    memory (SmolLM2 policy, one thread: -7% train time, -0.3 GiB). bf16 keeps its stage, which is
+    where DeepSpeed holds the fp32 master weights (its stage-0 bf16 path is another optimiser)."""
+    return 0 if world_size == 1 and zero_stage in (1, 2) and not bf16 else zero_stage
+
+
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     """Recompute activations in backward (transformers models, or our ScoreModel wrapper)."""
     inner = getattr(model, "inner", model)
@@ -137,8 +146,12 @@ def build_engine(model: torch.nn.Module, optim: OptimConfig, model_dtype: str = 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=optim.lr,
                                   weight_decay=optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule) if lr_schedule is not None else None
-    config = deepspeed_config(optim.micro_batch_size, optim.accumulation, optim.max_grad_norm, optim.zero_stage,
-                              resolve_bf16(optim.bf16, model_dtype), optim.caller_accumulates)
+    import torch.distributed as dist
+
+    bf16 = resolve_bf16(optim.bf16, model_dtype)
+    world_size = dist.get_world_size() if dist.is_initialized() else 1
+    config = deepspeed_config(optim.micro_batch_size, optim.accumulation, optim.max_grad_norm,
+                              effective_zero_stage(optim.zero_stage, world_size, bf16), bf16, optim.caller_accumulates)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config,
                                       dist_init_required=False)
     engine.train()

@@ -60,8 +60,8 @@ class FrozenModels:
                 self._judges[role] = make_scorer(source, dtype=spec.dtype, batch_size=spec.micro_batch_size,
                                                  per_category=role == "cost" and spec.cost_per_category)
 
-    def reference_logprobs(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """([B, R] reference log-probs of the response tokens, [B] mean entropies)."""
+    def reference_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
+        """[B, R] reference log-probs of the response tokens."""
         return rollout_logprobs(self._reference, batch, self.frozen_spec.micro_batch_size)
 
     def reward_scores(self, prompts: list[str], responses: list[str], response_ids: list[list[int]],

@@ -50,7 +50,8 @@ class _RolloutWorker:
         """What runs here and how long it took to start (await this before timing anything)."""
         dtype = getattr(self.engine, "dtype", None)
         return {"kind": self.kind, "model_path": self.model_path, "startup_s": self.startup_s,
-                "threads": self.threads, "dtype": str(dtype).removeprefix("torch.") if dtype is not None else None}
+                "threads": self.threads, "dtype": str(dtype).removeprefix("torch.") if dtype is not None else None,
+                "kv_cache_gib": getattr(self.engine, "kv_cache_gib", None)}
 
     def generate(self, prompt_ids: list[list[int]], spec: SamplingSpec) -> list[Completion]:
         return self.engine.generate(prompt_ids, spec)

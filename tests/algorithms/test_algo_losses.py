@@ -10,7 +10,6 @@ from rayrlhf.algorithms import (
     combined_advantage,
     cost_pairwise_loss,
     entropy_from_logits,
-    mean_entropy_per_row,
     lm_loss,
     moderation_loss,
     ppo_actor_loss,
@@ -98,11 +97,6 @@ def test_entropy_hand_computed():
     )
     mask = torch.tensor([[1, 1, 0]])
     assert entropy_from_logits(logits, mask).item() == pytest.approx(1.75 * math.log(2))
-    # Per row: a second row whose only valid token is uniform over 4 (ln 4); an empty row → 0.
-    two_rows = torch.cat([logits, torch.zeros(1, 3, 4, dtype=F64), torch.zeros(1, 3, 4, dtype=F64)])
-    rows_mask = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0]])
-    torch.testing.assert_close(mean_entropy_per_row(two_rows, rows_mask),
-                               torch.tensor([1.75 * math.log(2), 2 * math.log(2), 0.0], dtype=F64))
 
 
 def test_lm_loss_hand_computed_and_ignores_masked_labels():

@@ -49,10 +49,11 @@ def test_vllm_worker_matches_hf_and_follows_weight_sync(ray_cluster, tiny_model_
     old_model = load_causal_lm(tiny_model_dir, dtype="float32").eval()
     new_model = load_causal_lm(new_dir, dtype="float32").eval()
     worker = RolloutWorker.options(num_cpus=1).remote("vllm", tiny_model_dir,
-                                                      {"max_model_len": 256, "dtype": "float32"})
+                                                      {"max_model_len": 256, "dtype": "float32", "kv_cache_gib": 0.125})
     try:
         info = ray.get(worker.ready.remote())
         assert info["kind"] == "vllm" and info["model_path"] == tiny_model_dir
+        assert info["kv_cache_gib"] == 0.125  # a fraction of a GiB (VLLM_CPU_KVCACHE_SPACE takes whole ones)
         spec = SamplingSpec(max_new_tokens=16, temperature=1.0, seed=123)
 
         start = time.perf_counter()

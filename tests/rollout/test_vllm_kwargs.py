@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 from rayrlhf.config import compose_config, to_object
-from rayrlhf.rollout.vllm_engine import llm_kwargs
-from rayrlhf.trainers.ppo_lag_roles import engine_kwargs, engines_sleep
+from rayrlhf.rollout.vllm_engine import KV_CACHE_MARGIN, kv_cache_bytes, llm_kwargs
+from rayrlhf.trainers.ppo_lag_roles import engine_kwargs, engines_sleep, sync_path
 
 BASE = {"dtype": "bfloat16", "max_model_len": 1024, "seed": 3}
 
@@ -46,6 +46,13 @@ def test_engine_kwargs_on_cpu_are_what_runs_used_before():
     kwargs = engine_kwargs(config())
     assert kwargs["enforce_eager"] is True and kwargs["tensor_parallel_size"] == 1 and kwargs["sleep_mode"] is False
     assert "gpu_memory_utilization" not in kwargs
+    # KV cache: room for a step's rows at their longest, or what rollout.kv_cache_gib says
+    rollout = config().rollout
+    assert kwargs["kv_cache_tokens"] == rollout.prompts_per_step * (rollout.max_prompt_tokens + rollout.max_new_tokens)
+    assert "kv_cache_gib" not in kwargs
+    assert engine_kwargs(config("rollout.kv_cache_gib=0.25"))["kv_cache_gib"] == 0.25
+    two = engine_kwargs(config("rollout.num_engines=2", "rollout.prompts_per_step=5"))
+    assert two["kv_cache_tokens"] == 3 * (rollout.max_prompt_tokens + rollout.max_new_tokens)
     assert engine_kwargs(config("rollout.engine=hf")) == {}
 
 
@@ -61,3 +68,17 @@ def test_engine_kwargs_on_gpus_by_layout():
                                 "rollout.enforce_eager=true"))
     assert (told["gpu_memory_utilization"], told["sleep_mode"], told["enforce_eager"]) == (0.3, False, True)
     assert not engines_sleep(config("resources.layout=colocate"))  # on CPU: nothing to free
+
+
+def test_auto_sync_path_broadcasts_on_cpus_and_uses_the_object_store_on_gpus():
+    assert sync_path(config()) == "collective"
+    assert sync_path(config("resources.use_gpu=true")) == "object_store"
+    assert sync_path(config("rollout.sync_path=object_store")) == "object_store"
+    assert sync_path(config("resources.use_gpu=true", "rollout.sync_path=collective")) == "collective"
+
+
+def test_kv_cache_bytes_from_the_model_shapes(tiny_model_dir):
+    """Tiny Llama: 4 layers x 2 key/value heads x 32 dims, keys and values, 4 bytes in fp32
+    = 2048 bytes a token by hand; 100 tokens with vLLM's block margin."""
+    assert kv_cache_bytes(tiny_model_dir, "float32", 100) == int(2 * 4 * 2 * 32 * 4 * 100 * KV_CACHE_MARGIN)
+    assert kv_cache_bytes(tiny_model_dir, "bfloat16", 100) == int(2 * 4 * 2 * 32 * 2 * 100 * KV_CACHE_MARGIN)

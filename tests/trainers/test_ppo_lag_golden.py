@@ -186,7 +186,7 @@ def test_the_workers_losses_of_one_step_are_the_reference_losses(ray_cluster, ti
     try:
         get_fail_fast([ref for group, method in zip(groups, (PolicyWorker, CriticWorker, CriticWorker))
                        for ref in group.call(method.init_engine)])
-        (policy_logp, _), = get_fail_fast(policy.call(PolicyWorker.logprobs, batch))
+        policy_logp, = get_fail_fast(policy.call(PolicyWorker.logprobs, batch))
         (reward_values,), (cost_values,) = (get_fail_fast(group.call(CriticWorker.values, batch))[0].values()
                                             for group in (reward_critic, cost_critic))
         # What the score phase would hand on, shifted as the reference's inputs are.

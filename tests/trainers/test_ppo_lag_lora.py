@@ -38,19 +38,19 @@ def test_lora_policy_reference_stays_the_initial_policy_and_checkpoints_reload(r
     resumed = None
     try:
         get_fail_fast(policy.call(PolicyWorker.init_engine))
-        (initial, _), = get_fail_fast(policy.call(PolicyWorker.logprobs, batch))
-        (reference_before, _), = get_fail_fast(policy.call(PolicyWorker.reference_logprobs, batch))
+        initial, = get_fail_fast(policy.call(PolicyWorker.logprobs, batch))
+        reference_before, = get_fail_fast(policy.call(PolicyWorker.reference_logprobs, batch))
         trained = replace(batch, old_logprobs=initial, advantages=torch.linspace(-1, 1, mask.numel()).reshape(mask.shape) * mask)
         get_fail_fast(policy.call(PolicyWorker.train, trained, epochs=2, minibatch_size=3, clip_ratio=0.2))
-        (after, _), = get_fail_fast(policy.call(PolicyWorker.logprobs, batch))
-        (reference_after, _), = get_fail_fast(policy.call(PolicyWorker.reference_logprobs, batch))
+        after, = get_fail_fast(policy.call(PolicyWorker.logprobs, batch))
+        reference_after, = get_fail_fast(policy.call(PolicyWorker.reference_logprobs, batch))
         info, = get_fail_fast(policy.call(PolicyWorker.info))
         weights = get_fail_fast([policy.call_rank0(PolicyWorker.weights)])[0]
         get_fail_fast(policy.call(PolicyWorker.save_checkpoint, str(tmp_path / "ckpt")))
         resumed = ActorGroup(PolicyWorker, 1, tiny_model_dir, name="lora-policy-resumed", **common)
         get_fail_fast(resumed.call(PolicyWorker.init_engine))
         get_fail_fast(resumed.call(PolicyWorker.load_checkpoint, str(tmp_path / "ckpt")))
-        (reloaded, _), = get_fail_fast(resumed.call(PolicyWorker.logprobs, batch))
+        reloaded, = get_fail_fast(resumed.call(PolicyWorker.logprobs, batch))
     finally:
         for group in (policy, resumed):
             if group is not None:
@@ -61,14 +61,14 @@ def test_lora_policy_reference_stays_the_initial_policy_and_checkpoints_reload(r
     # ... and, within one thread's rounding, the initial model loaded on its own (another process).
     torch.set_num_threads(1)
     base = load_causal_lm(tiny_model_dir, dtype="float32").eval()
-    torch.testing.assert_close(rollout_logprobs(base, batch, 2)[0], initial, rtol=0, atol=1e-6)
+    torch.testing.assert_close(rollout_logprobs(base, batch, 2), initial, rtol=0, atol=1e-6)
     # The step moved the policy, and only its adapters were trainable.
     assert float(((after - initial) * mask).abs().max()) > 1e-3
     assert 0 < info["trainable_parameters"] < 0.1 * info["parameters"]
     # The engines receive the merged model: loaded into an HF engine it computes the policy's log-probs.
     engine = HFEngine(tiny_model_dir)
     engine.update_weights(weights)
-    torch.testing.assert_close(rollout_logprobs(engine.model, batch, 2)[0], after, rtol=0, atol=1e-5)
+    torch.testing.assert_close(rollout_logprobs(engine.model, batch, 2), after, rtol=0, atol=1e-5)
     # The checkpoint holds the adapters and the optimiser state, not the frozen base, and resumes the step.
     torch.testing.assert_close(reloaded, after, rtol=0, atol=1e-6)
     saved = sum(f.stat().st_size for f in (tmp_path / "ckpt" / "policy").rglob("*") if f.is_file())
@@ -81,7 +81,7 @@ def test_lora_policy_reference_stays_the_initial_policy_and_checkpoints_reload(r
                                         str(tmp_path / "ckpt" / POLICY_ADAPTER)).eval()
     merged = load_causal_lm(tmp_path / "ckpt" / POLICY_MERGED, dtype="float32").eval()
     for model in (adapted, merged):
-        torch.testing.assert_close(rollout_logprobs(model, batch, 2)[0], after, rtol=0, atol=1e-5)
+        torch.testing.assert_close(rollout_logprobs(model, batch, 2), after, rtol=0, atol=1e-5)
 
 
 # Adapters on every projection and on the LM head: the tiny model's 128-wide hidden state
