@@ -73,6 +73,17 @@ def kv_cache_bytes(model_path: str, dtype: str, tokens: int) -> int:
     return int(per_token * tokens * KV_CACHE_MARGIN)
 
 
+def cpu_kv_cache_bytes(model_path: str, dtype: str, max_model_len: int, kv_cache_gib: float | None,
+                       kv_cache_tokens: int | None) -> int:
+    """An engine's KV cache on CPU: ``kv_cache_gib`` GiB; else room for ``kv_cache_tokens``
+    tokens (at least one max_model_len sequence, vLLM's minimum); else 1 GiB."""
+    if kv_cache_gib is not None:
+        return int(kv_cache_gib * 2**30)
+    if kv_cache_tokens is not None:
+        return kv_cache_bytes(model_path, dtype, max(kv_cache_tokens, max_model_len))
+    return 2**30
+
+
 def llm_kwargs(model_path: str, *, dtype: str, max_model_len: int, seed: int, on_gpu: bool,
                enforce_eager: bool | None = None, tensor_parallel_size: int = 1,
                gpu_memory_utilization: float | None = None, sleep_mode: bool = False, **extra) -> dict:
@@ -119,12 +130,8 @@ class VLLMEngine:
             dtype = "bfloat16" if fast_bf16_available() else "float32"
         self.model_path = resolve_model_path(model_path)
         if not torch.cuda.is_available():  # on GPUs vLLM sizes its cache from gpu_memory_utilization
-            # ``kv_cache_gib``; else room for ``kv_cache_tokens`` (at least one max_model_len
-            # sequence, vLLM's minimum); else 1 GiB.
-            extra.setdefault("kv_cache_memory_bytes",
-                             int(kv_cache_gib * 2**30) if kv_cache_gib is not None
-                             else kv_cache_bytes(self.model_path, dtype, max(kv_cache_tokens, max_model_len))
-                             if kv_cache_tokens is not None else 2**30)
+            extra.setdefault("kv_cache_memory_bytes", cpu_kv_cache_bytes(self.model_path, dtype, max_model_len,
+                                                                         kv_cache_gib, kv_cache_tokens))
         self.llm = LLM(**llm_kwargs(self.model_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
                                     on_gpu=torch.cuda.is_available(), enforce_eager=enforce_eager,
                                     tensor_parallel_size=tensor_parallel_size,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from rayrlhf.config import compose_config, to_object
-from rayrlhf.rollout.vllm_engine import KV_CACHE_MARGIN, kv_cache_bytes, llm_kwargs
+from rayrlhf.rollout.vllm_engine import KV_CACHE_MARGIN, cpu_kv_cache_bytes, kv_cache_bytes, llm_kwargs
 from rayrlhf.trainers.ppo_lag_roles import engine_kwargs, engines_sleep, sync_path
 
 BASE = {"dtype": "bfloat16", "max_model_len": 1024, "seed": 3}
@@ -82,3 +82,8 @@ def test_kv_cache_bytes_from_the_model_shapes(tiny_model_dir):
     = 2048 bytes a token by hand; 100 tokens with vLLM's block margin."""
     assert kv_cache_bytes(tiny_model_dir, "float32", 100) == int(2 * 4 * 2 * 32 * 4 * 100 * KV_CACHE_MARGIN)
     assert kv_cache_bytes(tiny_model_dir, "bfloat16", 100) == int(2 * 4 * 2 * 32 * 2 * 100 * KV_CACHE_MARGIN)
+    # what an engine asks vLLM for: the set size, else the tokens (at least max_model_len), else 1 GiB
+    assert cpu_kv_cache_bytes(tiny_model_dir, "float32", 256, 0.5, 4000) == 2**29
+    assert cpu_kv_cache_bytes(tiny_model_dir, "float32", 256, None, 4000) == kv_cache_bytes(tiny_model_dir, "float32", 4000)
+    assert cpu_kv_cache_bytes(tiny_model_dir, "float32", 256, None, 100) == kv_cache_bytes(tiny_model_dir, "float32", 256)
+    assert cpu_kv_cache_bytes(tiny_model_dir, "float32", 256, None, None) == 2**30
