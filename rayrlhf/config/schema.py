@@ -421,7 +421,7 @@ class RolloutConfig:
     # them over a process group of its own with the engines, set up once at start (gloo on
     # CPUs; NCCL on GPUs, which no test here exercises), with no copy in the object store.
     # "auto": collective on CPUs (half the object store's time and 1.1 GiB less peak memory on
-    # the sender for SmolLM2: benchmarks/README.md "Weight sync"), the object store on GPUs.
+    # the sender for SmolLM2: benchmarks/README.md, `weight_sync.py`), the object store on GPUs.
     sync_path: str = checked("auto", one_of(("auto", "object_store", "collective")))
     # The collective path's rendezvous and each broadcast fail after this many seconds (a dead
     # or stuck member), so a sync never hangs; the run's fault handling then restarts the roles.
