@@ -50,7 +50,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray 2.60 turns token auth 
 log = logging.getLogger("bench.ppo_lag_step")
 GIB = 1024 ** 3
 PHASES = ("generate", "score", "advantages", "train", "lagrange", "sync", "overhead")
-TRL_PIP = ["torch==2.13.0", "trl==1.12.*", "transformers", "accelerate", "datasets", "psutil"]
+TRL_PIP = ["torch==2.13.0", "trl==1.12.*", "transformers", "accelerate", "datasets", "psutil", "peft"]
 
 
 # ---------------------------------------------------------------------------- machine
@@ -215,6 +215,10 @@ VARIANTS: dict[str, list[str]] = {
     # alpha 32, every projection): adapters-only optimisers, no base-weight gradients, and the
     # reference is the policy with its adapters off (no reference copy in policy-0).
     "lora": ["ppo.lora.enabled=true", "ppo.lora.rank=16", "ppo.lora.alpha=32"],
+    # The issue's best-settings pair for TRL's lora_bf16: the same adapters, and bf16 where the
+    # start-up matmul timing finds it native (dtype auto; fp32 elsewhere).
+    "lora_bf16": ["ppo.lora.enabled=true", "ppo.lora.rank=16", "ppo.lora.alpha=32", "policy.dtype=auto",
+                  "ppo.bf16=null"],
     # The default, one step off-policy: the engine generates the next step's responses while
     # the roles train (rollout.async_generation).
     "async": ["rollout.async_generation=true"],
@@ -627,7 +631,7 @@ print(json.dumps({
 def ensure_peer_venv(venv: Path) -> Path:
     """``python3.11 -m venv`` + TRL 1.12 and friends, once; never touches the project venv."""
     python = venv / "bin" / "python"
-    probe = [str(python), "-c", "import trl.experimental.ppo, psutil, sys; assert trl.__version__.startswith('1.12')"]
+    probe = [str(python), "-c", "import trl.experimental.ppo, psutil, peft, sys; assert trl.__version__.startswith('1.12')"]
     if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
         return python
     log.info("creating the TRL venv at %s (pip install %s)", venv, " ".join(TRL_PIP))
@@ -822,7 +826,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 # (rayrlhf variant, TRL variant) pairs the issue's targets compare.
 COMPARISONS = {"speedup_vs_trl": ("default", "fp32"), "speedup_vs_trl_separate_critics": ("separate_critics", "fp32"),
                "speedup_vs_trl_before": ("before", "fp32"), "speedup_vs_trl_best": ("best", "lora_bf16"),
-               "speedup_vs_trl_lora": ("lora", "lora_bf16")}
+               "speedup_vs_trl_lora": ("lora", "lora_bf16"), "speedup_vs_trl_lora_bf16": ("lora_bf16", "lora_bf16")}
 
 
 def compare(report: dict[str, Any]) -> dict[str, Any]:
