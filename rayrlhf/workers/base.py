@@ -139,6 +139,9 @@ def build_engine(model: torch.nn.Module, optim: OptimConfig, model_dtype: str = 
 
     from rayrlhf.models.freezing import freeze_lower_layers
 
+    from rayrlhf.models.attention import use_trainable_attention
+
+    use_trainable_attention(model)  # bf16 on CPUs: attention's backward in fp32 (twice as fast)
     if optim.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     if optim.trainable_layers is not None:
