@@ -215,10 +215,12 @@ VARIANTS: dict[str, list[str]] = {
     # alpha 32, every projection): adapters-only optimisers, no base-weight gradients, and the
     # reference is the policy with its adapters off (no reference copy in policy-0).
     "lora": ["ppo.lora.enabled=true", "ppo.lora.rank=16", "ppo.lora.alpha=32"],
-    # The best-settings pair for TRL's lora_bf16: the same adapters, and bf16 where the
-    # start-up matmul timing finds it native (dtype auto; fp32 elsewhere).
+    # The best-settings pair for TRL's lora_bf16: the same adapters, bf16 where the
+    # start-up matmul timing finds it native (dtype auto; fp32 elsewhere), and passes of 16
+    # rows: bf16 makes the matrix products fast enough that per-operation overhead (LoRA's
+    # many small ones) dominates 4-row passes, and LoRA's roles have memory to spare.
     "lora_bf16": ["ppo.lora.enabled=true", "ppo.lora.rank=16", "ppo.lora.alpha=32", "policy.dtype=auto",
-                  "ppo.bf16=null"],
+                  "ppo.bf16=null", "ppo.micro_batch_size=16"],
     # The default, one step off-policy: the engine generates the next step's responses while
     # the roles train (rollout.async_generation).
     "async": ["rollout.async_generation=true"],
