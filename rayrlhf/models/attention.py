@@ -35,8 +35,12 @@ def use_trainable_attention(model: torch.nn.Module) -> None:
     engine's module) through :func:`sdpa_fp32_backward_on_cpu`; models that use another
     attention than sdpa (flash attention on GPUs, eager) keep theirs."""
     from transformers import AttentionInterface, PreTrainedModel
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     AttentionInterface.register(NAME, sdpa_fp32_backward_on_cpu)
+    # transformers builds no mask at all for an attention name it has no mask function for:
+    # padded rows would then attend to their padding (the engine log-prob check caught it).
+    AttentionMaskInterface.register(NAME, sdpa_mask)
     for sub in model.modules():
         if isinstance(sub, PreTrainedModel) and sub.config._attn_implementation == "sdpa":
             sub.set_attn_implementation(NAME)
