@@ -221,6 +221,10 @@ VARIANTS: dict[str, list[str]] = {
     # many small ones) dominates 4-row passes, and LoRA's roles have memory to spare.
     "lora_bf16": ["ppo.lora.enabled=true", "ppo.lora.rank=16", "ppo.lora.alpha=32", "policy.dtype=auto",
                   "ppo.bf16=null", "ppo.micro_batch_size=16"],
+    # The same with the vLLM engine compiled (rollout.enforce_eager=false): decoding ~35% faster
+    # on CPU, for ~2 min more start-up (torch.compile; cached across runs): pays on long runs.
+    "lora_bf16_compiled": ["ppo.lora.enabled=true", "ppo.lora.rank=16", "ppo.lora.alpha=32", "policy.dtype=auto",
+                           "ppo.bf16=null", "ppo.micro_batch_size=16", "rollout.enforce_eager=false"],
     # The default, one step off-policy: the engine generates the next step's responses while
     # the roles train (rollout.async_generation).
     "async": ["rollout.async_generation=true"],
@@ -828,7 +832,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 # (rayrlhf variant, TRL variant) pairs the targets compare.
 COMPARISONS = {"speedup_vs_trl": ("default", "fp32"), "speedup_vs_trl_separate_critics": ("separate_critics", "fp32"),
                "speedup_vs_trl_before": ("before", "fp32"), "speedup_vs_trl_best": ("best", "lora_bf16"),
-               "speedup_vs_trl_lora": ("lora", "lora_bf16"), "speedup_vs_trl_lora_bf16": ("lora_bf16", "lora_bf16")}
+               "speedup_vs_trl_lora": ("lora", "lora_bf16"), "speedup_vs_trl_lora_bf16": ("lora_bf16", "lora_bf16"),
+               "speedup_vs_trl_lora_bf16_compiled": ("lora_bf16_compiled", "lora_bf16")}
 
 
 def compare(report: dict[str, Any]) -> dict[str, Any]:
