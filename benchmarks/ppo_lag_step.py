@@ -197,6 +197,13 @@ def build_score_models(root: Path, seed: int) -> tuple[str, str]:
     return dirs[0], dirs[1]
 
 
+# The best-settings pair for TRL's lora_bf16: TRL's adapters (rank 16, alpha 32, every
+# projection), bf16 where the start-up matmul timing finds it native (dtype auto; fp32
+# elsewhere), and passes of 16 rows: bf16 makes the matrix products fast enough that
+# per-operation overhead (LoRA's many small ones) dominates 4-row passes, and LoRA's roles
+# have memory to spare.
+LORA_BF16 = ["ppo.lora.enabled=true", "ppo.lora.rank=16", "ppo.lora.alpha=32", "policy.dtype=auto", "ppo.bf16=null",
+             "ppo.micro_batch_size=16"]
 # What each rayrlhf variant changes on top of the base overrides (fp32, one mini-batch of all prompts).
 VARIANTS: dict[str, list[str]] = {
     # The shipped defaults: engine log-probs (auto), one critic backbone with two heads, frozen
@@ -215,16 +222,10 @@ VARIANTS: dict[str, list[str]] = {
     # alpha 32, every projection): adapters-only optimisers, no base-weight gradients, and the
     # reference is the policy with its adapters off (no reference copy in policy-0).
     "lora": ["ppo.lora.enabled=true", "ppo.lora.rank=16", "ppo.lora.alpha=32"],
-    # The best-settings pair for TRL's lora_bf16: the same adapters, bf16 where the
-    # start-up matmul timing finds it native (dtype auto; fp32 elsewhere), and passes of 16
-    # rows: bf16 makes the matrix products fast enough that per-operation overhead (LoRA's
-    # many small ones) dominates 4-row passes, and LoRA's roles have memory to spare.
-    "lora_bf16": ["ppo.lora.enabled=true", "ppo.lora.rank=16", "ppo.lora.alpha=32", "policy.dtype=auto",
-                  "ppo.bf16=null", "ppo.micro_batch_size=16"],
+    "lora_bf16": LORA_BF16,
     # The same with the vLLM engine compiled (rollout.enforce_eager=false): decoding ~35% faster
     # on CPU, for ~2 min more start-up (torch.compile; cached across runs): pays on long runs.
-    "lora_bf16_compiled": ["ppo.lora.enabled=true", "ppo.lora.rank=16", "ppo.lora.alpha=32", "policy.dtype=auto",
-                           "ppo.bf16=null", "ppo.micro_batch_size=16", "rollout.enforce_eager=false"],
+    "lora_bf16_compiled": [*LORA_BF16, "rollout.enforce_eager=false"],
     # The default, one step off-policy: the engine generates the next step's responses while
     # the roles train (rollout.async_generation).
     "async": ["rollout.async_generation=true"],

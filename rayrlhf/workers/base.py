@@ -135,11 +135,9 @@ def build_engine(model: torch.nn.Module, optim: OptimConfig, model_dtype: str = 
     ``model_dtype`` (``resolve_bf16``)."""
     deepspeed = import_deepspeed()
 
-    from rayrlhf.models.zoo import resolve_bf16
-
-    from rayrlhf.models.freezing import freeze_lower_layers
-
     from rayrlhf.models.attention import use_trainable_attention
+    from rayrlhf.models.freezing import freeze_lower_layers
+    from rayrlhf.models.zoo import resolve_bf16
 
     use_trainable_attention(model)  # bf16 on CPUs: attention's backward in fp32 (twice as fast)
     if optim.gradient_checkpointing:

@@ -33,7 +33,7 @@ def test_every_benchmark_variant_composes_and_validates(variant, tmp_path):
     # Async runs one step more than it measures, so its last measured step overlaps too.
     assert (cfg.rollout.prompts_per_step, cfg.rollout.max_new_tokens) == (16, 64)
     assert cfg.steps == (5 if variant == "async" else 4)
-    assert cfg.policy.dtype == ("auto" if variant in ("best", "lora_bf16", "lora_bf16_compiled") else "float32")
+    assert cfg.policy.dtype == ("auto" if "policy.dtype=auto" in bench.VARIANTS[variant] else "float32")
     assert list(cfg.logger) == ["jsonl"] and cfg.run.verbose is False
 
 
