@@ -24,6 +24,7 @@ from rayrlhf.algorithms.losses import (
     ppo_actor_loss,
     response_nll,
     reward_pairwise_loss,
+    token_logprobs_and_entropy,
 )
 from rayrlhf.algorithms.masked import (
     LOSS_AGGREGATIONS,
@@ -55,6 +56,7 @@ __all__ = [
     "constraint_costs",
     "cost_pairwise_loss",
     "entropy_from_logits",
+    "token_logprobs_and_entropy",
     "gae_advantages",
     "kl_estimate",
     "lm_loss",

@@ -99,6 +99,47 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     return torch.special.entr(torch.softmax(logits, dim=-1)).sum(dim=-1)  # entr(0) = 0: safe for −inf
 
 
+def token_logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, T] log p(token) and entropy H(p) of p = softmax(logits) ([B, T, V] finite logits,
+    [B, T] tokens), both in fp32, both differentiable; the gradient flows back in the logits'
+    dtype. Equal to log_softmax-then-gather and ``token_entropy``.
+
+    One softmax serves all three uses: log p = l_tok − lse, H = lse − Σ_v p_v l_v, and the
+    backward d log p / d l = onehot(token) − p, dH/dl = −p (l − lse + H). Autograd over
+    ``token_logprobs`` and ``token_entropy`` sweeps the [B, T, V] tensor about twice as often
+    (SmolLM2, 16 x 64 bf16 logits, one CPU thread: ~0.9 s forward + backward against ~2.2 s)."""
+    return _LogprobsAndEntropy.apply(logits, tokens)
+
+
+class _LogprobsAndEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        wide = logits.float()  # exact for bf16/fp16 logits; the logits themselves if fp32
+        top = wide.amax(-1, keepdim=True)
+        probs = torch.sub(wide, top).exp_()
+        total = probs.sum(-1, keepdim=True)
+        lse = top + total.log()
+        probs.div_(total)
+        logp = (wide.gather(-1, tokens.unsqueeze(-1)) - lse).squeeze(-1)
+        entropy = lse.squeeze(-1) - torch.linalg.vecdot(probs, wide)
+        ctx.save_for_backward(logits, tokens, probs, lse, entropy)
+        ctx.set_materialize_grads(False)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp: torch.Tensor | None, grad_entropy: torch.Tensor | None):
+        logits, tokens, probs, lse, entropy = ctx.saved_tensors
+        if grad_logp is not None:
+            grad = probs * grad_logp.neg().unsqueeze(-1)
+            grad.scatter_add_(-1, tokens.unsqueeze(-1), grad_logp.unsqueeze(-1))
+        else:
+            grad = torch.zeros_like(probs)
+        if grad_entropy is not None:
+            centred = logits.to(torch.float32, copy=True).sub_(lse).add_(entropy.unsqueeze(-1))
+            grad.addcmul_(probs, centred.mul_(grad_entropy.unsqueeze(-1)), value=-1)
+        return grad.to(logits.dtype), None
+
+
 def entropy_from_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean entropy over the valid tokens of a batch."""
     return masked_mean(token_entropy(logits), mask)

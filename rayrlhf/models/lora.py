@@ -10,8 +10,9 @@ Three things follow, and live here:
 
 * the frozen base weights *are* the reference policy: ``adapters_disabled`` computes it with
   the same tensors and kernels as the initial policy, so no second copy of the weights exists;
-* the rollout engines want plain transformers names and weights: ``merged_state_dict`` gives
-  W + ΔW under the original names (what vLLM's ``reload_weights`` and ``save_pretrained`` take);
+* the rollout engines want plain transformers names and weights: ``merged_weights`` gives
+  W + ΔW under the original names (what vLLM's ``reload_weights`` and ``save_pretrained`` take),
+  and for a weight sync only the weights that training can change;
 * ``save_adapter`` writes peft's own format (``adapter_config.json`` +
   ``adapter_model.safetensors``), which ``peft.PeftModel.from_pretrained`` loads onto the base.
 """
@@ -111,21 +112,44 @@ def adapters_disabled(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
 
 def merged_state_dict(model: torch.nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """``model``'s state under the names of the model without adapters, each adapted weight
-    W + (alpha / rank) B A (computed in fp32), the adapters themselves left out. New tensors
-    (``dtype``, default each weight's own): safe to send or save while training goes on."""
+    W + (alpha / rank) B A, the adapters themselves left out (``merged_weights``, gathered)."""
+    return dict(merged_weights(model, dtype))
+
+
+def merged_weights(model: torch.nn.Module, dtype: torch.dtype | None = None, *,
+                   changed_only: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) of ``model`` under the names of the model without adapters, one at a
+    time: each adapted weight W + (alpha / rank) B A, the adapters left out. New tensors
+    (``dtype``, default each weight's own): safe to send or save while training goes on.
+
+    ``changed_only`` gives only what training can have changed: the adapted weights and any
+    other weight that trains. The rest is the base checkpoint, bit for bit, which an engine
+    built from that checkpoint already holds; for SmolLM2 with every projection adapted this
+    leaves out the embedding (and its tied head copy), a fifth of the bytes."""
     layers = lora_layers(model)
-    merged: dict[str, torch.Tensor] = {}
-    for name, tensor in model.state_dict().items():
-        if ".lora_" in name:
-            continue
-        key = name.replace(".base_layer.", ".")
-        merged[key] = tensor.detach().to(dtype or tensor.dtype, copy=True)
+    adapted = {f"{name}.weight" for name in layers}
     with torch.no_grad():
+        for name, param in model.state_dict(keep_vars=True).items():
+            key = name.replace(".base_layer.", ".")
+            if ".lora_" in name or key in adapted or (changed_only and not param.requires_grad):
+                continue
+            yield key, param.detach().to(dtype or param.dtype, copy=True)
         for name, layer in layers.items():
-            weight = layer.get_base_layer().weight
-            delta = layer.get_delta_weight(ADAPTER_NAME).float()
-            merged[f"{name}.weight"] = (weight.float() + delta).to(dtype or weight.dtype)
-    return merged
+            yield f"{name}.weight", merged_weight(layer, dtype)
+
+
+def merged_weight(layer: torch.nn.Module, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """W + (alpha / rank) B A of one peft LoRA layer, computed in fp32 and rounded once to
+    ``dtype`` (default W's). One ``addmm``: rounding peft's delta to a bf16 weight's dtype
+    before adding it would round twice, and the extra passes made the merge ~2x slower
+    (SmolLM2, 210 layers, one CPU thread: ~0.35 s against 0.5-1.3 s)."""
+    weight = layer.get_base_layer().weight
+    if getattr(layer, "fan_in_fan_out", False):  # Conv1D-style layers store W transposed
+        merged = weight.float() + layer.get_delta_weight(ADAPTER_NAME).float()
+    else:
+        lora_a, lora_b = layer.lora_A[ADAPTER_NAME].weight, layer.lora_B[ADAPTER_NAME].weight
+        merged = torch.addmm(weight.float(), lora_b.float(), lora_a.float(), alpha=layer.scaling[ADAPTER_NAME])
+    return merged.to(dtype or weight.dtype)
 
 
 def adapter_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -69,9 +69,11 @@ class RolloutEngine(Protocol):
         """One completion per prompt, in the order given."""
         ...
 
-    def update_weights(self, named_tensors: dict[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> None:
+    def update_weights(self, named_tensors: dict[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
+                       partial: bool = False) -> None:
         """Replace the policy weights (HF parameter names, as ``state_dict`` gives them): a
-        dict, or (name, tensor) pairs streamed from the sync's buckets."""
+        dict, or (name, tensor) pairs streamed from the sync's buckets. Every weight must
+        arrive unless ``partial`` (a LoRA sync: the weights not sent are kept)."""
         ...
 
     def close(self) -> None:

@@ -138,10 +138,11 @@ class HFEngine:
         ]
 
     @torch.no_grad()
-    def update_weights(self, named_tensors: dict[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> None:
+    def update_weights(self, named_tensors: dict[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
+                       partial: bool = False) -> None:
         """Copy each tensor into the model as it arrives (an iterable streams: no second copy
         of the model is held); every weight must arrive, except that a tied
-        ``lm_head.weight`` may be left out."""
+        ``lm_head.weight`` may be left out, or any weight when ``partial``."""
         named = named_tensors.items() if isinstance(named_tensors, dict) else named_tensors
         targets = self.model.state_dict(keep_vars=True)
         loaded, unexpected = set(), []
@@ -153,7 +154,7 @@ class HFEngine:
             target.data.copy_(tensor)
             loaded.add(name)
         tied = {"lm_head.weight"} if self.model.config.get_text_config().tie_word_embeddings else set()
-        missing = set(targets) - loaded - tied
+        missing = set() if partial else set(targets) - loaded - tied
         if unexpected or missing:
             raise KeyError(f"weights do not fit the model: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
 

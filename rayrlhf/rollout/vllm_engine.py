@@ -173,10 +173,11 @@ class VLLMEngine:
         return int(self.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens)
 
     @torch.no_grad()
-    def update_weights(self, named_tensors) -> None:
+    def update_weights(self, named_tensors, partial: bool = False) -> None:
         """Load HF-named tensors (a dict or (name, tensor) pairs) in place (vLLM fuses q/k/v
         and gate/up itself), then drop the prefix cache, whose KV blocks were computed with
-        the old weights."""
+        the old weights. vLLM loads what it is given, so ``partial`` needs nothing here: a
+        sync of the adapted layers alone samples exactly as the full one (SmolLM2, bf16)."""
         start = time.perf_counter()
         named = named_tensors.items() if isinstance(named_tensors, dict) else named_tensors
         weights = [(name, tensor.detach().to("cpu", self.dtype).contiguous())

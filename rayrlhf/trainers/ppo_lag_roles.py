@@ -63,6 +63,9 @@ class Roles:
     engines_sleep: bool = False
     # How weights reach the engines: "object_store" or "collective" (``sync_path``).
     sync_path: str = "object_store"
+    # LoRA: a sync sends only the weights training can change (the merged adapted layers); the
+    # engines were built from the policy's checkpoint, so they hold the frozen rest already.
+    sync_changed_only: bool = False
 
     @property
     def groups(self) -> tuple[ActorGroup, ...]:
@@ -299,7 +302,8 @@ def _build_roles(cfg, policy_path: str, cost_critic: bool, started: list[tuple[s
                  rollout_workers=rollout_workers, rollout_names=rollout_names, frozen_hosts=frozen_hosts,
                  frozen_groups=frozen_groups, policy_dtype=policy_dtype, engine_dtype=ready[0]["dtype"],
                  reference_in_policy=reference_in_policy, policy_partitioned=ppo.zero_stage == 3,
-                 placement_group=pg, engines_sleep=engines_sleep(cfg), sync_path=sync_path(cfg))
+                 placement_group=pg, engines_sleep=engines_sleep(cfg), sync_path=sync_path(cfg),
+                 sync_changed_only=ppo.lora.enabled)
 
 
 def sync_path(cfg) -> str:

@@ -10,10 +10,10 @@ from typing import Any, Iterator
 
 import torch
 
-from rayrlhf.algorithms import entropy_from_logits, ppo_actor_loss, response_nll
+from rayrlhf.algorithms import masked_mean, ppo_actor_loss, response_nll, token_logprobs_and_entropy
 from rayrlhf.fault_injection import inject_fault
-from rayrlhf.models.forward import response_logits, rollout_logprobs, token_logprobs
-from rayrlhf.models.lora import LoRASpec, adapters_disabled, add_lora, merged_state_dict, save_adapter
+from rayrlhf.models.forward import response_logits, rollout_logprobs
+from rayrlhf.models.lora import LoRASpec, adapters_disabled, add_lora, merged_state_dict, merged_weights, save_adapter
 from rayrlhf.rollout.weight_sync import WeightBuckets, broadcast_buckets, join_sync_group, put_buckets
 from rayrlhf.types import ActorStats, PTXBatch, RolloutBatch
 from rayrlhf.workers.base import (
@@ -98,15 +98,14 @@ class PolicyWorker(DistributedWorker, FrozenModels):
 
         def part_loss(part: RolloutBatch) -> PartLoss:
             logits = response_logits(engine, part.sequences, part.attention_mask, part.prompt_length)
-            logp = token_logprobs(logits, part.response_ids)
+            # One softmax gives the log-probs, the entropy and both gradients; the entropy's
+            # backward runs only when the loss uses it (entropy_coef > 0).
+            logp, token_entropy = token_logprobs_and_entropy(logits, part.response_ids)
             mask = part.response_mask.float()
             loss, info = ppo_actor_loss(logp, part.old_logprobs, part.advantages, mask, clip_ratio, loss_aggregation)
+            entropy = masked_mean(token_entropy, mask)
             if entropy_coef:
-                entropy = entropy_from_logits(logits.float(), mask)
                 loss = loss - entropy_coef * entropy
-            else:  # reported only: no graph over the [b, R, V] softmax (~4% of the policy's train time)
-                with torch.no_grad():
-                    entropy = entropy_from_logits(logits.detach().float(), mask)
             return PartLoss(loss, loss_stats={"loss": loss.item()},
                             token_stats={"clip_fraction": float(info["clip_fraction"]),
                                          "approx_kl": float(info["approx_kl"]), "entropy": entropy.item()})
@@ -143,22 +142,24 @@ class PolicyWorker(DistributedWorker, FrozenModels):
         state = dict(gathered_state(self.module, keep=keep, dtype=torch.float32))
         return state if keep else None
 
-    def weight_buckets(self, dtype: str | None, bucket_mb: float) -> WeightBuckets | None:
+    def weight_buckets(self, dtype: str | None, bucket_mb: float, changed_only: bool = False) -> WeightBuckets | None:
         """The weights ``weights`` gives, cast to ``dtype`` (the engines'; None: fp32) and put
         into the object store in buckets of at most ``bucket_mb`` MB as they are gathered
         (``rayrlhf.rollout.weight_sync``). Under ZeRO-3 every rank must call it; rank 0
-        returns the buckets, the others None."""
-        buckets = put_buckets(self._engine_weights(dtype), max(1, int(bucket_mb * 1e6)))
+        returns the buckets, the others None. ``changed_only``: see ``_engine_weights``."""
+        buckets = put_buckets(self._engine_weights(dtype, changed_only), max(1, int(bucket_mb * 1e6)))
         return buckets if self.rank == 0 else None
 
-    def _engine_weights(self, dtype: str | None) -> Iterator[tuple[str, torch.Tensor]]:
+    def _engine_weights(self, dtype: str | None, changed_only: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
         """(name, copy in ``dtype``) of every weight, streamed; empty on ranks other than 0
-        (which under ZeRO-3 still take part in each layer's gather)."""
+        (which under ZeRO-3 still take part in each layer's gather). With ``changed_only``, a
+        LoRA policy gives only the merged adapted weights (``merged_weights``): engines built
+        from the policy's checkpoint hold the rest already. Full fine-tuning gives every weight."""
         from rayrlhf.models.zoo import to_dtype
 
         cast = to_dtype(dtype) if dtype is not None else torch.float32
         if self.lora is not None:
-            return iter(merged_state_dict(self.module, cast).items() if self.rank == 0 else ())
+            return merged_weights(self.module, cast, changed_only=changed_only) if self.rank == 0 else iter(())
         return gathered_state(self.module, keep=self.rank == 0, dtype=cast)
 
     def join_weight_sync(self, address: str, port: int, world_size: int, backend: str, timeout_s: float) -> None:
@@ -167,11 +168,11 @@ class PolicyWorker(DistributedWorker, FrozenModels):
         if self.rank == 0:
             self.sync_group = join_sync_group(address, port, 0, world_size, backend, timeout_s)
 
-    def broadcast_weights(self, dtype: str | None, bucket_mb: float) -> WeightBuckets | None:
+    def broadcast_weights(self, dtype: str | None, bucket_mb: float, changed_only: bool = False) -> WeightBuckets | None:
         """``weight_buckets`` over the weight-sync group instead of the object store: rank 0
         broadcasts each bucket as it fills (the engines run ``receive_weights`` meanwhile).
         Under ZeRO-3 every rank must call it (the gathers); rank 0 returns what it sent."""
-        named = self._engine_weights(dtype)
+        named = self._engine_weights(dtype, changed_only)
         if self.rank != 0:
             for _ in named:  # nothing to send: only the gathers' collectives
                 pass

@@ -60,13 +60,14 @@ class _RolloutWorker:
         """The Ray node this engine runs on (placement checks on multi-node clusters)."""
         return ray.get_runtime_context().get_node_id()
 
-    def update_weights(self, named_tensors: dict[str, torch.Tensor] | list[ray.ObjectRef]) -> float:
+    def update_weights(self, named_tensors: dict[str, torch.Tensor] | list[ray.ObjectRef], partial: bool = False) -> float:
         """Push new policy weights: a dict, or the object refs of ``PolicyWorker.weight_buckets``'s
-        buckets, read one at a time. Returns the seconds spent inside the engine."""
+        buckets, read one at a time; ``partial``: only some of the weights (the rest are kept).
+        Returns the seconds spent inside the engine."""
         inject_fault("update_weights")  # FAULT-INJECTION POINT (tests and drills only)
         start = time.perf_counter()
         named = named_tensors.items() if isinstance(named_tensors, dict) else stream_buckets(named_tensors)
-        self.engine.update_weights(named)
+        self.engine.update_weights(named, partial=partial)
         seconds = time.perf_counter() - start
         log.info("%s rollout worker: weight sync took %.3f s", self.kind, seconds)
         return seconds
@@ -76,12 +77,12 @@ class _RolloutWorker:
         """Join policy rank 0's weight-sync group as ``rank`` (``rollout.sync_path=collective``)."""
         self.sync_group = join_sync_group(address, port, rank, world_size, backend, timeout_s)
 
-    def receive_weights(self) -> float:
+    def receive_weights(self, partial: bool = False) -> float:
         """Load the weights policy rank 0 broadcasts now (``PolicyWorker.broadcast_weights``),
         bucket by bucket, into the engine as ``update_weights`` does. Returns the seconds taken."""
         inject_fault("update_weights")  # FAULT-INJECTION POINT (tests and drills only)
         start = time.perf_counter()
-        self.engine.update_weights(receive_buckets(self.sync_group))
+        self.engine.update_weights(receive_buckets(self.sync_group), partial=partial)
         seconds = time.perf_counter() - start
         log.info("%s rollout worker: collective weight sync took %.3f s", self.kind, seconds)
         return seconds

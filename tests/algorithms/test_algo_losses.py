@@ -14,6 +14,7 @@ from rayrlhf.algorithms import (
     moderation_loss,
     ppo_actor_loss,
     reward_pairwise_loss,
+    token_logprobs_and_entropy,
 )
 
 F64 = torch.float64
@@ -87,6 +88,57 @@ def test_clipped_value_loss_hand_computed():
 
 
 # --- entropy and PTX -----------------------------------------------------------------------
+def test_fused_logprobs_and_entropy_hand_computed():
+    # Uniform over 4: log p = −ln 4 whatever the token, H = ln 4. p = [½, ¼, ¼] on the
+    # tokens 0 and 2: log p = −ln 2 and −ln 4, H = 1.5 ln 2.
+    logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]],
+                           [[math.log(0.5), math.log(0.25), math.log(0.25), -60.0]] * 2])
+    logits[1, :, :3] += 7.0  # a shift changes nothing
+    logp, entropy = token_logprobs_and_entropy(logits, torch.tensor([[3, 1], [0, 2]]))
+    torch.testing.assert_close(logp, torch.tensor([[-math.log(4)] * 2, [-math.log(2), -math.log(4)]]))
+    torch.testing.assert_close(entropy, torch.tensor([[math.log(4)] * 2, [1.5 * math.log(2)] * 2]))
+
+
+@pytest.mark.parametrize("use", ["both", "logp", "entropy"])
+def test_fused_logprobs_and_entropy_match_autograd_of_the_plain_formulas(use):
+    """Values and gradients against log_softmax-gather and Σ entr(softmax) under autograd in
+    fp64, for a loss that weighs each token's log-prob and entropy differently."""
+    generator = torch.Generator().manual_seed(0)
+    logits = (torch.randn(3, 5, 50, generator=generator) * 4).requires_grad_(True)
+    tokens = torch.randint(0, 50, (3, 5), generator=generator)
+    w_logp, w_entropy = torch.randn(3, 5, generator=generator), torch.randn(3, 5, generator=generator)
+    reference = logits.detach().double().requires_grad_(True)
+    ref_logp = torch.log_softmax(reference, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    ref_entropy = torch.special.entr(torch.softmax(reference, -1)).sum(-1)
+    logp, entropy = token_logprobs_and_entropy(logits, tokens)
+    loss = {"both": (w_logp * logp).sum() + (w_entropy * entropy).sum(),
+            "logp": (w_logp * logp).sum(), "entropy": (w_entropy * entropy).sum()}[use]
+    ref_loss = {"both": (w_logp * ref_logp).sum() + (w_entropy * ref_entropy).sum(),
+                "logp": (w_logp * ref_logp).sum(), "entropy": (w_entropy * ref_entropy).sum()}[use]
+    loss.backward()
+    ref_loss.backward()
+    assert logp.dtype == entropy.dtype == torch.float32
+    torch.testing.assert_close(logp.double(), ref_logp.detach(), rtol=0, atol=1e-5)
+    torch.testing.assert_close(entropy.double(), ref_entropy.detach(), rtol=0, atol=1e-5)
+    torch.testing.assert_close(logits.grad.double(), reference.grad, rtol=0, atol=1e-5)
+
+
+def test_fused_logprobs_of_bf16_logits_send_a_bf16_gradient_back():
+    """A bf16 LM head's logits: fp32 math (bf16 → fp32 is exact), the gradient in bf16 as the
+    head expects, within a bf16 rounding of the fp32 one."""
+    generator = torch.Generator().manual_seed(1)
+    logits = (torch.randn(2, 4, 300, generator=generator) * 3).to(torch.bfloat16).requires_grad_(True)
+    tokens = torch.randint(0, 300, (2, 4), generator=generator)
+    wide = logits.detach().float().requires_grad_(True)
+    logp, entropy = token_logprobs_and_entropy(logits, tokens)
+    ref_logp, ref_entropy = token_logprobs_and_entropy(wide, tokens)
+    (logp.sum() + 0.1 * entropy.sum()).backward()
+    (ref_logp.sum() + 0.1 * ref_entropy.sum()).backward()
+    assert torch.equal(logp, ref_logp) and torch.equal(entropy, ref_entropy)
+    assert logits.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(logits.grad.float(), wide.grad, rtol=1e-2, atol=1e-4)
+
+
 def test_entropy_hand_computed():
     # Token 1: uniform over 4 → ln 4. Token 2: p = [½, ¼, ¼, 0] (a −inf logit) → 1.5 ln 2.
     # Padded token: anything. Mean over the two valid tokens = (2 ln 2 + 1.5 ln 2)/2 = 1.75 ln 2.

@@ -9,7 +9,8 @@ import torch
 
 from rayrlhf.models import load_causal_lm
 from rayrlhf.models.lora import (
-    LLAMA_LINEAR_LAYERS, LoRASpec, adapters_disabled, add_lora, lora_layers, merged_state_dict, save_adapter,
+    LLAMA_LINEAR_LAYERS, LoRASpec, adapters_disabled, add_lora, lora_layers, merged_state_dict, merged_weights,
+    save_adapter,
 )
 from rayrlhf.models.score_model import ScoreModel
 
@@ -64,6 +65,39 @@ def test_merged_weights_are_w_plus_scaled_ba_under_the_plain_names(tiny_model_di
     torch.testing.assert_close(merged["model.layers.1.self_attn.q_proj.weight"], expected, rtol=0, atol=1e-6)
     assert torch.equal(merged["model.layers.1.self_attn.k_proj.weight"],
                        base_state["model.layers.1.self_attn.k_proj.weight"])  # not targeted
+
+
+def test_a_sync_of_the_changed_weights_leaves_out_exactly_the_frozen_base(tiny_model_dir):
+    """``changed_only`` (what a LoRA weight sync sends): the adapted weights, merged as in the
+    full state, and nothing the base checkpoint already holds."""
+    spec = LoRASpec(rank=4, alpha=12, target_modules=("q_proj", "down_proj"))
+    model = trained_lora_model(tiny_model_dir, spec)
+    full = merged_state_dict(model)
+    changed = dict(merged_weights(model, changed_only=True))
+    assert set(changed) == {f"{name}.weight" for name in lora_layers(model)}
+    assert all(torch.equal(tensor, full[name]) for name, tensor in changed.items())
+    # A weight that trains outside the adapters (none does under add_lora) would travel too.
+    model.model.norm.weight.requires_grad_(True)
+    assert set(dict(merged_weights(model, changed_only=True))) == set(changed) | {"model.norm.weight"}
+
+
+def test_bf16_merge_rounds_once_from_the_fp32_sum(tiny_model_dir):
+    """A bf16 engine gets round(W + s·BA) computed in fp32: no second rounding of the delta
+    on its way (peft's bf16 delta rounds before the add, off by a bf16 ulp on some entries)."""
+    spec = LoRASpec(rank=4, alpha=8, target_modules=("q_proj",))
+    model = trained_lora_model(tiny_model_dir, spec)
+    model.to(torch.bfloat16)
+    merged = merged_state_dict(model, torch.bfloat16)
+    layer = model.model.layers[0].self_attn.q_proj
+    a, b = layer.lora_A["default"].weight.float(), layer.lora_B["default"].weight.float()
+    w = layer.get_base_layer().weight.float()
+    expected = (w + 2.0 * (b @ a)).to(torch.bfloat16)
+    got = merged["model.layers.0.self_attn.q_proj.weight"]
+    assert got.dtype == torch.bfloat16
+    # fp32 sums may differ in their last bits by summation order; after rounding to bf16 they
+    # agree except at exact ties, so allow one ulp on a tiny share of entries.
+    ulp = (got.float() - expected.float()).abs() > 0
+    assert ulp.float().mean() < 1e-3, ulp.float().mean()
 
 
 def test_saved_adapter_and_merged_folder_reload_to_the_trained_model(tiny_model_dir, tmp_path):

@@ -136,6 +136,21 @@ def test_update_weights_rejects_tensors_that_do_not_fit(tiny_model_dir):
         engine.update_weights({**state, "model.norm.weight": torch.zeros(3)})
 
 
+def test_a_partial_update_loads_what_it_is_given_and_keeps_the_rest(tiny_model_dir, other_model_dir):
+    """A LoRA sync sends the adapted layers only (``partial``): those are replaced, the rest
+    stay the engine's own; a tensor that fits nothing is still an error."""
+    engine = HFEngine(tiny_model_dir)
+    kept = {name: tensor.clone() for name, tensor in engine.model.state_dict().items()}
+    new = load_causal_lm(other_model_dir, dtype="float32").state_dict()
+    sent = {name: tensor for name, tensor in new.items() if "q_proj" in name}
+    engine.update_weights(sent, partial=True)
+    now = engine.model.state_dict()
+    assert sent and all(torch.equal(now[name], sent[name]) for name in sent)
+    assert all(torch.equal(now[name], kept[name]) for name in kept if name not in sent)
+    with pytest.raises(KeyError, match="unexpected"):
+        engine.update_weights({"model.extra.weight": torch.zeros(1)}, partial=True)
+
+
 def test_prefill_groups_keep_each_generate_within_the_budget():
     from rayrlhf.rollout.vllm_engine import prefill_groups
 
