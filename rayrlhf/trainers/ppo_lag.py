@@ -364,15 +364,17 @@ class PPOLagDriver:
         LoRA only the merged adapted weights travel (``Roles.sync_changed_only``)."""
         if self.roles.engines_sleep:
             get_fail_fast([w.wake_up.remote() for w in self.roles.rollout_workers])
-        dtype, bucket_mb, changed_only = self.roles.engine_dtype, self.cfg.rollout.sync_bucket_mb, self.roles.sync_changed_only
+        dtype, bucket_mb = self.roles.engine_dtype, self.cfg.rollout.sync_bucket_mb
+        changed_only, engines = self.roles.sync_changed_only, self.roles.rollout_workers
         if self.roles.sync_path == "collective":
             # Sender and receivers run at once; a member that dies fails the others within
             # rollout.sync_timeout_s (gloo/NCCL timeout), and the dead actor is the one blamed.
             sent = self.roles.policy_rank0(PolicyWorker.broadcast_weights, dtype, bucket_mb, changed_only)
-            buckets, *_ = get_collective(sent + [w.receive_weights.remote(changed_only) for w in self.roles.rollout_workers])
+            buckets, *_ = get_collective(sent + [w.receive_weights.remote(changed_only) for w in engines])
         else:
-            buckets, *_ = get_fail_fast(self.roles.policy_rank0(PolicyWorker.weight_buckets, dtype, bucket_mb, changed_only))
-            get_fail_fast([w.update_weights.remote(buckets.refs, changed_only) for w in self.roles.rollout_workers])
+            sent = self.roles.policy_rank0(PolicyWorker.weight_buckets, dtype, bucket_mb, changed_only)
+            buckets, *_ = get_fail_fast(sent)
+            get_fail_fast([w.update_weights.remote(buckets.refs, changed_only) for w in engines])
         self.last_sync = {"rollout/sync_bytes": float(buckets.bytes), "rollout/sync_buckets": float(len(buckets.refs))}
 
     # ------------------------------------------------------------------ NaN / Inf

@@ -168,7 +168,8 @@ class PolicyWorker(DistributedWorker, FrozenModels):
         if self.rank == 0:
             self.sync_group = join_sync_group(address, port, 0, world_size, backend, timeout_s)
 
-    def broadcast_weights(self, dtype: str | None, bucket_mb: float, changed_only: bool = False) -> WeightBuckets | None:
+    def broadcast_weights(self, dtype: str | None, bucket_mb: float,
+                          changed_only: bool = False) -> WeightBuckets | None:
         """``weight_buckets`` over the weight-sync group instead of the object store: rank 0
         broadcasts each bucket as it fills (the engines run ``receive_weights`` meanwhile).
         Under ZeRO-3 every rank must call it (the gathers); rank 0 returns what it sent."""

@@ -60,7 +60,8 @@ class _RolloutWorker:
         """The Ray node this engine runs on (placement checks on multi-node clusters)."""
         return ray.get_runtime_context().get_node_id()
 
-    def update_weights(self, named_tensors: dict[str, torch.Tensor] | list[ray.ObjectRef], partial: bool = False) -> float:
+    def update_weights(self, named_tensors: dict[str, torch.Tensor] | list[ray.ObjectRef],
+                       partial: bool = False) -> float:
         """Push new policy weights: a dict, or the object refs of ``PolicyWorker.weight_buckets``'s
         buckets, read one at a time; ``partial``: only some of the weights (the rest are kept).
         Returns the seconds spent inside the engine."""
