@@ -335,6 +335,9 @@ def summarise_steps(history: list[dict[str, float]]) -> dict[str, Any]:
         "phases_s": phases,
         "tokens_per_s": round(median([m["timing/generate_tokens_per_s"] for m in history]), 1),
         "sync_share": round(median([m["timing/sync_s"] / m["timing/step_s"] for m in history]), 4),
+        # The engines' reload of the synced weights; the rest of the sync phase is the policy's
+        # merge, cast and transfer.
+        "sync_load_s": round(median([m.get("rollout/sync_load_s", float("nan")) for m in history]), 4),
         "overhead_share": round(median([m["timing/overhead_s"] / m["timing/step_s"] for m in history]), 4),
         "mean_response_len": round(statistics.fmean(m["rollout/response_length"] for m in history), 2),
         "finished_share": round(statistics.fmean(m["rollout/finished"] for m in history), 3),

@@ -63,6 +63,15 @@ class WeightBuckets:
     tensors: int = 0
 
 
+@dataclass(frozen=True)
+class SyncSeconds:
+    """One engine's side of a sync: from its start to the weights in place (``total_s``: for a
+    broadcast this includes waiting for the sender), and the engine's own load of them."""
+
+    total_s: float
+    load_s: float
+
+
 def put_buckets(named: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int) -> WeightBuckets:
     """Pack ``named`` into buckets and put each into the object store as soon as it is full
     (``named`` is consumed lazily, so a generator's copies are dropped bucket by bucket)."""

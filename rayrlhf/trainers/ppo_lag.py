@@ -370,12 +370,15 @@ class PPOLagDriver:
             # Sender and receivers run at once; a member that dies fails the others within
             # rollout.sync_timeout_s (gloo/NCCL timeout), and the dead actor is the one blamed.
             sent = self.roles.policy_rank0(PolicyWorker.broadcast_weights, dtype, bucket_mb, changed_only)
-            buckets, *_ = get_collective(sent + [w.receive_weights.remote(changed_only) for w in engines])
+            buckets, *received = get_collective(sent + [w.receive_weights.remote(changed_only) for w in engines])
         else:
             sent = self.roles.policy_rank0(PolicyWorker.weight_buckets, dtype, bucket_mb, changed_only)
             buckets, *_ = get_fail_fast(sent)
-            get_fail_fast([w.update_weights.remote(buckets.refs, changed_only) for w in engines])
-        self.last_sync = {"rollout/sync_bytes": float(buckets.bytes), "rollout/sync_buckets": float(len(buckets.refs))}
+            received = get_fail_fast([w.update_weights.remote(buckets.refs, changed_only) for w in engines])
+        # The engines' load (vLLM: reload and repack) is the part of timing/sync_s that the
+        # policy's merge, cast and transfer are not.
+        self.last_sync = {"rollout/sync_bytes": float(buckets.bytes), "rollout/sync_buckets": float(len(buckets.refs)),
+                          "rollout/sync_load_s": max(r.load_s for r in received)}
 
     # ------------------------------------------------------------------ NaN / Inf
     def nonfinite_findings(self, batch: RolloutBatch, scores: Scores, advantages: PPOLagAdvantages) -> list[dict]:

@@ -18,7 +18,7 @@ import torch
 
 from rayrlhf.fault_injection import inject_fault
 from rayrlhf.rollout import Completion, SamplingSpec, make_engine, shard_spec
-from rayrlhf.rollout.weight_sync import join_sync_group, receive_buckets, stream_buckets
+from rayrlhf.rollout.weight_sync import SyncSeconds, join_sync_group, receive_buckets, stream_buckets
 from rayrlhf.workers.group import get_fail_fast
 
 log = logging.getLogger(__name__)
@@ -61,32 +61,34 @@ class _RolloutWorker:
         return ray.get_runtime_context().get_node_id()
 
     def update_weights(self, named_tensors: dict[str, torch.Tensor] | list[ray.ObjectRef],
-                       partial: bool = False) -> float:
+                       partial: bool = False) -> SyncSeconds:
         """Push new policy weights: a dict, or the object refs of ``PolicyWorker.weight_buckets``'s
-        buckets, read one at a time; ``partial``: only some of the weights (the rest are kept).
-        Returns the seconds spent inside the engine."""
+        buckets, read one at a time; ``partial``: only some of the weights (the rest are kept)."""
         inject_fault("update_weights")  # FAULT-INJECTION POINT (tests and drills only)
         start = time.perf_counter()
         named = named_tensors.items() if isinstance(named_tensors, dict) else stream_buckets(named_tensors)
         self.engine.update_weights(named, partial=partial)
-        seconds = time.perf_counter() - start
-        log.info("%s rollout worker: weight sync took %.3f s", self.kind, seconds)
-        return seconds
+        return self.sync_seconds(start, "weight sync")
 
     def join_weight_sync(self, address: str, port: int, rank: int, world_size: int, backend: str,
                          timeout_s: float) -> None:
         """Join policy rank 0's weight-sync group as ``rank`` (``rollout.sync_path=collective``)."""
         self.sync_group = join_sync_group(address, port, rank, world_size, backend, timeout_s)
 
-    def receive_weights(self, partial: bool = False) -> float:
+    def receive_weights(self, partial: bool = False) -> SyncSeconds:
         """Load the weights policy rank 0 broadcasts now (``PolicyWorker.broadcast_weights``),
-        bucket by bucket, into the engine as ``update_weights`` does. Returns the seconds taken."""
+        bucket by bucket, into the engine as ``update_weights`` does."""
         inject_fault("update_weights")  # FAULT-INJECTION POINT (tests and drills only)
         start = time.perf_counter()
         self.engine.update_weights(receive_buckets(self.sync_group), partial=partial)
-        seconds = time.perf_counter() - start
-        log.info("%s rollout worker: collective weight sync took %.3f s", self.kind, seconds)
-        return seconds
+        return self.sync_seconds(start, "collective weight sync")
+
+    def sync_seconds(self, start: float, what: str) -> SyncSeconds:
+        total = time.perf_counter() - start
+        # Engines that load as the tensors arrive (HF) have no separate load step.
+        load = getattr(self.engine, "last_load_s", None)
+        log.info("%s rollout worker: %s took %.3f s", self.kind, what, total)
+        return SyncSeconds(total_s=total, load_s=total if load is None else load)
 
     def sleep(self) -> None:
         """Release the engine's GPU memory until ``wake_up`` (vLLM sleep mode, rollout.sleep_mode)."""

@@ -130,6 +130,7 @@ def test_full_step_with_vllm_engine_syncs_weights(ray_cluster, tmp_path, sync_pa
     final = history[-1]
     assert final["rollout/ref_logprob_gap"] > 3 * final["rollout/logprob_gap"]
     assert final["timing/sync_s"] < final["timing/step_s"]
+    assert all(0 < m["rollout/sync_load_s"] < m["timing/sync_s"] for m in history)
     # The saved policy is a plain transformers directory.
     from transformers import AutoModelForCausalLM
 
