@@ -75,19 +75,31 @@ def machine_info() -> dict[str, Any]:
             versions[name] = __import__(name).__version__
         except Exception as exc:  # noqa: BLE001 - a missing package is information here
             versions[name] = f"unavailable: {exc}"
-    from rayrlhf.models.zoo import matmul_gflops
-
-    torch.set_num_threads(1)
-    matmul = {"fp32_gflops_per_core": round(max(matmul_gflops(torch.float32, 512, 20) for _ in range(3)), 1),
-              "bf16_gflops_per_core": round(max(matmul_gflops(torch.bfloat16, 512, 20) for _ in range(3)), 1),
-              "how": "best of 3 x 20 timed 512x512x512 products after a warm-up, one torch thread"}
+    torch.set_num_threads(1)  # the driver's own work, as before this report took its timings
     return {
-        "matmul": matmul,
+        "matmul": {**matmul_now(), "how": "best of 3 x 20 timed 512x512x512 products after a warm-up, one torch thread"},
         "cpu_model": model, "logical_cpus": os.cpu_count(), "physical_cores": psutil.cpu_count(logical=False),
         "has_amx_bf16": "amx_bf16" in flags, "has_avx512_bf16": "avx512_bf16" in flags,
         "has_avx512f": "avx512f" in flags, "memory_gib": round(psutil.virtual_memory().total / GIB, 1),
         "versions": versions, "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def matmul_now() -> dict[str, float]:
+    """fp32 and bf16 matrix-product GFLOP/s of one core, measured now. Taken at the start of
+    the run and again before each measured part (``matmul_at_start``): the VMs this runs on
+    have changed speed by up to 3x in bf16 within an hour, and TRL runs after rayrlhf."""
+    import torch
+
+    from rayrlhf.models.zoo import matmul_gflops
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return {"fp32_gflops_per_core": round(max(matmul_gflops(torch.float32, 512, 20) for _ in range(3)), 1),
+                "bf16_gflops_per_core": round(max(matmul_gflops(torch.bfloat16, 512, 20) for _ in range(3)), 1)}
+    finally:
+        torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------- memory sampling
@@ -399,7 +411,7 @@ def run_rayrlhf(variant: str, args, reward_dir: str, cost_dir: str, work: Path,
     gap_steps = args.gap_steps if first else 0
     overrides = rayrlhf_overrides(variant, args, reward_dir, cost_dir, max(1 + args.steps, gap_steps))
     cfg = compose_config("ppo_lag", overrides, output_dir=str(work / f"rayrlhf_{variant}"))
-    load_start = os.getloadavg()[0]
+    load_start, speed = os.getloadavg()[0], matmul_now()
     start = time.perf_counter()
     init_ray(cfg.cluster, required_cpus=required_cpus(cfg))
     driver = None
@@ -434,6 +446,7 @@ def run_rayrlhf(variant: str, args, reward_dir: str, cost_dir: str, work: Path,
             "warmup_step_s": round(warm["timing/step_s"], 3),
             "startup_s": round(startup_s, 1),
             "load_avg_1m": [round(load_start, 2), round(os.getloadavg()[0], 2)],
+            "matmul_at_start": speed,
         }
         if gap_steps:
             result["logprob_gap_run"] = logprob_gap_run(driver, [warm, *history], gap_steps)
@@ -681,7 +694,7 @@ def run_peer(variant: str, args, shared: dict[str, Any], reward_dir: str, work: 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update({"TRL_EXPERIMENTAL_SILENCE": "1", "OMP_NUM_THREADS": str(args.peer_threads),
                 "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
-    load_start = os.getloadavg()[0]
+    load_start, speed = os.getloadavg()[0], matmul_now()
     try:
         proc = subprocess.run([str(python), str(script), str(spec_file)], capture_output=True, text=True,
                               env=env, timeout=args.peer_timeout, cwd=str(work))
@@ -692,6 +705,7 @@ def run_peer(variant: str, args, shared: dict[str, Any], reward_dir: str, work: 
         return {"error": f"TRL exited {proc.returncode}: {proc.stderr[-2000:]}"}
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["load_avg_1m"] = [round(load_start, 2), round(os.getloadavg()[0], 2)]
+    result["matmul_at_start"] = speed
     shape = model_shape(spec["policy"])
     flops = trl_flops(shape, [len(p) for p in shared["prompt_ids"][:args.prompts]], args.new_tokens,
                       lora=spec["lora"] is not None)
@@ -851,7 +865,9 @@ def compare(report: dict[str, Any]) -> dict[str, Any]:
                          "rayrlhf_step_s": ours["median_step_s"], "trl_step_s": peer["median_step_s"],
                          "rayrlhf_peak_rss_gib": ours["peak_rss_gib"], "trl_peak_rss_gib": peer["peak_rss_gib"],
                          "rayrlhf_gflops_per_step": ours["flops"]["gflops_per_step"],
-                         "trl_gflops_per_step": peer["flops"]["gflops_per_step"]}
+                         "trl_gflops_per_step": peer["flops"]["gflops_per_step"],
+                         # The machine's speed before each side ran: a ratio means little if it moved.
+                         "matmul_at_start": {"rayrlhf": ours.get("matmul_at_start"), "trl": peer.get("matmul_at_start")}}
     full, lora = report["rayrlhf"].get("default", {}), report["rayrlhf"].get("lora", {})
     if "median_step_s" in full and "median_step_s" in lora:
         out["lora_vs_full"] = lora_vs_full(full, lora)
