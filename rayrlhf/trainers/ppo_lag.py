@@ -370,7 +370,9 @@ class PPOLagDriver:
             # Sender and receivers run at once; a member that dies fails the others within
             # rollout.sync_timeout_s (gloo/NCCL timeout), and the dead actor is the one blamed.
             sent = self.roles.policy_rank0(PolicyWorker.broadcast_weights, dtype, bucket_mb, changed_only)
-            buckets, *received = get_collective(sent + [w.receive_weights.remote(changed_only) for w in engines])
+            # Under ZeRO-3 every policy rank sends its part (rank 0's result counts the buckets).
+            results = get_collective(sent + [w.receive_weights.remote(changed_only) for w in engines])
+            buckets, received = results[0], results[len(sent):]
         else:
             sent = self.roles.policy_rank0(PolicyWorker.weight_buckets, dtype, bucket_mb, changed_only)
             buckets, *_ = get_fail_fast(sent)
