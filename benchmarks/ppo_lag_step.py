@@ -75,7 +75,7 @@ def machine_info() -> dict[str, Any]:
             versions[name] = __import__(name).__version__
         except Exception as exc:  # noqa: BLE001 - a missing package is information here
             versions[name] = f"unavailable: {exc}"
-    torch.set_num_threads(1)  # the driver's own work, as before this report took its timings
+    torch.set_num_threads(1)  # the benchmark's own process computes on one thread
     return {
         "matmul": {**matmul_now(), "how": "best of 3 x 20 timed 512x512x512 products after a warm-up, one torch thread"},
         "cpu_model": model, "logical_cpus": os.cpu_count(), "physical_cores": psutil.cpu_count(logical=False),

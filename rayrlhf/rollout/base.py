@@ -70,10 +70,12 @@ class RolloutEngine(Protocol):
         ...
 
     def update_weights(self, named_tensors: dict[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
-                       partial: bool = False) -> None:
+                       partial: bool = False) -> float | None:
         """Replace the policy weights (HF parameter names, as ``state_dict`` gives them): a
         dict, or (name, tensor) pairs streamed from the sync's buckets. Every weight must
-        arrive unless ``partial`` (a LoRA sync: the weights not sent are kept)."""
+        arrive unless ``partial`` (a LoRA sync: the weights not sent are kept). Returns the
+        seconds of the engine's own load once every tensor has arrived, or None where the
+        tensors are loaded as they arrive."""
         ...
 
     def close(self) -> None:

@@ -142,7 +142,8 @@ class HFEngine:
                        partial: bool = False) -> None:
         """Copy each tensor into the model as it arrives (an iterable streams: no second copy
         of the model is held); every weight must arrive, except that a tied
-        ``lm_head.weight`` may be left out, or any weight when ``partial``."""
+        ``lm_head.weight`` may be left out, or any weight when ``partial``. Returns None: there
+        is no load step apart from the arrival."""
         named = named_tensors.items() if isinstance(named_tensors, dict) else named_tensors
         targets = self.model.state_dict(keep_vars=True)
         loaded, unexpected = set(), []

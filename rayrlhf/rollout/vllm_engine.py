@@ -178,12 +178,13 @@ class VLLMEngine:
         return int(self.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens)
 
     @torch.no_grad()
-    def update_weights(self, named_tensors, partial: bool = False) -> None:
+    def update_weights(self, named_tensors, partial: bool = False) -> float:
         """Load HF-named tensors (a dict or (name, tensor) pairs) in place (vLLM fuses q/k/v
         and gate/up itself), then drop the prefix cache, whose KV blocks were computed with
         the old weights. vLLM loads what it is given: a sync of the adapted layers alone
         samples exactly as the full one (SmolLM2, bf16); ``partial`` only lets the head's
-        repack be skipped when no embedding came (``_reload_on_worker``)."""
+        repack be skipped when no embedding came (``_reload_on_worker``). Returns the seconds
+        of the reload, after every tensor has arrived."""
         named = named_tensors.items() if isinstance(named_tensors, dict) else named_tensors
         weights = [(name, tensor.detach().to("cpu", self.dtype).contiguous())
                    for name, tensor in named  # a stream: this waits for the sender
@@ -191,8 +192,9 @@ class VLLMEngine:
         start = time.perf_counter()
         self.llm.collective_rpc(_reload_on_worker, args=(weights, partial))
         self.llm.reset_prefix_cache()
-        self.last_load_s = time.perf_counter() - start
-        log.info("vLLM weight sync: %d tensors loaded in %.3f s", len(weights), self.last_load_s)
+        seconds = time.perf_counter() - start
+        log.info("vLLM weight sync: %d tensors loaded in %.3f s", len(weights), seconds)
+        return seconds
 
     def sleep(self) -> None:
         """Free the GPU memory between generations (sleep mode): level 1 keeps the weights in

@@ -67,8 +67,8 @@ class _RolloutWorker:
         inject_fault("update_weights")  # FAULT-INJECTION POINT (tests and drills only)
         start = time.perf_counter()
         named = named_tensors.items() if isinstance(named_tensors, dict) else stream_buckets(named_tensors)
-        self.engine.update_weights(named, partial=partial)
-        return self.sync_seconds(start, "weight sync")
+        load_s = self.engine.update_weights(named, partial=partial)
+        return self.sync_seconds(start, load_s, "weight sync")
 
     def join_weight_sync(self, address: str, port: int, rank: int, world_size: int, backend: str,
                          timeout_s: float) -> None:
@@ -80,15 +80,14 @@ class _RolloutWorker:
         bucket by bucket, into the engine as ``update_weights`` does."""
         inject_fault("update_weights")  # FAULT-INJECTION POINT (tests and drills only)
         start = time.perf_counter()
-        self.engine.update_weights(receive_buckets(self.sync_group), partial=partial)
-        return self.sync_seconds(start, "collective weight sync")
+        load_s = self.engine.update_weights(receive_buckets(self.sync_group), partial=partial)
+        return self.sync_seconds(start, load_s, "collective weight sync")
 
-    def sync_seconds(self, start: float, what: str) -> SyncSeconds:
+    def sync_seconds(self, start: float, load_s: float | None, what: str) -> SyncSeconds:
         total = time.perf_counter() - start
-        # Engines that load as the tensors arrive (HF) have no separate load step.
-        load = getattr(self.engine, "last_load_s", None)
         log.info("%s rollout worker: %s took %.3f s", self.kind, what, total)
-        return SyncSeconds(total_s=total, load_s=total if load is None else load)
+        # An engine that loads as the tensors arrive (HF) has no load step apart: all of it counts.
+        return SyncSeconds(total_s=total, load_s=total if load_s is None else load_s)
 
     def sleep(self) -> None:
         """Release the engine's GPU memory until ``wake_up`` (vLLM sleep mode, rollout.sleep_mode)."""
